@@ -1,0 +1,5 @@
+"""Entry point for `python -m rtsent`."""
+
+from rtsent.cli import main
+
+main()

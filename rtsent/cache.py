@@ -1,0 +1,125 @@
+"""Fingerprints, locks and atomic publishing: build in a staging folder, rename into place, manifest last."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from rtsent.errors import ArtifactError, BusyError
+from rtsent.workspace import Workspace
+
+# Bumped whenever the layout or content of a stage's output changes, so old caches are not reused.
+FORMAT_VERSION = 1
+
+
+def fingerprint(payload: dict[str, Any]) -> str:
+    """A short stable hash of a JSON-able payload (the options that change a stage's output)."""
+    blob = json.dumps({"format": FORMAT_VERSION, **payload}, sort_keys=True, ensure_ascii=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def hash_files(paths: list[Path]) -> str:
+    """Content hash of files (names relative to nothing: only bytes and order count)."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON so that a reader sees the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2, ensure_ascii=False)
+            fh.write("\n")
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def staging(ws: Workspace, name: str) -> Iterator[Path]:
+    """A fresh folder under .tmp/ for building an artifact; removed if the build fails."""
+    clean_stale(ws)
+    path = Path(tempfile.mkdtemp(dir=ws.tmp_dir, prefix=f"{os.getpid()}-{name}-"))
+    os.chmod(path, 0o777 & ~_umask())  # mkdtemp makes 0700; the published artifact should not be
+    try:
+        yield path
+    except BaseException:
+        shutil.rmtree(path, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def publish(staged: Path, dest: Path) -> None:
+    """Move a complete staged folder to dest, replacing an old one without a moment of half state."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if dest.exists():
+        old = staged.parent / f"{os.getpid()}-old-{dest.name}-{time.time_ns()}"
+        os.rename(dest, old)
+    os.rename(staged, dest)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def clean_stale(ws: Workspace) -> None:
+    """Remove staging folders left by processes that no longer run (killed mid-write)."""
+    if not ws.tmp_dir.is_dir():
+        return
+    for entry in ws.tmp_dir.iterdir():
+        pid = entry.name.split("-")[0]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def locked(ws: Workspace, key: str, what: str, wait: float = 0.0) -> Iterator[None]:
+    """Hold the workspace lock `key`; if another process holds it for `wait` seconds, raise BusyError."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(str(ws.lock_path(key)))
+    try:
+        lock.acquire(timeout=wait)
+    except Timeout:
+        raise BusyError(
+            f"{what} is in use by another rtsent process (lock {ws.lock_path(key)}); wait for it to finish"
+        ) from None
+    except OSError as exc:
+        raise ArtifactError(f"cannot lock {ws.lock_path(key)} ({exc.strerror})") from None
+    try:
+        yield
+    finally:
+        lock.release()

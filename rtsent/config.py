@@ -1,0 +1,247 @@
+"""Frozen configuration dataclasses: the single source of every stage's defaults, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from rtsent.errors import UsageError
+
+DEFAULT_MODEL = "gpt2"
+DEFAULT_DATA = "rotten_tomatoes"
+DEFAULT_TEMPLATE = "{text}\nSentiment:"
+DEFAULT_LABEL_WORDS = (" negative", " positive")
+TEXT_SLOT = "{text}"
+SPLITS = ("train", "validation", "test")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSSES = ("lm", "label")
+FORMATS = ("auto", "table", "json", "jsonl", "csv")
+
+
+def _check(problems: list[str]) -> None:
+    """Raise one UsageError that lists every problem found, or nothing."""
+    if problems:
+        raise UsageError("; ".join(problems))
+
+
+def unescape(text: str) -> str:
+    """Turn the escapes a shell user types (\\n, \\t, \\\\) into the characters they mean."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
+def split_list(value: str) -> tuple[str, ...]:
+    """Split a comma-separated option into items, keeping spaces (they matter to GPT-2's BPE)."""
+    return tuple(unescape(part) for part in value.split(","))
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """How a review becomes a prompt, and which next token stands for each class."""
+
+    template: str = DEFAULT_TEMPLATE
+    """Prompt with the review in place of `{text}`; the model predicts the label word right after it."""
+    label_words: tuple[str, ...] = DEFAULT_LABEL_WORDS
+    """One word per class, in class-id order; each must be a single token of the tokenizer."""
+    label_names: tuple[str, ...] = ()
+    """Names shown to users and matched against string labels; default: the label words, stripped."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.template.count(TEXT_SLOT) != 1:
+            problems.append(
+                f"--template must contain {TEXT_SLOT} exactly once, got {self.template!r}"
+            )
+        if len(self.label_words) < 2:
+            problems.append(f"--label-words needs at least two words, got {list(self.label_words)!r}")
+        if any(not w.strip() for w in self.label_words):
+            problems.append(f"--label-words has an empty word: {list(self.label_words)!r}")
+        if len(set(self.label_words)) != len(self.label_words):
+            problems.append(f"--label-words repeats a word: {list(self.label_words)!r}")
+        if self.label_names and len(self.label_names) != len(self.label_words):
+            problems.append(
+                f"--label-names has {len(self.label_names)} names for {len(self.label_words)} label words"
+            )
+        _check(problems)
+        if not self.label_names:
+            object.__setattr__(self, "label_names", tuple(w.strip() for w in self.label_words))
+        if len(set(self.label_names)) != len(self.label_names):
+            _check([f"label names must be distinct, got {list(self.label_names)!r}"])
+
+    @property
+    def prefix(self) -> str:
+        return self.template.split(TEXT_SLOT)[0]
+
+    @property
+    def suffix(self) -> str:
+        return self.template.split(TEXT_SLOT)[1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_words)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """Options of `rtsent prepare`."""
+
+    data: str = DEFAULT_DATA
+    """Hub dataset name, or a local folder of train/validation/test files, or a save_to_disk folder."""
+    model: str = DEFAULT_MODEL
+    """Model whose tokenizer is used (hub name or local folder)."""
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    max_len: int = 128
+    """Longest prompt in tokens; longer reviews lose their tail, never the template's."""
+    text_column: str = "text"
+    label_column: str = "label"
+    force: bool = False
+    """Rebuild even when a prepared dataset with the same fingerprint exists."""
+
+    def __post_init__(self) -> None:
+        _check([f"--max-len must be at least 2, got {self.max_len}"] if self.max_len < 2 else [])
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Options of `rtsent train`."""
+
+    model: str = DEFAULT_MODEL
+    """Starting weights (hub name or local folder), or the config to build from with from_scratch."""
+    prepared: str | None = None
+    """Prepared dataset folder or fingerprint; default: the latest one in the workspace."""
+    lr: float = 5e-5
+    batch_size: int = 32
+    eval_batch_size: int = 64
+    epochs: float = 2.0
+    max_steps: int = -1
+    """Stop after this many optimizer steps (overrides epochs when > 0)."""
+    warmup: float = 0.06
+    """Warm-up: a ratio of all steps when < 1, else a number of steps."""
+    weight_decay: float = 0.01
+    eval_every: int | None = None
+    """Evaluate on validation every N steps; default: once per epoch."""
+    save_every: int | None = None
+    """Checkpoint every N steps (a multiple of eval_every); default: at each evaluation."""
+    save_limit: int = 2
+    """Checkpoints kept on disk (the best and the latest are always among them)."""
+    seed: int = 42
+    loss: str = "lm"
+    """lm: cross-entropy over the whole vocabulary (the seed recipe); label: over the label words."""
+    precision: str = "auto"
+    gradient_checkpointing: bool = False
+    compile: bool = False
+    """torch.compile the model (lengths are bucketed to multiples of 16 so shapes repeat)."""
+    run_name: str | None = None
+    resume: bool = False
+    from_scratch: bool = False
+    config_overrides: str = ""
+    """Comma-separated key=value overrides of the model config, used with from_scratch."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        for name in ("lr", "batch_size", "eval_batch_size", "epochs", "save_limit"):
+            if getattr(self, name) <= 0:
+                problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.warmup < 0 or self.weight_decay < 0:
+            problems.append("--warmup and --weight-decay must not be negative")
+        if self.loss not in LOSSES:
+            problems.append(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        for name in ("eval_every", "save_every"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.save_every is not None and self.eval_every is None:
+            problems.append("--save-every needs --eval-every (the best checkpoint is chosen at evaluations)")
+        elif self.save_every and self.eval_every and self.save_every % self.eval_every:
+            problems.append(
+                f"--save-every ({self.save_every}) must be a multiple of --eval-every ({self.eval_every})"
+            )
+        if self.config_overrides and not self.from_scratch:
+            problems.append("--config-overrides only applies with --from-scratch")
+        if self.run_name is not None and not _safe_name(self.run_name):
+            problems.append(f"--run-name may use letters, digits, '.', '_' and '-' only, got {self.run_name!r}")
+        _check(problems)
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    """Options of `rtsent evaluate`."""
+
+    model: str | None = None
+    """Exported model folder, or a base model for zero-shot; default: the latest run's model."""
+    split: str = "validation"
+    prepared: str | None = None
+    prompt: PromptConfig | None = None
+    """Prompt for a base model that has no rtsent.json (zero-shot)."""
+    batch_size: int = 64
+    precision: str = "auto"
+    output: str | None = None
+    bins: int = 15
+    """Bins of the expected calibration error."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.split not in SPLITS:
+            problems.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.batch_size <= 0 or self.bins <= 0:
+            problems.append("--batch-size and --bins must be positive")
+        _check(problems)
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Options of `rtsent predict`."""
+
+    model: str | None = None
+    texts: tuple[str, ...] = ()
+    file: str | None = None
+    """txt (one review a line), csv, jsonl or parquet; '-' reads lines from stdin."""
+    text_column: str = "text"
+    format: str = "auto"
+    """auto: a table for texts given as arguments, jsonl for files and stdin."""
+    batch_size: int = 64
+    precision: str = "auto"
+    max_len: int | None = None
+    """Longest prompt; default: the max-len the model was trained with."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if bool(self.texts) == bool(self.file):
+            problems.append("give texts as arguments, or --file PATH, or '-' for stdin (one of them)")
+        if self.format not in FORMATS:
+            problems.append(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.batch_size <= 0:
+            problems.append("--batch-size must be positive")
+        _check(problems)
+
+
+def _safe_name(name: str) -> bool:
+    return bool(name) and name not in (".", "..") and all(c.isalnum() or c in "._-" for c in name)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (tuples become lists)."""
+    return dataclasses.asdict(config)
+
+
+def prompt_from_dict(data: dict[str, Any]) -> PromptConfig:
+    """Rebuild a PromptConfig from its to_dict() form (as stored in manifests and rtsent.json)."""
+    return PromptConfig(
+        template=data["template"],
+        label_words=tuple(data["label_words"]),
+        label_names=tuple(data.get("label_names") or ()),
+    )

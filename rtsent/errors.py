@@ -1,0 +1,37 @@
+"""Typed errors: library code raises these; only cli.py prints them and picks exit codes."""
+
+from __future__ import annotations
+
+
+class RtsentError(Exception):
+    """A failure the user can act on. The message is one line: what went wrong and how to fix it."""
+
+    exit_code = 1
+
+
+class UsageError(RtsentError):
+    """What the user typed or fed in is wrong (options, files, columns, labels, prompt)."""
+
+    exit_code = 2
+
+
+class DataError(UsageError):
+    """Input data that cannot be used as given."""
+
+
+class ArtifactError(RtsentError):
+    """A workspace artifact is missing, incomplete or does not match what the command needs."""
+
+
+class HubError(RtsentError):
+    """A model or dataset could not be fetched by name from the Hugging Face hub."""
+
+
+class BusyError(RtsentError):
+    """Another rtsent process holds the lock on what this command would write."""
+
+
+class Interrupted(RtsentError):
+    """The user stopped the command (Ctrl-C / SIGTERM) after it saved what it could."""
+
+    exit_code = 130

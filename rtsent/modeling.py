@@ -1,0 +1,255 @@
+"""Load tokenizer and model; hidden state at the last prompt token; label-word scores.
+
+No [batch, length, vocab] tensor is ever formed: the output embedding is applied to one hidden
+state per example, either in full (the seed recipe's LM loss) or only to the label words' rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import torch
+
+from rtsent.errors import ArtifactError, HubError, UsageError
+
+
+def _load_error(kind: str, name: str, exc: Exception) -> Exception:
+    path = Path(name).expanduser()
+    if path.exists():
+        return ArtifactError(f"cannot load the {kind} from {path}: {str(exc).splitlines()[0]}")
+    if name.startswith((".", "/", "~")):
+        return UsageError(f"no such folder: {name}; pass --model with an existing model folder")
+    return HubError(
+        f"cannot load {kind} {name!r}: not a local folder, and the Hugging Face hub is unreachable or has no "
+        f"such model; pass --model PATH to a local model folder"
+    )
+
+
+def _source(name: str) -> str:
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if not name.startswith((".", "/", "~")):
+        from rtsent.hub import prefer_cache_when_offline
+
+        prefer_cache_when_offline()
+    return name
+
+
+def load_tokenizer(name: str) -> Any:
+    """The model's tokenizer, right-padded with eos as pad (GPT-2 has no pad token)."""
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(_source(name))
+    except (OSError, ValueError) as exc:
+        raise _load_error("tokenizer", name, exc) from None
+    if tok.pad_token_id is None:
+        if tok.eos_token_id is None:
+            raise ArtifactError(f"the tokenizer of {name} has neither a pad nor an eos token to pad with")
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    """Identity of a vocabulary: two tokenizers with the same fingerprint give the same ids."""
+    vocab = sorted(tok.get_vocab().items())
+    return hashlib.sha256(json.dumps(vocab, ensure_ascii=True).encode()).hexdigest()[:16]
+
+
+def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype: torch.dtype | None = None) -> Any:
+    """A causal LM from a folder or hub name; with from_scratch, random weights from its config.
+
+    Weights load only from safetensors, and never with remote code.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source = _source(name)
+    try:
+        if from_scratch:
+            config = AutoConfig.from_pretrained(source)
+            if overrides:
+                try:
+                    config.update_from_string(overrides)
+                except (ValueError, AttributeError) as exc:
+                    raise UsageError(f"--config-overrides {overrides!r}: {exc}") from None
+            return AutoModelForCausalLM.from_config(config)
+        return AutoModelForCausalLM.from_pretrained(source, use_safetensors=True, dtype=dtype)
+    except UsageError:
+        raise
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise _load_error("model", name, exc) from None
+    except Exception as exc:  # safetensors raises its own error type for truncated files
+        if type(exc).__name__ == "SafetensorError":
+            raise ArtifactError(f"the weights in {source} are unreadable ({exc}); re-export or re-train the model") from None
+        raise
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """fp32, bf16 or fp16 for `auto` and an explicit choice, refusing what the device cannot do."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if cpu_has_fast_bf16() else "fp32"
+    if precision == "fp16" and device.type != "cuda":
+        raise UsageError("--precision fp16 needs a GPU; use bf16 (or auto) on a CPU")
+    return precision
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True on CPUs with native bf16 matmul (AVX-512 BF16 or AMX), where bf16 is several times faster."""
+    cpu = getattr(torch, "cpu", None)
+    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(getattr(cpu, c, lambda: False)() for c in checks)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def last_token_hidden(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Final hidden state at each row's last real token: [batch, hidden]. Rows are right-padded."""
+    out = model.base_model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False)
+    last = attention_mask.sum(dim=-1) - 1
+    return out.last_hidden_state[torch.arange(input_ids.shape[0], device=input_ids.device), last]
+
+
+def next_token_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits at each row's last real token only: [batch, vocab].
+
+    Goes through model.__call__ (so DDP/FSDP wrappers see the forward) and asks the model to project
+    one position per row (`logits_to_keep` as a [batch, 1] index), never the whole sequence.
+    """
+    last = (attention_mask.sum(dim=-1) - 1).unsqueeze(-1)
+    out = model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=last, use_cache=False)
+    return out.logits[:, 0]
+
+
+def label_logits(model: Any, hidden: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
+    """Next-token logits of the label words only: [batch, classes]."""
+    head = model.get_output_embeddings()
+    scores = hidden @ head.weight[label_ids].to(hidden.dtype).T
+    if getattr(head, "bias", None) is not None:
+        scores = scores + head.bias[label_ids].to(hidden.dtype)
+    return scores
+
+
+def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-pad id lists to the longest (rounded up to `multiple`) with an attention mask."""
+    longest = max(len(r) for r in rows)
+    longest = -(-longest // multiple) * multiple
+    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), longest), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+class Scorer:
+    """Batched inference: prompt id lists -> label-word scores [n, classes] as float32 numpy."""
+
+    def __init__(self, model: Any, label_ids: Sequence[int], pad_id: int, precision: str = "auto",
+                 device: torch.device | None = None):
+        self.device = device or default_device()
+        self.precision = resolve_precision(precision, self.device)
+        # Inference needs no fp32 master weights: cast once instead of autocasting every matmul.
+        self.model = model.to(self.device, dtype=DTYPES[self.precision]).eval()
+        self.label_ids = torch.as_tensor(list(label_ids), device=self.device)
+        self.pad_id = pad_id
+
+    def scores(self, rows: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
+        """Scores in input order; batches are formed from length-sorted rows to minimise padding."""
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out = np.empty((len(rows), len(self.label_ids)), dtype=np.float32)
+        with torch.inference_mode():
+            for start in range(0, len(order), batch_size):
+                idx = order[start : start + batch_size]
+                batch = {k: v.to(self.device) for k, v in pad_batch([rows[i] for i in idx], self.pad_id).items()}
+                hidden = last_token_hidden(self.model, **batch)
+                out[idx] = label_logits(self.model, hidden.float(), self.label_ids).float().cpu().numpy()
+        return out
+
+
+def softmax(scores: np.ndarray) -> np.ndarray:
+    shifted = scores - scores.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' info/warning chatter for the duration (errors still raise)."""
+    from transformers.utils import logging as hf_logging
+
+    before = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(before)
+
+
+class Classifier:
+    """A model ready to score reviews: tokenizer, prompt encoder and batched scorer together."""
+
+    def __init__(self, name: str, meta: dict[str, Any], prompt: Any, max_len: int, precision: str = "auto"):
+        from rtsent.prompts import PromptEncoder
+
+        self.name = name
+        self.meta = meta
+        self.prompt = prompt
+        self.tokenizer = load_tokenizer(name)
+        self.encoder = PromptEncoder(prompt, self.tokenizer, max_len)
+        device = default_device()
+        precision = resolve_precision(precision, device)
+        with quiet_transformers():
+            model = load_model(name, dtype=DTYPES[precision])
+        self.scorer = Scorer(model, self.encoder.label_ids, self.tokenizer.pad_token_id, precision, device)
+
+    @property
+    def label_names(self) -> tuple[str, ...]:
+        return self.prompt.label_names
+
+    def scores(self, rows: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
+        return self.scorer.scores(rows, batch_size)
+
+    def probabilities(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """Softmax over the label words' scores, one row per text."""
+        return softmax(self.scores(self.encoder.encode(texts).input_ids, batch_size))
+
+
+def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, precision: str = "auto") -> Classifier:
+    """An exported rtsent model (its rtsent.json gives the prompt), or a base model with an explicit prompt.
+
+    Raises ArtifactError for a folder without rtsent.json when no prompt is given, UsageError when a
+    given prompt contradicts the one the model was trained with.
+    """
+    from rtsent.config import prompt_from_dict
+    from rtsent.workspace import MODEL_META, read_json
+
+    meta_path = Path(model).expanduser() / MODEL_META
+    if meta_path.is_file():
+        meta = read_json(meta_path, f"re-export the model with `rtsent train` (or delete {meta_path})")
+        trained = prompt_from_dict(meta["prompt"])
+        if prompt is not None and (prompt.template, prompt.label_words) != (trained.template, trained.label_words):
+            raise UsageError(
+                f"{model} was trained with template {trained.template!r} and label words "
+                f"{list(trained.label_words)!r}; drop --template/--label-words to use them"
+            )
+        return Classifier(model, meta, trained, max_len or meta.get("max_len", 128), precision)
+    if prompt is None:
+        raise ArtifactError(
+            f"{model} has no {MODEL_META}, so it was not exported by `rtsent train`; pass a run's model folder, "
+            f"or score it as a base model zero-shot with --zero-shot (evaluate) or --template/--label-words"
+        )
+    return Classifier(model, {}, prompt, max_len or 128, precision)

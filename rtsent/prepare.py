@@ -1,0 +1,138 @@
+"""Stage 1, prepare: tokenize every split once and save it as Arrow, keyed by a fingerprint."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from rtsent import __version__
+from rtsent.cache import fingerprint, locked, publish, staging, write_json
+from rtsent.config import PrepareConfig, prompt_from_dict, to_dict
+from rtsent.data import build_split, open_source
+from rtsent.errors import ArtifactError
+from rtsent.faults import crash_point
+from rtsent.modeling import load_tokenizer, tokenizer_fingerprint
+from rtsent.prompts import PromptEncoder
+from rtsent.workspace import MANIFEST, Workspace, read_json
+
+TOKENIZE_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class PrepareResult:
+    path: Path
+    manifest: dict[str, Any]
+    cache_hit: bool
+
+
+def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None) -> PrepareResult:
+    """Tokenize cfg.data into ws.prepared(<fingerprint>), or reuse it when already there.
+
+    Raises UsageError/DataError for bad options or data, HubError when a name cannot be fetched.
+    """
+    ws.ensure()
+    tok = load_tokenizer(cfg.model)
+    encoder = PromptEncoder(cfg.prompt, tok, cfg.max_len)
+    source = open_source(cfg.data)
+    key = {
+        "source": source.id,
+        "tokenizer": tokenizer_fingerprint(tok),
+        "prompt": to_dict(cfg.prompt),
+        "max_len": cfg.max_len,
+        "columns": [cfg.text_column, cfg.label_column],
+    }
+    fp = fingerprint({"stage": "prepare", **key})
+    dest = ws.prepared(fp)
+    with locked(ws, f"prepare-{fp}", f"prepared dataset {dest}", wait=3600):
+        if (dest / MANIFEST).is_file() and not cfg.force:
+            manifest = read_json(dest / MANIFEST, "run `rtsent prepare --force` to rebuild it")
+            log(f"Prepared dataset {fp} is cached - skipping tokenization (use --force to rebuild)")
+            return PrepareResult(dest, manifest, cache_hit=True)
+        manifest = {
+            "fingerprint": fp,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "rtsent_version": __version__,
+            "config": {**to_dict(cfg), "force": None},
+            **key,
+            "label_ids": encoder.label_ids,
+            "splits": {},
+        }
+        with staging(ws, f"prepare-{fp}") as tmp:
+            dd = _tokenize(cfg, source, encoder, manifest, log)
+            dd.save_to_disk(str(tmp))
+            crash_point("prepare:before-manifest")
+            write_json(tmp / MANIFEST, manifest)
+            publish(tmp, dest)
+    log(f"Prepared dataset {fp} written to {dest}")
+    return PrepareResult(dest, manifest, cache_hit=False)
+
+
+def _tokenize(cfg: PrepareConfig, source: Any, encoder: PromptEncoder, manifest: dict, log: Callable) -> Any:
+    import datasets
+
+    features = datasets.Features({
+        "input_ids": datasets.Sequence(datasets.Value("int32")),
+        "labels": datasets.Value("int64"),
+        "length": datasets.Value("int32"),
+    })
+    splits = {}
+    for name, table in sorted(source.tables.items()):
+        if name not in ("train", "validation", "test"):
+            continue
+        split = build_split(table, name, cfg.text_column, cfg.label_column, cfg.prompt.label_names, source.name)
+        ids, truncated = [], 0
+        for start in range(0, len(split.texts), TOKENIZE_CHUNK):
+            batch = encoder.encode(split.texts[start : start + TOKENIZE_CHUNK])
+            ids.extend(batch.input_ids)
+            truncated += sum(batch.truncated)
+        lengths = [len(r) for r in ids]
+        splits[name] = datasets.Dataset.from_dict(
+            {"input_ids": ids, "labels": split.labels, "length": lengths}, features=features
+        )
+        manifest["splits"][name] = {
+            "rows": len(ids),
+            "per_class": {n: split.labels.count(i) for i, n in enumerate(cfg.prompt.label_names)},
+            "skipped_empty": split.skipped_empty,
+            "truncated": truncated,
+            "length": _length_stats(lengths),
+        }
+        if truncated:
+            log(f"{name}: {truncated} of {len(ids)} reviews were longer than --max-len {cfg.max_len} and lost their tail")
+        if split.skipped_empty:
+            log(f"{name}: skipped {split.skipped_empty} rows with empty text")
+    return datasets.DatasetDict(splits)
+
+
+def _length_stats(lengths: list[int]) -> dict[str, float]:
+    ordered = sorted(lengths)
+    return {
+        "min": ordered[0],
+        "mean": round(statistics.fmean(ordered), 2),
+        "p50": ordered[len(ordered) // 2],
+        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))],
+        "max": ordered[-1],
+    }
+
+
+def load(path: Path) -> tuple[Any, dict[str, Any]]:
+    """A prepared DatasetDict and its manifest; an incomplete folder is an ArtifactError."""
+    import datasets
+
+    hint = f"rebuild it with `rtsent prepare --force` (or delete {path})"
+    manifest = read_json(path / MANIFEST, hint)
+    try:
+        dd = datasets.load_from_disk(str(path))
+    except Exception as exc:  # damaged arrow files surface as several exception types
+        raise ArtifactError(f"prepared dataset {path} is damaged ({exc}); {hint}") from None
+    for split, info in manifest.get("splits", {}).items():
+        if split not in dd or len(dd[split]) != info.get("rows"):
+            raise ArtifactError(f"prepared dataset {path} does not match its manifest ({split}); {hint}")
+    return dd, manifest
+
+
+def prompt_of(manifest: dict[str, Any]):
+    """The PromptConfig a prepared dataset was built with."""
+    return prompt_from_dict(manifest["prompt"])

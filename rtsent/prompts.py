@@ -1,0 +1,64 @@
+"""Template + label words -> token ids; truncation that never cuts the template's tail."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from rtsent.config import PromptConfig
+from rtsent.errors import UsageError
+
+
+@dataclass(frozen=True)
+class EncodedBatch:
+    input_ids: list[list[int]]
+    truncated: list[bool]
+
+
+class PromptEncoder:
+    """Turns reviews into prompt token ids that end exactly where the label word is predicted.
+
+    The template's prefix is tokenized together with the review (so the boundary merges as GPT-2
+    would merge it); the suffix is tokenized once on its own and always kept whole. When the two are
+    too long for max_len, review tokens are dropped from the end of the review.
+    """
+
+    def __init__(self, prompt: PromptConfig, tokenizer: Any, max_len: int):
+        self.prompt = prompt
+        self.tokenizer = tokenizer
+        self.max_len = max_len
+        self.suffix_ids = self._ids(prompt.suffix)
+        self.prefix_len = len(self._ids(prompt.prefix))
+        self.label_ids = self._label_ids()
+        minimum = self.prefix_len + len(self.suffix_ids) + 1
+        if max_len < minimum:
+            raise UsageError(
+                f"--max-len {max_len} leaves no room for the review: the template alone takes "
+                f"{minimum - 1} tokens; use --max-len {minimum} or more"
+            )
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+
+    def _label_ids(self) -> list[int]:
+        ids = []
+        for word in self.prompt.label_words:
+            pieces = self._ids(word)
+            if len(pieces) != 1:
+                shown = [self.tokenizer.convert_ids_to_tokens(i) for i in pieces]
+                raise UsageError(
+                    f"label word {word!r} is {len(pieces)} tokens {shown}, not one; pick a single-token "
+                    f"word (GPT-2 words usually need a leading space, e.g. ' positive')"
+                )
+            ids.append(pieces[0])
+        if len(set(ids)) != len(ids):
+            raise UsageError(f"label words {list(self.prompt.label_words)!r} map to the same token; make them distinct")
+        return ids
+
+    def encode(self, texts: Sequence[str]) -> EncodedBatch:
+        """Token ids of each prompt (at most max_len) and whether its review was cut."""
+        prefix = self.prompt.prefix
+        bodies = self.tokenizer([prefix + t for t in texts], add_special_tokens=False)["input_ids"]
+        budget = self.max_len - len(self.suffix_ids)
+        ids = [body[:budget] + self.suffix_ids for body in bodies]
+        return EncodedBatch(ids, [len(body) > budget for body in bodies])

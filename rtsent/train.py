@@ -1,0 +1,364 @@
+"""Stage 2, train: a Trainer whose loss sits at the label position only; best model exported."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from rtsent import __version__, prepare
+from rtsent.cache import locked, publish, staging, write_json
+from rtsent.config import TrainConfig, to_dict
+from rtsent.errors import ArtifactError, Interrupted, UsageError
+from rtsent.faults import crash_point, interrupt_point
+from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, pad_batch,
+                             quiet_transformers, resolve_precision, tokenizer_fingerprint)
+from rtsent.workspace import MODEL_META, RunPaths, Workspace, read_json
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    run: RunPaths
+    model_dir: Path
+    best_accuracy: float | None
+    best_step: int | None
+    steps: int
+    seconds: float
+    train_examples_per_s: float
+
+
+class LabelCollator:
+    """Right-pads a batch to its longest prompt (eos as pad) and stacks the class ids."""
+
+    def __init__(self, pad_id: int, multiple: int = 1):
+        self.pad_id = pad_id
+        self.multiple = multiple
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        batch = pad_batch([f["input_ids"] for f in features], self.pad_id, self.multiple)
+        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
+        return batch
+
+
+class LabelPositionTrainer(Trainer):
+    """Trainer whose loss is the cross-entropy of the label word at the last prompt token.
+
+    loss="lm" scores the whole vocabulary there (the seed recipe's objective); loss="label" scores
+    the label words only. Evaluation returns [batch, classes] label-word logits, nothing larger.
+    """
+
+    def __init__(self, *args: Any, label_token_ids: list[int], loss_kind: str, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.label_token_ids = torch.tensor(label_token_ids, dtype=torch.long)
+        self.loss_kind = loss_kind
+        # Our loss is already a per-example mean; let Trainer scale it for gradient accumulation.
+        self.model_accepts_loss_kwargs = False
+
+    def _loss_and_scores(self, model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = next_token_logits(model, inputs["input_ids"], inputs["attention_mask"]).float()
+        label_ids = self.label_token_ids.to(logits.device)
+        scores = logits[:, label_ids]
+        if self.loss_kind == "lm":
+            loss = F.cross_entropy(logits, label_ids[inputs["labels"]])
+        else:
+            loss = F.cross_entropy(scores, inputs["labels"])
+        return loss, scores
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        loss, scores = self._loss_and_scores(model, inputs)
+        return (loss, {"scores": scores}) if return_outputs else loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss, scores = self._loss_and_scores(model, inputs)
+        return loss.detach(), scores.detach(), inputs["labels"]
+
+
+def accuracy_metrics(pred: Any) -> dict[str, float]:
+    return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+
+class MetricsLog(TrainerCallback):
+    """Appends every training/eval log event to metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+class RichProgress(TrainerCallback):
+    """A Rich progress bar for training, with the latest loss and validation accuracy."""
+
+    def __init__(self, console: Any):
+        self.console = console
+        self.progress = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        if not state.is_world_process_zero or self.console is None:
+            return
+        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console)
+        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
+        self.progress.start()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not self.progress or not logs:
+            return
+        if "eval_accuracy" in logs:
+            self.progress.console.print(
+                f"step {state.global_step}: validation accuracy {logs['eval_accuracy']:.4f}, loss {logs['eval_loss']:.4f}"
+            )
+        elif "loss" in logs:
+            self.progress.update(self.task, info=f"loss {logs['loss']:.4f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.progress:
+            self.progress.stop()
+
+
+class StopOnSignal(TrainerCallback):
+    """Turns Ctrl-C / SIGTERM into 'save a checkpoint at the end of this step, then stop'."""
+
+    def __init__(self) -> None:
+        self.stopped_at: int | None = None
+        self._requested = False
+        self._previous: dict[int, Any] = {}
+
+    def install(self) -> None:
+        if threading_main():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+
+    def _handle(self, signum, frame) -> None:
+        if self._requested:  # a second Ctrl-C: stop now, the last complete checkpoint stays valid
+            raise KeyboardInterrupt
+        self._requested = True
+
+    def on_step_end(self, args, state, control, **kwargs):
+        interrupt_point(state.global_step)
+        if self._requested:
+            self.stopped_at = state.global_step
+            control.should_save = True
+            control.should_training_stop = True
+
+
+def threading_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def run(cfg: TrainConfig, ws: Workspace, console: Any = None, log: Callable[[str], None] = lambda _: None) -> TrainResult:
+    """Fine-tune cfg.model on a prepared dataset and export the best checkpoint to runs/<name>/model.
+
+    Raises UsageError for bad options, ArtifactError for missing/mismatched inputs, BusyError when the
+    run is in use, Interrupted after a Ctrl-C/SIGTERM (with a checkpoint saved for --resume).
+    """
+    ws.ensure()
+    cfg, paths = _resolve_run(cfg, ws, log)
+    lock = locked(ws, f"run-{paths.name}", f"run {paths.name}") if is_main_process() else contextlib.nullcontext()
+    with lock, quiet_transformers():
+        return _train(cfg, ws, paths, console, log)
+
+
+def _resolve_run(cfg: TrainConfig, ws: Workspace, log: Callable[[str], None]) -> tuple[TrainConfig, RunPaths]:
+    if not cfg.resume:
+        name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
+        paths = ws.run(name)
+        if paths.config.exists():
+            raise UsageError(f"run {name!r} already exists; continue it with --resume or pick another --run-name")
+        return cfg, paths
+    paths = ws.run(cfg.run_name) if cfg.run_name else ws.latest_run()
+    saved = read_json(paths.config, f"run {paths.name} cannot be resumed; start a new run").get("config", {})
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    resumed = TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, "resume": True, "run_name": paths.name})
+    defaults = TrainConfig()
+    for f in fields - {"resume", "run_name"}:
+        given, kept = getattr(cfg, f), getattr(resumed, f)
+        if given != getattr(defaults, f) and given != kept:
+            log(f"ignoring --{f.replace('_', '-')} {given}: --resume continues with the run's saved value {kept}")
+    return resumed, paths
+
+
+def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: Callable[[str], None]) -> TrainResult:
+    from transformers import set_seed
+
+    prepared_path = ws.find_prepared(cfg.prepared)
+    dd, manifest = prepare.load(prepared_path)
+    tok = load_tokenizer(cfg.model)
+    if tokenizer_fingerprint(tok) != manifest["tokenizer"]:
+        source = manifest["config"]["model"]
+        raise ArtifactError(
+            f"prepared data {prepared_path.name} was tokenized for {source}, whose vocabulary differs from "
+            f"{cfg.model}'s; run `rtsent prepare --model {cfg.model}` (with the same data/prompt options)"
+        )
+    if "validation" not in dd:
+        raise ArtifactError(f"prepared data {prepared_path} has no validation split; re-run `rtsent prepare`")
+    set_seed(cfg.seed)
+    model = load_model(cfg.model, cfg.from_scratch, cfg.config_overrides)
+    model.config.pad_token_id = tok.pad_token_id
+    vocab = model.get_output_embeddings().weight.shape[0]
+    if max(manifest["label_ids"]) >= vocab:
+        raise ArtifactError(f"model {cfg.model} has {vocab} output tokens, fewer than the tokenizer's; use a matching model")
+
+    paths.dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = _last_complete_checkpoint(paths.checkpoints) if cfg.resume else None
+    if cfg.resume and checkpoint is None:
+        log(f"run {paths.name} has no complete checkpoint yet; starting it from the beginning")
+    if is_main_process():
+        write_json(paths.config, {"rtsent_version": __version__, "config": to_dict(cfg),
+                                  "prepared": manifest["fingerprint"], "prepared_path": str(prepared_path)})
+
+    train_ds = dd["train"]
+    eval_ds = dd["validation"].sort("length")  # sequential eval batches of similar length pad little
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch)
+    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    device = default_device()
+    precision = resolve_precision(cfg.precision, device)
+    args = TrainingArguments(
+        output_dir=str(paths.checkpoints),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.eval_batch_size,
+        learning_rate=cfg.lr,
+        num_train_epochs=cfg.epochs,
+        max_steps=cfg.max_steps,
+        warmup_steps=cfg.warmup if cfg.warmup < 1 else int(cfg.warmup),
+        weight_decay=cfg.weight_decay,
+        eval_strategy="steps",
+        eval_steps=eval_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_every or eval_steps,
+        save_total_limit=cfg.save_limit,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        greater_is_better=True,
+        logging_strategy="steps",
+        logging_steps=max(1, min(50, total // 20)),
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=precision == "bf16",
+        fp16=precision == "fp16",
+        use_cpu=device.type == "cpu",
+        activation_checkpointing=cfg.gradient_checkpointing,
+        torch_compile=cfg.compile,
+        train_sampling_strategy="group_by_length",
+        length_column_name="length",
+        remove_unused_columns=False,
+        label_names=["labels"],
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+    stopper = StopOnSignal()
+    trainer = LabelPositionTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tok,
+        data_collator=LabelCollator(tok.pad_token_id, multiple=16 if cfg.compile else 1),
+        compute_metrics=accuracy_metrics,
+        callbacks=[MetricsLog(paths.metrics), RichProgress(console), stopper],
+        label_token_ids=manifest["label_ids"],
+        loss_kind=cfg.loss,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    log(f"training {paths.name}: {len(train_ds)} examples, {total} steps, {precision} on {device.type}")
+    started = time.perf_counter()
+    stopper.install()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        stopper.uninstall()
+    seconds = time.perf_counter() - started
+    if stopper.stopped_at is not None:
+        raise Interrupted(
+            f"training stopped at step {stopper.stopped_at}; a checkpoint is saved in {paths.checkpoints}; "
+            f"continue with `rtsent train --resume --run-name {paths.name}`"
+        )
+    state = trainer.state
+    best_step = state.best_global_step
+    if is_main_process():
+        _export(trainer, tok, ws, paths, cfg, manifest, state)
+    return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
+                       output.metrics.get("train_samples_per_second", 0.0))
+
+
+def _last_complete_checkpoint(folder: Path) -> Path | None:
+    """Newest checkpoint whose trainer_state.json (the last file the Trainer writes) is whole.
+
+    Incomplete checkpoints (a kill mid-save) are removed so the Trainer's own rotation never keeps them.
+    """
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    if not folder.is_dir():
+        return None
+    found = []
+    for entry in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        try:
+            step = int(entry.name.rsplit("-", 1)[1])
+            json.loads((entry / "trainer_state.json").read_text())
+        except (ValueError, OSError):
+            shutil.rmtree(entry, ignore_errors=True)
+            continue
+        found.append((step, entry))
+    return max(found)[1] if found else None
+
+
+def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: TrainConfig,
+            manifest: dict[str, Any], state: Any) -> None:
+    """Write the (best) model as a standalone HF folder plus rtsent.json, atomically."""
+    with staging(ws, f"export-{paths.name}") as tmp:
+        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        tok.save_pretrained(str(tmp))
+        crash_point("export:before-meta")
+        write_json(tmp / MODEL_META, {
+            "rtsent_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "prompt": manifest["prompt"],
+            "label_ids": manifest["label_ids"],
+            "max_len": manifest["max_len"],
+            "tokenizer": manifest["tokenizer"],
+            "prepared": manifest["fingerprint"],
+            "data": manifest["config"]["data"],
+            "run": paths.name,
+            "train": to_dict(cfg),
+            "best": {"step": state.best_global_step, "validation_accuracy": state.best_metric},
+        })
+        publish(tmp, paths.model)
