@@ -234,8 +234,11 @@ def _safe_name(name: str) -> bool:
 
 
 def to_dict(config: Any) -> dict[str, Any]:
-    """A JSON-ready dict of a config (tuples become lists)."""
-    return dataclasses.asdict(config)
+    """A config as the plain JSON value it is stored as (tuples become lists), so that what a stage
+    returns in memory equals what a later command reads back from disk."""
+    import json
+
+    return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
 def prompt_from_dict(data: dict[str, Any]) -> PromptConfig:

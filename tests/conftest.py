@@ -1,0 +1,131 @@
+"""Hermetic fixtures: a tiny byte-level BPE tokenizer, a 2-layer GPT-2, and a small synthetic dataset.
+
+Nothing here touches the network or ../shared; every cache points into a temp folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from pathlib import Path
+
+import pytest
+
+_CACHE = tempfile.mkdtemp(prefix="rtsent-test-hf-")
+os.environ.update({
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "HF_HOME": _CACHE,
+    "HF_DATASETS_CACHE": os.path.join(_CACHE, "datasets"),
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+})
+os.environ.pop("RTSENT_HOME", None)
+os.environ.pop("RTSENT_DEBUG", None)
+
+POSITIVE = ["great", "wonderful", "moving", "funny", "brilliant", "charming", "superb", "delightful"]
+NEGATIVE = ["awful", "boring", "dull", "terrible", "tedious", "bland", "clumsy", "lifeless"]
+NEUTRAL = ["the", "movie", "film", "is", "a", "story", "with", "and", "of", "plot", "actors", "it", "this"]
+
+
+def synthetic_review(rng: random.Random, label: int) -> str:
+    """A review whose sentiment words decide its label; learnable by a tiny model in a few steps."""
+    words = rng.choices(NEUTRAL, k=rng.randint(3, 8)) + rng.choices(POSITIVE if label else NEGATIVE, k=2)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def synthetic_split(n: int, seed: int) -> dict[str, list]:
+    rng = random.Random(seed)
+    labels = [i % 2 for i in range(n)]
+    return {"text": [synthetic_review(rng, y) for y in labels], "label": labels}
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory) -> Path:
+    """A GPT-2-style byte-level BPE tokenizer (eos <|endoftext|>, no pad) where ' negative'/' positive' are one token."""
+    from tokenizers import ByteLevelBPETokenizer
+
+    rng = random.Random(0)
+    corpus = [synthetic_review(rng, i % 2) + "\nSentiment: negative positive neg pos\nneg\npos" for i in range(2000)]
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(corpus, vocab_size=400, min_frequency=2, special_tokens=["<|endoftext|>"])
+    folder = tmp_path_factory.mktemp("tokenizer")
+    bpe.save_model(str(folder))
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "GPT2Tokenizer", "add_prefix_space": False, "model_max_length": 1024,
+        "bos_token": "<|endoftext|>", "eos_token": "<|endoftext|>", "unk_token": "<|endoftext|>",
+    }))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer_dir) -> Path:
+    """A 2-layer, width-32 GPT-2 with random weights, saved like a hub model (safetensors + tokenizer)."""
+    import torch
+    from transformers import AutoTokenizer, GPT2Config, GPT2LMHeadModel
+
+    tok = AutoTokenizer.from_pretrained(str(tokenizer_dir))
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tok), n_layer=2, n_embd=32, n_head=2, n_positions=128,
+                        bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id)
+    folder = tmp_path_factory.mktemp("tiny-gpt2")
+    GPT2LMHeadModel(config).save_pretrained(str(folder))
+    tok.save_pretrained(str(folder))
+    return folder
+
+
+def write_splits(folder: Path, fmt: str = "parquet", sizes=(256, 64, 64)) -> Path:
+    """Write train/validation/test files of the synthetic dataset in a given format."""
+    import pyarrow as pa
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for (split, n), seed in zip(zip(("train", "validation", "test"), sizes), (1, 2, 3)):
+        table = pa.table(synthetic_split(n, seed))
+        if fmt == "parquet":
+            import pyarrow.parquet as pq
+
+            pq.write_table(table, folder / f"{split}.parquet")
+        elif fmt == "csv":
+            import pyarrow.csv as pcsv
+
+            pcsv.write_csv(table, folder / f"{split}.csv")
+        else:
+            with open(folder / f"{split}.jsonl", "w") as fh:
+                for row in table.to_pylist():
+                    fh.write(json.dumps(row) + "\n")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    return write_splits(tmp_path_factory.mktemp("synthetic"))
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    return tmp_path / "ws"
+
+
+@pytest.fixture
+def ws(workdir):
+    from rtsent.workspace import Workspace
+
+    return Workspace.resolve(workdir)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, tiny_model_dir, data_dir):
+    """One short training run on the synthetic data, shared by evaluate/predict tests (read-only use)."""
+    from rtsent import prepare, train
+    from rtsent.config import PrepareConfig, TrainConfig
+    from rtsent.workspace import Workspace
+
+    space = Workspace.resolve(tmp_path_factory.mktemp("trained-ws"))
+    prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=32), space)
+    result = train.run(TrainConfig(model=str(tiny_model_dir), lr=1e-2, batch_size=16, epochs=6, eval_every=16,
+                                   run_name="tiny", precision="fp32", warmup=0.0), space)
+    return space, result
