@@ -52,6 +52,32 @@ class LabelCollator:
         return batch
 
 
+class SeededLengthSampler(torch.utils.data.Sampler):
+    """Length-grouped training order drawn from (seed, epoch) alone, so a resumed run replays it exactly.
+
+    transformers' own LengthGroupedSampler draws from the global RNG; on a mid-epoch resume the Trainer
+    builds the epoch's order before restoring that RNG, so the resumed run would see other batches.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        from transformers.trainer_pt_utils import get_length_grouped_indices
+
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
+
+
 class LabelPositionTrainer(Trainer):
     """Trainer whose loss is the cross-entropy of the label word at the last prompt token.
 
@@ -65,6 +91,11 @@ class LabelPositionTrainer(Trainer):
         self.loss_kind = loss_kind
         # Our loss is already a per-example mean; let Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
+
+    def _get_train_sampler(self, train_dataset: Any = None) -> SeededLengthSampler:
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
+        return SeededLengthSampler(list(dataset[self.args.length_column_name]), batch, self.args.data_seed)
 
     def _loss_and_scores(self, model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = next_token_logits(model, inputs["input_ids"], inputs["attention_mask"]).float()

@@ -1,0 +1,146 @@
+"""Shared helpers for the benchmarks: environment, child processes with per-process peak RSS, step timing."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+OUT = HERE / "out"
+DATA = Path(os.environ.get("RTSENT_BENCH_DATA", "/work/shared/data/rotten_tomatoes"))
+TOKENIZER = os.environ.get("RTSENT_BENCH_TOKENIZER", "/work/shared/models/gpt2-tokenizer")
+
+ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+}
+for _k, _v in ENV.items():
+    os.environ.setdefault(_k, _v)
+
+
+def self_peak_rss_mb() -> float:
+    """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_child(argv: list[str], env: dict[str, str] | None = None, stdin: Any = None, stdout: Any = None,
+              timeout: float | None = None) -> dict[str, Any]:
+    """Run a command; returns wall seconds, its own peak RSS (os.wait4, per child) and its exit code.
+
+    stdout is captured (unless given) and, when its last line is JSON, parsed into "result".
+    """
+    full_env = {**os.environ, **ENV, **(env or {})}
+    started = time.perf_counter()
+    proc = subprocess.Popen(argv, env=full_env, stdin=stdin, stdout=stdout or subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=str(ROOT))
+    out_chunks: list[bytes] = []
+    err_chunks: list[bytes] = []
+    import threading
+
+    def pump(stream, sink):
+        for chunk in iter(lambda: stream.read(65536), b""):
+            sink.append(chunk)
+
+    threads = []
+    if proc.stdout is not None:
+        threads.append(threading.Thread(target=pump, args=(proc.stdout, out_chunks), daemon=True))
+    threads.append(threading.Thread(target=pump, args=(proc.stderr, err_chunks), daemon=True))
+    for t in threads:
+        t.start()
+    deadline = None if timeout is None else started + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid:
+            break
+        if deadline and time.perf_counter() > deadline:
+            proc.kill()
+            pid, status, usage = os.wait4(proc.pid, 0)
+            break
+        time.sleep(0.002)
+    wall = time.perf_counter() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    for t in threads:
+        t.join()
+    out = b"".join(out_chunks).decode("utf-8", "replace")
+    err = b"".join(err_chunks).decode("utf-8", "replace")
+    result = None
+    lines = [l for l in out.strip().splitlines() if l.strip()]
+    if lines:
+        try:
+            result = json.loads(lines[-1])
+        except ValueError:
+            result = None
+    return {"argv": argv, "rc": proc.returncode, "wall_s": wall, "peak_rss_mb": usage.ru_maxrss / 1024,
+            "user_s": usage.ru_utime, "sys_s": usage.ru_stime, "result": result, "stdout": out, "stderr": err}
+
+
+def check(child: dict[str, Any], what: str) -> dict[str, Any]:
+    if child["rc"] != 0:
+        sys.stderr.write(child["stderr"][-4000:] + "\n")
+        raise SystemExit(f"{what} failed (exit {child['rc']}): {' '.join(child['argv'])}")
+    return child
+
+
+def emit(result: dict[str, Any]) -> None:
+    """A worker's last stdout line: its result as JSON (its own peak RSS included)."""
+    result.setdefault("peak_rss_mb", round(self_peak_rss_mb(), 1))
+    sys.stdout.write("\n" + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+class StepTimer:
+    """A TrainerCallback (built lazily) recording the wall time of every optimizer step."""
+
+    def __new__(cls):
+        from transformers import TrainerCallback
+
+        class _Timer(TrainerCallback):
+            def __init__(self):
+                self.times: list[float] = []
+                self._t = None
+
+            def on_step_begin(self, args, state, control, **kw):
+                self._t = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                if self._t is not None:
+                    self.times.append(time.perf_counter() - self._t)
+                    self._t = None
+
+            def steady(self, skip: int) -> list[float]:
+                return self.times[skip:] if len(self.times) > skip else self.times[-1:]
+
+        return _Timer()
+
+
+def cpu_description() -> dict[str, Any]:
+    import platform
+
+    info: dict[str, Any] = {"cores": os.cpu_count(), "python": platform.python_version()}
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        model = next((l.split(":", 1)[1].strip() for l in text.splitlines() if l.startswith("model name")), "?")
+        flags = next((l.split(":", 1)[1].split() for l in text.splitlines() if l.startswith("flags")), [])
+        info["model"] = model
+        info["avx512_bf16"] = "avx512_bf16" in flags
+        info["amx_bf16"] = "amx_bf16" in flags
+    except OSError:
+        pass
+    try:
+        mem = Path("/proc/meminfo").read_text().splitlines()[0].split()[1]
+        info["ram_gb"] = round(int(mem) / 1024 / 1024, 1)
+    except (OSError, IndexError, ValueError):
+        pass
+    return info

@@ -1,0 +1,100 @@
+"""The CLI through typer's CliRunner: help, the four commands end to end, output formats, exit codes."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from rtsent.cli import app
+
+runner = CliRunner()
+
+
+def invoke(*args: str, input: str | None = None):
+    return runner.invoke(app, list(args), input=input)
+
+
+@pytest.mark.parametrize("command", [[], ["prepare"], ["train"], ["evaluate"], ["predict"]])
+def test_help_of_every_command(command):
+    result = invoke(*command, "--help")
+    assert result.exit_code == 0, result.output
+    assert "Usage" in result.output
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from rtsent.cli import app; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+def test_unknown_option_is_a_usage_error():
+    result = invoke("train", "--learning-rate", "1")
+    assert result.exit_code == 2 and "No such option" in result.output
+
+
+def test_bad_option_value_is_one_line_exit_2(tmp_path):
+    result = invoke("train", "--loss", "mse", "--workdir", str(tmp_path))
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error:") and "--loss must be one of" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_no_prepared_data_is_a_runtime_error(tmp_path, tiny_model_dir):
+    result = invoke("train", "--model", str(tiny_model_dir), "--workdir", str(tmp_path / "ws"))
+    assert result.exit_code == 1 and "rtsent prepare" in result.output
+
+
+def test_four_commands_end_to_end(tmp_path, tiny_model_dir, data_dir):
+    ws = ["--workdir", str(tmp_path / "ws")]
+    model = ["--model", str(tiny_model_dir)]
+    first = invoke("prepare", "--data", str(data_dir), *model, "--max-len", "32", *ws)
+    assert first.exit_code == 0, first.output
+    again = invoke("prepare", "--data", str(data_dir), *model, "--max-len", "32", *ws)
+    assert again.exit_code == 0 and "cached" in again.output
+    trained = invoke("train", *model, "--lr", "1e-2", "--batch-size", "16", "--epochs", "6", "--eval-every", "16",
+                     "--warmup", "0", "--precision", "fp32", "--run-name", "cli", *ws)
+    assert trained.exit_code == 0, trained.output
+    assert "best validation accuracy" in trained.output
+    evaluated = invoke("evaluate", "--split", "test", *ws)
+    assert evaluated.exit_code == 0, evaluated.output
+    report = json.loads((tmp_path / "ws/runs/cli/model/eval-test.json").read_text())
+    assert report["split"] == "test" and report["accuracy"] >= 0.9
+    predicted = invoke("predict", "a wonderful and charming story", *ws)
+    assert predicted.exit_code == 0, predicted.output
+    assert "positive" in predicted.output
+
+    lines = invoke("predict", "--format", "jsonl", "a dull film", "a superb film", *ws)
+    rows = [json.loads(line) for line in lines.stdout.splitlines()]
+    assert [r["label"] for r in rows] == ["negative", "positive"]
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-5 for r in rows)
+
+    table = invoke("predict", "--format", "csv", "-", *ws, input="a dull film\n\na superb film\n")
+    parsed = list(csv.DictReader(io.StringIO(table.stdout)))
+    assert [r["label"] for r in parsed] == ["negative", "positive"]  # the blank line is skipped
+
+    as_json = invoke("predict", "--format", "json", "--file", str(data_dir / "test.parquet"), *ws)
+    assert len(json.loads(as_json.stdout)) == 64
+
+
+def test_seed_recipe_format_is_reproducible(tmp_path, tiny_model_dir, data_dir):
+    from rtsent import prepare as stage
+    from rtsent.modeling import load_tokenizer
+    from rtsent.workspace import Workspace
+
+    result = invoke("prepare", "--data", str(data_dir), "--model", str(tiny_model_dir), "--template",
+                    "{text} Sentiment: ", "--label-words", "neg,pos", "--workdir", str(tmp_path / "ws"))
+    assert result.exit_code == 0, result.output
+    path = Workspace.resolve(tmp_path / "ws").find_prepared(None)
+    dd, manifest = stage.load(path)
+    tok = load_tokenizer(str(tiny_model_dir))
+    assert manifest["prompt"]["template"] == "{text} Sentiment: "
+    assert manifest["label_ids"] == [tok("neg")["input_ids"][0], tok("pos")["input_ids"][0]]
+    first = dd["train"][0]["input_ids"]
+    text = "{text} Sentiment: ".replace("{text}", __import__("pyarrow.parquet").parquet.read_table(
+        data_dir / "train.parquet").column("text")[0].as_py())
+    assert first == tok(text, add_special_tokens=False)["input_ids"]
