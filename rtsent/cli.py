@@ -26,7 +26,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-WORKDIR_HELP = "Workspace folder for prepared data and runs [env: RTSENT_HOME; default: ./data]."
+WORKDIR_HELP = "Workspace folder for prepared data and runs (default: ./data)."
 TEMPLATE_HELP = "Prompt template with {text} where the review goes (\\n understood)."
 WORDS_HELP = "Comma-separated label words, one per class in class-id order, each one token (\\n understood)."
 
@@ -141,7 +141,7 @@ def prepare(
     model: str = typer.Option(DEFAULT_MODEL, help="Model (hub name or folder) whose tokenizer to use."),
     template: str = typer.Option(DEFAULT_TEMPLATE.replace("\n", "\\n"), help=TEMPLATE_HELP),
     label_words: str = typer.Option(" negative, positive", help=WORDS_HELP),
-    label_names: Optional[str] = typer.Option(None, help="Comma-separated class names [default: the label words, stripped]."),
+    label_names: Optional[str] = typer.Option(None, help="Comma-separated class names (default: the label words, stripped)."),
     max_len: int = typer.Option(PrepareConfig.max_len, help="Longest prompt in tokens; longer reviews lose their tail, never the template."),
     text_column: str = typer.Option(PrepareConfig.text_column, help="Column holding the review text."),
     label_column: str = typer.Option(PrepareConfig.label_column, help="Column holding the label (0..K-1 or a label name)."),
@@ -161,7 +161,7 @@ def prepare(
 @handled
 def train(
     model: str = typer.Option(TrainConfig.model, help="Starting model: hub name or local folder."),
-    prepared: Optional[str] = typer.Option(None, help="Prepared dataset folder or fingerprint [default: the latest]."),
+    prepared: Optional[str] = typer.Option(None, help="Prepared dataset folder or fingerprint (default: the latest)."),
     lr: float = typer.Option(TrainConfig.lr, help="Peak learning rate."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Training examples per step."),
     eval_batch_size: int = typer.Option(TrainConfig.eval_batch_size, help="Examples per evaluation batch."),
@@ -169,15 +169,15 @@ def train(
     max_steps: int = typer.Option(TrainConfig.max_steps, help="Stop after N steps (overrides --epochs when > 0)."),
     warmup: float = typer.Option(TrainConfig.warmup, help="Warm-up: a ratio of all steps when < 1, else steps."),
     weight_decay: float = typer.Option(TrainConfig.weight_decay, help="AdamW weight decay."),
-    eval_every: Optional[int] = typer.Option(None, help="Evaluate on validation every N steps [default: once per epoch]."),
-    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps, a multiple of --eval-every [default: at each evaluation]."),
+    eval_every: Optional[int] = typer.Option(None, help="Evaluate on validation every N steps (default: once per epoch)."),
+    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps, a multiple of --eval-every (default: at each evaluation)."),
     save_limit: int = typer.Option(TrainConfig.save_limit, help="Checkpoints kept on disk (best and latest included)."),
     seed: int = typer.Option(TrainConfig.seed, help="Random seed (weights init, data order)."),
     loss: str = typer.Option(TrainConfig.loss, help="lm: cross-entropy over the vocabulary (seed recipe); label: over the label words only."),
     precision: str = typer.Option(TrainConfig.precision, help="auto (bf16 where the CPU/GPU is fast at it, fp16 on older GPUs, else fp32), fp32, bf16 or fp16."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations to save memory (slower)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (lengths bucketed to multiples of 16)."),
-    run_name: Optional[str] = typer.Option(None, help="Name of the run folder [default: run-<date>-<time>]."),
+    run_name: Optional[str] = typer.Option(None, help="Name of the run folder (default: run-<date>-<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run (--run-name, default the latest) from its last checkpoint."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights from the model's config instead of its weights."),
     config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64."),
@@ -199,16 +199,16 @@ def train(
 @app.command()
 @handled
 def evaluate(
-    model: Optional[str] = typer.Option(None, help="Exported model folder, or a base model for zero-shot [default: the latest run's model]."),
+    model: Optional[str] = typer.Option(None, help="Exported model folder, or a base model for zero-shot (default: the latest run's model)."),
     split: str = typer.Option(EvaluateConfig.split, help="validation or test."),
-    prepared: Optional[str] = typer.Option(None, help="Prepared dataset folder or fingerprint [default: the model's, else the latest]."),
+    prepared: Optional[str] = typer.Option(None, help="Prepared dataset folder or fingerprint (default: the model's, else the latest)."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Score a base model (no rtsent.json) with the default prompt."),
     template: Optional[str] = typer.Option(None, help="Zero-shot: " + TEMPLATE_HELP),
     label_words: Optional[str] = typer.Option(None, help="Zero-shot: " + WORDS_HELP),
     label_names: Optional[str] = typer.Option(None, help="Zero-shot: comma-separated class names."),
     batch_size: int = typer.Option(EvaluateConfig.batch_size, help="Examples per batch."),
     precision: str = typer.Option(EvaluateConfig.precision, help="auto, fp32, bf16 or fp16."),
-    output: Optional[str] = typer.Option(None, help="Where to write the JSON report [default: next to the model]."),
+    output: Optional[str] = typer.Option(None, help="Where to write the JSON report (default: next to the model)."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Accuracy, macro-F1, per-class precision/recall, confusion matrix and calibration on a split."""
@@ -227,11 +227,11 @@ def predict(
     texts: Optional[List[str]] = typer.Argument(None, help="Reviews to classify; '-' reads one per line from stdin."),
     file: Optional[str] = typer.Option(None, "--file", "-f", help="txt (one review a line), csv, jsonl or parquet."),
     text_column: str = typer.Option(PredictConfig.text_column, help="Text column of a csv/jsonl/parquet file."),
-    model: Optional[str] = typer.Option(None, help="Exported model folder [default: the latest run's model]."),
+    model: Optional[str] = typer.Option(None, help="Exported model folder (default: the latest run's model)."),
     output_format: str = typer.Option(PredictConfig.format, "--format", help="auto (table for arguments, jsonl for files), table, json, jsonl or csv."),
     batch_size: int = typer.Option(PredictConfig.batch_size, help="Reviews per batch."),
     precision: str = typer.Option(PredictConfig.precision, help="auto, fp32, bf16 or fp16."),
-    max_len: Optional[int] = typer.Option(None, help="Longest prompt in tokens [default: the model's training max-len]."),
+    max_len: Optional[int] = typer.Option(None, help="Longest prompt in tokens (default: the model's training max-len)."),
     template: Optional[str] = typer.Option(None, help="Zero-shot base model only: " + TEMPLATE_HELP),
     label_words: Optional[str] = typer.Option(None, help="Zero-shot base model only: " + WORDS_HELP),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),

@@ -9,6 +9,9 @@ from rtsent.config import PromptConfig
 from rtsent.errors import UsageError
 
 
+CHARS_PER_TOKEN = 32
+
+
 @dataclass(frozen=True)
 class EncodedBatch:
     input_ids: list[list[int]]
@@ -58,7 +61,10 @@ class PromptEncoder:
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         """Token ids of each prompt (at most max_len) and whether its review was cut."""
         prefix = self.prompt.prefix
-        bodies = self.tokenizer([prefix + t for t in texts], add_special_tokens=False)["input_ids"]
         budget = self.max_len - len(self.suffix_ids)
+        # No GPT-2 token spans 32 characters in ordinary text, so cutting there first cannot change the
+        # kept tokens, while a pathological 1 MB "review" costs no more to tokenize than a long one.
+        chars = CHARS_PER_TOKEN * budget
+        bodies = self.tokenizer([prefix + t[:chars] for t in texts], add_special_tokens=False)["input_ids"]
         ids = [body[:budget] + self.suffix_ids for body in bodies]
-        return EncodedBatch(ids, [len(body) > budget for body in bodies])
+        return EncodedBatch(ids, [len(body) > budget or len(t) > chars for body, t in zip(bodies, texts)])
