@@ -193,7 +193,9 @@ def train(
     from rtsent import train as stage
     from rtsent.report import print_trained
 
-    print_trained(stage.run(cfg, _workspace(workdir), _stderr(), _log))
+    result = stage.run(cfg, _workspace(workdir), _stderr(), _log)
+    if stage.is_main_process():  # under torchrun every rank runs this command; one summary is enough
+        print_trained(result)
 
 
 @app.command()

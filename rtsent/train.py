@@ -311,6 +311,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         label_names=["labels"],
         report_to="none",
         disable_tqdm=True,
+        log_level_replica="error",
+        ddp_find_unused_parameters=False,  # the loss uses every parameter; skip DDP's extra graph walk
         dataloader_num_workers=0,
     )
     stopper = StopOnSignal()
