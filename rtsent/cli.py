@@ -18,7 +18,36 @@ from rtsent.config import (DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, Evalua
                            PrepareConfig, PromptConfig, TrainConfig, split_list, unescape)
 from rtsent.errors import RtsentError
 
+class _OneLineErrors(typer.core.TyperGroup):
+    """Typer's command group, with usage errors (unknown option, bad value) printed as one line like
+    every other rtsent error, instead of a usage block and a boxed panel."""
+
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            code = super().main(*args, standalone_mode=False, **kwargs)
+        except _CLICK_ERROR as exc:
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `rtsent`: the help is the message
+                if not typer.core.HAS_RICH:
+                    exc.show()
+            else:
+                ctx = getattr(exc, "ctx", None)
+                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+                _error("error", exc.format_message().rstrip(".") + hint)
+            sys.exit(exc.exit_code)
+        except typer.Abort:
+            _error("error", "aborted")
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
+
+
+# Typer may vendor click; its usage errors all derive from the ClickException that BadParameter does.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+
 app = typer.Typer(
+    cls=_OneLineErrors,
     name="rtsent",
     help="Fine-tune GPT-2 as a causal-LM sentiment classifier: prepare -> train -> evaluate -> predict.",
     no_args_is_help=True,
@@ -94,10 +123,22 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # the last line of defence: never a traceback without --debug
             if debug:
                 raise
+            if _disk_full(exc):  # torch and safetensors wrap a full disk in their own error types
+                _error("error", "the disk is full (while writing); free space and run the command again")
+                raise typer.Exit(1) from None
             _error("internal error", f"{type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
             raise typer.Exit(1) from None
 
     return wrapper
+
+
+def _disk_full(exc: BaseException | None) -> bool:
+    seen = 0
+    while exc is not None and seen < 10:
+        if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def _workspace(workdir: Optional[str]):
@@ -123,15 +164,19 @@ def _prompt(template: Optional[str], label_words: Optional[str], label_names: Op
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (or set RTSENT_DEBUG=1)."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True,
+                                 callback=lambda value: _print_version() if value else None),
 ) -> None:
     if debug:
         os.environ["RTSENT_DEBUG"] = "1"
-    if version:
-        from rtsent import __version__
 
-        typer.echo(__version__)
-        raise typer.Exit()
+
+def _print_version() -> None:
+    # An eager callback: a group's own body never runs without a command, so `rtsent --version` would fail.
+    from rtsent import __version__
+
+    typer.echo(__version__)
+    raise typer.Exit()
 
 
 @app.command()

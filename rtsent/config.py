@@ -220,6 +220,11 @@ class PredictConfig:
         problems = []
         if bool(self.texts) == bool(self.file):
             problems.append("give texts as arguments, or --file PATH, or '-' for stdin (one of them)")
+        for i, text in enumerate(self.texts, start=1):
+            if not text.strip():
+                problems.append(f"text {i} is empty; give each review as a non-empty argument")
+            elif not _is_utf8(text):  # undecodable argv bytes arrive as lone surrogates
+                problems.append(f"text {i} is not valid UTF-8; pass UTF-8 text (or --file with UTF-8 content)")
         if self.format not in FORMATS:
             problems.append(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         if self.precision not in PRECISIONS:
@@ -227,6 +232,14 @@ class PredictConfig:
         if self.batch_size <= 0:
             problems.append("--batch-size must be positive")
         _check(problems)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _safe_name(name: str) -> bool:

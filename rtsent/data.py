@@ -146,6 +146,8 @@ def build_split(table: Any, split: str, text_column: str, label_column: str,
     labels = column(table, label_column, "label", f"{where} ({split})")
     kept_texts, kept_labels, skipped = [], [], 0
     for row, (text, label) in enumerate(zip(texts, labels)):
+        if isinstance(text, bytes):  # pyarrow reads a CSV column with invalid UTF-8 as binary
+            raise DataError(f"{where} ({split}) row {row}: the text is not valid UTF-8; re-save the file as UTF-8")
         if text is not None and not isinstance(text, str):
             raise DataError(f"{where} ({split}) row {row}: text {text!r} is not a string; check --text-column")
         if text is None or not text.strip():
@@ -166,10 +168,14 @@ def label_id(label: Any, names: Sequence[str], where: str) -> int:
     if isinstance(label, str):
         if label in names:
             return names.index(label)
-        raise DataError(
-            f"{where}: label {label!r} is not one of the label names {list(names)}; pass --label-names to match"
-        )
-    if isinstance(label, float) and label.is_integer():
+        if not label.strip().isdecimal():  # "1" read as text (e.g. a quoted CSV cell) is still class 1
+            raise DataError(
+                f"{where}: label {label!r} is not one of the label names {list(names)}; pass --label-names to match"
+            )
+        label = int(label)
+    if isinstance(label, float):
+        if not label.is_integer():
+            raise DataError(f"{where}: label {label!r} is not a whole number; labels must be 0..{k - 1} or one of {list(names)}")
         label = int(label)
     if isinstance(label, int) and 0 <= label < k:
         return label

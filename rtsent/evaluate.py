@@ -65,7 +65,7 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     model = cfg.model or str(ws.latest_model())
     clf = open_classifier(model, cfg.prompt, precision=cfg.precision)
     path = _prepared_for(clf, cfg, ws)
-    dd, manifest = prepare.load(path)
+    dd, manifest = prepare.load(path, ws)
     _check_compatible(clf, manifest, path)
     if cfg.split not in dd:
         raise ArtifactError(f"prepared data {path.name} has no {cfg.split} split; choose --split from {sorted(dd)}")

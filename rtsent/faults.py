@@ -11,16 +11,19 @@ import signal
 ENV = "RTSENT_CRASH_AT"
 
 
-def crash_point(name: str) -> None:
-    """SIGKILL this process if RTSENT_CRASH_AT names this point."""
-    if os.environ.get(ENV) == name:
+def crash_point(name: str, step: int | None = None) -> None:
+    """SIGKILL this process if RTSENT_CRASH_AT names this point (or `name@step` for a repeated one)."""
+    wanted = os.environ.get(ENV)
+    if wanted == name or (step is not None and wanted == f"{name}@{step}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
 STOP_ENV = "RTSENT_INTERRUPT_AT_STEP"
+SIGNAL_ENV = "RTSENT_INTERRUPT_SIGNAL"
 
 
 def interrupt_point(step: int) -> None:
-    """Send this process SIGINT (a Ctrl-C) once training reaches RTSENT_INTERRUPT_AT_STEP."""
+    """Send this process SIGINT (a Ctrl-C), or RTSENT_INTERRUPT_SIGNAL=TERM, at RTSENT_INTERRUPT_AT_STEP."""
     if os.environ.get(STOP_ENV) == str(step):
-        os.kill(os.getpid(), signal.SIGINT)
+        name = os.environ.get(SIGNAL_ENV, "INT").upper().removeprefix("SIG")
+        os.kill(os.getpid(), signal.SIGTERM if name == "TERM" else signal.SIGINT)

@@ -239,8 +239,12 @@ def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, 
 
     meta_path = Path(model).expanduser() / MODEL_META
     if meta_path.is_file():
-        meta = read_json(meta_path, f"re-export the model with `rtsent train` (or delete {meta_path})")
-        trained = prompt_from_dict(meta["prompt"])
+        hint = f"re-export the model with `rtsent train --resume --run-name <its run>` (or delete {meta_path})"
+        meta = read_json(meta_path, hint)
+        try:
+            trained = prompt_from_dict(meta["prompt"])
+        except (KeyError, TypeError, UsageError) as exc:
+            raise ArtifactError(f"{meta_path} has no valid prompt ({exc}); {hint}") from None
         if prompt is not None and (prompt.template, prompt.label_words) != (trained.template, trained.label_words):
             raise UsageError(
                 f"{model} was trained with template {trained.template!r} and label words "

@@ -11,7 +11,7 @@ from typing import Any, Callable, Iterator, TextIO
 
 from rtsent.config import PredictConfig
 from rtsent.data import iter_text_file
-from rtsent.errors import UsageError
+from rtsent.errors import DataError
 from rtsent.modeling import open_classifier
 from rtsent.workspace import Workspace
 
@@ -32,9 +32,6 @@ def _texts(cfg: PredictConfig) -> Iterator[list[str]]:
     if cfg.file:
         yield from iter_text_file(cfg.file, cfg.text_column, cfg.batch_size)
         return
-    for i, text in enumerate(cfg.texts, start=1):
-        if not text.strip():
-            raise UsageError(f"text {i} is empty; give each review as a non-empty argument")
     for start in range(0, len(cfg.texts), cfg.batch_size):
         yield list(cfg.texts[start : start + cfg.batch_size])
 
@@ -70,6 +67,9 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
     for row in predictions(cfg, clf):
         writer.add(row)
         count += 1
+    if count == 0:  # only a file or stdin can get here: arguments are checked to be non-empty
+        where = "stdin" if cfg.file == "-" else cfg.file
+        raise DataError(f"{where} has no reviews (it is empty or holds only blank lines); nothing to classify")
     writer.close()
     return PredictStats(count, time.perf_counter() - loaded, loaded - started)
 
@@ -130,10 +130,17 @@ class _Table:
         from rich.text import Text  # Text, not a str: review text must never be read as Rich markup
 
         text = row["text"] if len(row["text"]) <= 80 else row["text"][:77] + "..."
-        self.table.add_row(Text(text), Text(row["label"]), f"{row['probability']:.3f}")
+        self.table.add_row(Text(_visible(text)), Text(row["label"]), f"{row['probability']:.3f}")
 
     def close(self) -> None:
         self.console.print(self.table)
+
+
+def _visible(text: str) -> str:
+    """Control characters shown as escapes: a review must never move the cursor or recolour a terminal."""
+    import unicodedata
+
+    return "".join(c if unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
 
 
 WRITERS: dict[str, Callable[[TextIO, Any], Any]] = {

@@ -117,12 +117,31 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
     }
 
 
-def load(path: Path) -> tuple[Any, dict[str, Any]]:
-    """A prepared DatasetDict and its manifest; an incomplete folder is an ArtifactError."""
+MANIFEST_KEYS = ("fingerprint", "config", "tokenizer", "prompt", "max_len", "label_ids", "splits")
+# How long a reader waits for a `prepare --force` that is replacing the same dataset.
+LOCK_WAIT_S = 600.0
+
+
+def load(path: Path, ws: Workspace | None = None) -> tuple[Any, dict[str, Any]]:
+    """A prepared DatasetDict and its manifest; an incomplete folder is an ArtifactError.
+
+    With the workspace given, the dataset's prepare lock is held while opening it, so a concurrent
+    `prepare --force` never swaps the folder mid-open (once open, the memory-mapped files stay valid).
+    """
+    if ws is None:
+        return _load(path)
+    with locked(ws, f"prepare-{path.name}", f"prepared dataset {path}", wait=LOCK_WAIT_S):
+        return _load(path)
+
+
+def _load(path: Path) -> tuple[Any, dict[str, Any]]:
     import datasets
 
     hint = f"rebuild it with `rtsent prepare --force` (or delete {path})"
     manifest = read_json(path / MANIFEST, hint)
+    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    if missing:
+        raise ArtifactError(f"{path / MANIFEST} lacks {', '.join(missing)}; {hint}")
     try:
         dd = datasets.load_from_disk(str(path))
     except Exception as exc:  # damaged arrow files surface as several exception types

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
@@ -96,6 +97,11 @@ class LabelPositionTrainer(Trainer):
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return SeededLengthSampler(list(dataset[self.args.length_column_name]), batch, self.args.data_seed)
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        # Weights, optimizer and RNG are on disk, trainer_state.json (the completion mark) is not yet.
+        crash_point("checkpoint:before-state", self.state.global_step)
 
     def _loss_and_scores(self, model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         logits = next_token_logits(model, inputs["input_ids"], inputs["attention_mask"]).float()
@@ -232,6 +238,9 @@ def _resolve_run(cfg: TrainConfig, ws: Workspace, log: Callable[[str], None]) ->
             raise UsageError(f"run {name!r} already exists; continue it with --resume or pick another --run-name")
         return cfg, paths
     paths = ws.run(cfg.run_name) if cfg.run_name else ws.latest_run()
+    if not paths.config.exists():
+        raise ArtifactError(f"no run {paths.name!r} in {ws.runs_dir} to resume; start it with "
+                            f"`rtsent train --run-name {paths.name}` (without --resume)")
     saved = read_json(paths.config, f"run {paths.name} cannot be resumed; start a new run").get("config", {})
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     resumed = TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, "resume": True, "run_name": paths.name})
@@ -247,7 +256,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     from transformers import set_seed
 
     prepared_path = ws.find_prepared(cfg.prepared)
-    dd, manifest = prepare.load(prepared_path)
+    dd, manifest = prepare.load(prepared_path, ws)
     tok = load_tokenizer(cfg.model)
     if tokenizer_fingerprint(tok) != manifest["tokenizer"]:
         source = manifest["config"]["model"]
@@ -273,7 +282,11 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
                                   "prepared": manifest["fingerprint"], "prepared_path": str(prepared_path)})
 
     train_ds = dd["train"]
-    eval_ds = dd["validation"].sort("length")  # sequential eval batches of similar length pad little
+    # Sequential eval batches of similar length pad little; in memory, so that training never writes
+    # a cache file into the shared, published prepared folder.
+    # (datasets' own sort() writes one even with keep_in_memory=True.)
+    order = np.argsort(np.asarray(dd["validation"]["length"]), kind="stable")
+    eval_ds = dd["validation"].select(order, keep_in_memory=True)
     steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
     eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)

@@ -1,0 +1,107 @@
+"""Property-based tests (hypothesis): the prompt builder and predict hold their promises for any text."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from rtsent.config import TEXT_SLOT, PredictConfig, PromptConfig
+from rtsent.errors import DataError, UsageError
+
+SETTINGS = settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Any unicode (hypothesis leaves out lone surrogates, which no decoded text can hold), newlines included.
+texts = st.text(max_size=300)
+template_parts = st.text(max_size=24).filter(lambda s: "{" not in s and "}" not in s)
+templates = st.builds(lambda pre, post: pre + TEXT_SLOT + post, template_parts, template_parts)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_model_dir):
+    from rtsent.modeling import load_tokenizer
+
+    return load_tokenizer(str(tiny_model_dir))
+
+
+@SETTINGS
+@given(text=texts, template=templates, others=st.lists(texts, max_size=3), max_len=st.integers(2, 48))
+def test_prompt_keeps_the_template_tail_fits_max_len_and_ends_at_the_label_position(tokenizer, text, template,
+                                                                                     others, max_len):
+    from rtsent.modeling import pad_batch
+    from rtsent.prompts import PromptEncoder
+
+    assume(text.strip())
+    try:
+        encoder = PromptEncoder(PromptConfig(template=template), tokenizer, max_len)
+    except UsageError as exc:  # only when the template alone does not fit
+        assert f"--max-len {max_len} leaves no room" in str(exc)
+        return
+    batch = [text] + [t for t in others if t.strip()]
+    ids = encoder.encode(batch).input_ids
+    for row in ids:
+        assert 1 <= len(row) <= max_len
+        if encoder.suffix_ids:
+            assert row[-len(encoder.suffix_ids):] == encoder.suffix_ids
+    # The label word is predicted from the last prompt token: the position modeling.py reads.
+    padded = pad_batch(ids, tokenizer.pad_token_id)
+    last = padded["attention_mask"].sum(dim=-1) - 1
+    for i, row in enumerate(ids):
+        assert int(last[i]) == len(row) - 1
+        assert int(padded["input_ids"][i, last[i]]) == row[-1]
+
+
+@SETTINGS
+@given(text=texts)
+def test_untruncated_prompt_is_the_review_between_prefix_and_suffix(tokenizer, text):
+    from rtsent.prompts import PromptEncoder
+
+    assume(text.strip())
+    encoder = PromptEncoder(PromptConfig(template="Review: {text}\nSentiment:"), tokenizer, 4096)
+    (row,) = encoder.encode([text]).input_ids
+    assert tokenizer.decode(row) == f"Review: {text}\nSentiment:"
+
+
+@pytest.fixture(scope="module")
+def classifier(trained):
+    from rtsent.modeling import open_classifier
+
+    return open_classifier(str(trained[1].model_dir), precision="fp32")
+
+
+@SETTINGS
+@given(text=texts)
+def test_predict_on_any_string_gives_a_label_and_probabilities_or_a_clear_error(classifier, text):
+    from rtsent import predict
+
+    try:
+        cfg = PredictConfig(texts=(text,))
+    except UsageError as exc:
+        assert not text.strip() and "text 1 is empty" in str(exc)
+        return
+    (row,) = list(predict.predictions(cfg, classifier))
+    assert row["text"] == text
+    assert row["label"] in classifier.label_names
+    assert 0.0 <= row["probability"] <= 1.0
+    probs = row["probabilities"]
+    assert set(probs) == set(classifier.label_names)
+    assert all(0.0 <= p <= 1.0 for p in probs.values())
+    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
+    assert row["probability"] == max(probs.values()) == probs[row["label"]]
+
+
+labels = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
+                   st.text(max_size=12), st.sampled_from(["negative", "positive", "0", "1", " 1"]))
+
+
+@SETTINGS
+@given(label=labels)
+def test_any_label_value_is_a_class_id_or_a_data_error(label):
+    from rtsent.data import label_id
+
+    try:
+        value = label_id(label, ("negative", "positive"), "train.csv row 0")
+    except DataError as exc:
+        assert str(exc).startswith("train.csv row 0: label ")
+        return
+    assert value in (0, 1)
