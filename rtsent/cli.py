@@ -220,6 +220,7 @@ def train(
     seed: int = typer.Option(TrainConfig.seed, help="Random seed (weights init, data order)."),
     loss: str = typer.Option(TrainConfig.loss, help="lm: cross-entropy over the vocabulary (seed recipe); label: over the label words only."),
     precision: str = typer.Option(TrainConfig.precision, help="auto (bf16 where the CPU/GPU is fast at it, fp16 on older GPUs, else fp32), fp32, bf16 or fp16."),
+    dropout: float = typer.Option(0.0, help="Dropout of every dropout layer; 0.1 restores GPT-2's pretraining value (slower on CPU)."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations to save memory (slower)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (lengths bucketed to multiples of 16)."),
     run_name: Optional[str] = typer.Option(None, help="Name of the run folder (default: run-<date>-<time>)."),
@@ -232,7 +233,7 @@ def train(
     cfg = TrainConfig(model=model, prepared=prepared, lr=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
                       epochs=epochs, max_steps=max_steps, warmup=warmup, weight_decay=weight_decay,
                       eval_every=eval_every, save_every=save_every, save_limit=save_limit, seed=seed, loss=loss,
-                      precision=precision, gradient_checkpointing=gradient_checkpointing, compile=compile,
+                      precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
                       run_name=run_name, resume=resume, from_scratch=from_scratch,
                       config_overrides=config_overrides)
     from rtsent import train as stage

@@ -136,6 +136,8 @@ class TrainConfig:
     loss: str = "lm"
     """lm: cross-entropy over the whole vocabulary (the seed recipe); label: over the label words."""
     precision: str = "auto"
+    dropout: float | None = 0.0
+    """Dropout rate of every dropout layer; None keeps the model config's (GPT-2: 0.1)."""
     gradient_checkpointing: bool = False
     compile: bool = False
     """torch.compile the model (lengths are bucketed to multiples of 16 so shapes repeat)."""
@@ -150,6 +152,8 @@ class TrainConfig:
         for name in ("lr", "batch_size", "eval_batch_size", "epochs", "save_limit"):
             if getattr(self, name) <= 0:
                 problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            problems.append(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.warmup < 0 or self.weight_decay < 0:
             problems.append("--warmup and --weight-decay must not be negative")
         if self.loss not in LOSSES:

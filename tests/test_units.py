@@ -199,3 +199,21 @@ def test_ece_zero_when_confidence_matches_accuracy_and_large_when_overconfident(
     assert expected_calibration_error(probs, np.array([0, 0, 0, 1]), 10) == pytest.approx(0.0)
     sure = np.array([[0.99, 0.01]] * 4)
     assert expected_calibration_error(sure, np.array([1, 1, 0, 1]), 10) == pytest.approx(0.99 - 0.25)
+
+
+def test_tune_config_swaps_gelu_for_an_equal_or_finer_than_bf16_kernel_and_sets_dropout():
+    from transformers import GPT2Config
+    from transformers.activations import ACT2FN
+
+    from rtsent.modeling import tune_config
+
+    fp32, bf16 = GPT2Config(), GPT2Config()
+    tune_config(fp32, "fp32", None)
+    tune_config(bf16, "bf16", 0.0)
+    assert fp32.activation_function == "gelu_pytorch_tanh" and fp32.resid_pdrop == 0.1
+    assert bf16.activation_function == "gelu" and (bf16.resid_pdrop, bf16.embd_pdrop, bf16.attn_pdrop) == (0, 0, 0)
+    x = torch.linspace(-8, 8, 20001)
+    reference = ACT2FN["gelu_new"](x)
+    torch.testing.assert_close(ACT2FN["gelu_pytorch_tanh"](x), reference, rtol=1e-6, atol=1e-6)  # same function
+    # exact GELU differs from tanh-GELU by < 5e-4; bf16 alone rounds an activation of 1 by up to 4e-3
+    assert (ACT2FN["gelu"](x) - reference).abs().max() < 5e-4

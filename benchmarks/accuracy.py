@@ -1,0 +1,93 @@
+"""Speed must not cost accuracy: rtsent's fast defaults vs an fp32 reference, over several seeds.
+
+    reference  --precision fp32 with the model config's dropout (GPT-2: 0.1) and tanh-GELU
+    defaults   --precision auto (bf16 on this CPU), dropout 0, exact GELU in bf16
+
+    python benchmarks/accuracy.py [--seeds 1,2,3] [--epochs 2] [--lr 5e-5]
+
+Trains a small from-scratch model (`rtsent train --from-scratch --config-overrides n_layer=2,n_embd=64,n_head=4`,
+everything else rtsent's defaults) on Rotten Tomatoes once per seed and precision, and reports the best
+validation accuracy of each run, then `rtsent evaluate` of the exported model in the same precision.
+Writes benchmarks/out/accuracy.json and accuracy.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, OUT  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=str(OUT / "gpt2-small"), help="folder whose config/tokenizer are used")
+    ap.add_argument("--seeds", default="1,2,3")
+    ap.add_argument("--variants", default="reference,defaults")
+    ap.add_argument("--epochs", type=float, default=None, help="default: rtsent's")
+    ap.add_argument("--lr", type=float, default=None, help="default: rtsent's")
+    ap.add_argument("--loss", default=None, help="default: rtsent's (lm); label learns faster from scratch")
+    ap.add_argument("--overrides", default="n_layer=2,n_embd=64,n_head=2")
+    ap.add_argument("--workspace", default=str(OUT / "accuracy-ws"))
+    args = ap.parse_args()
+
+    from rtsent import evaluate, prepare, train
+    from rtsent.config import EvaluateConfig, PrepareConfig, TrainConfig
+    from rtsent.modeling import default_device, resolve_precision
+    from rtsent.workspace import Workspace
+
+    ws = Workspace.resolve(args.workspace)
+    prep = prepare.run(PrepareConfig(data=str(DATA), model=args.model), ws)
+    extra = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("loss", args.loss)) if v is not None}
+    rows = []
+    stamp = int(time.time())
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        for variant in args.variants.split(","):
+            precision, dropout = ("fp32", None) if variant == "reference" else ("auto", TrainConfig.dropout)
+            resolved = f"{variant} ({resolve_precision(precision, default_device())}, dropout {'config' if dropout is None else dropout})"
+            cfg = TrainConfig(model=args.model, prepared=str(prep.path), from_scratch=True,
+                              config_overrides=args.overrides, seed=seed, precision=precision, dropout=dropout,
+                              run_name=f"acc-{stamp}-s{seed}-{variant}", **extra)
+            started = time.perf_counter()
+            res = train.run(cfg, ws)
+            seconds = time.perf_counter() - started
+            rep = evaluate.run(EvaluateConfig(model=str(res.model_dir), precision=precision,
+                                              output=str(res.run.dir / "eval-validation.json")), ws)
+            rows.append({"seed": seed, "precision": resolved, "best_val_accuracy_in_training": res.best_accuracy,
+                         "evaluate_accuracy": rep["accuracy"], "steps": res.steps, "train_s": round(seconds, 1),
+                         "train_examples_per_s": round(res.train_examples_per_s, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    summary = {}
+    for precision in sorted({r["precision"] for r in rows}):
+        accs = [r["evaluate_accuracy"] for r in rows if r["precision"] == precision]
+        summary[precision] = {"mean": statistics.fmean(accs), "std": statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                              "runs": accs}
+    n = rows and 1066
+    p = statistics.fmean(r["evaluate_accuracy"] for r in rows)
+    binomial_se = math.sqrt(p * (1 - p) / n)
+    result = {"config": {"overrides": args.overrides, **extra, "seeds": args.seeds}, "runs": rows, "summary": summary,
+              "binomial_se_one_run": binomial_se}
+    (OUT / "accuracy.json").write_text(json.dumps(result, indent=2))
+    lines = ["| seed | " + " | ".join(summary) + " |", "|---|" + "---:|" * len(summary)]
+    for seed in sorted({r["seed"] for r in rows}):
+        cells = [next((f"{r['evaluate_accuracy']:.4f}" for r in rows if r["seed"] == seed and r["precision"] == pr), "")
+                 for pr in summary]
+        lines.append(f"| {seed} | " + " | ".join(cells) + " |")
+    lines.append("| mean ± std | " + " | ".join(f"{s['mean']:.4f} ± {s['std']:.4f}" for s in summary.values()) + " |")
+    if len(summary) == 2:
+        a, b = summary.values()
+        lines.append(f"\ndifference of means {abs(a['mean'] - b['mean']):.4f}; seed-to-seed std "
+                     f"{max(a['std'], b['std']):.4f}; binomial standard error of one run on 1066 examples {binomial_se:.4f}.")
+    md = "\n".join(lines) + "\n"
+    (OUT / "accuracy.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()
