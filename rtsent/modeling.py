@@ -81,6 +81,10 @@ def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype
                 config.update_from_string(overrides)
             except (ValueError, AttributeError) as exc:
                 raise UsageError(f"--config-overrides {overrides!r}: {exc}") from None
+            width, heads = getattr(config, "n_embd", None), getattr(config, "n_head", None)
+            if width and heads and width % heads:
+                raise UsageError(f"--config-overrides: n_embd={width} is not divisible by n_head={heads}; "
+                                 f"add n_head=..., e.g. n_head=2")
         tune_config(config, compute, dropout)
         extra = {"attn_implementation": attn} if attn else {}
         if from_scratch:

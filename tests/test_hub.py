@@ -41,3 +41,4 @@ def test_unknown_dataset_name_points_to_local_paths(tmp_path, tiny_model_dir):
 def test_missing_local_model_folder_is_a_usage_error(tmp_path):
     result = runner.invoke(app, ["prepare", "--model", "./no/such/folder", "--workdir", str(tmp_path)])
     assert result.exit_code == 2 and "no such folder" in result.output
+

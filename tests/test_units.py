@@ -217,3 +217,9 @@ def test_tune_config_swaps_gelu_for_an_equal_or_finer_than_bf16_kernel_and_sets_
     torch.testing.assert_close(ACT2FN["gelu_pytorch_tanh"](x), reference, rtol=1e-6, atol=1e-6)  # same function
     # exact GELU differs from tanh-GELU by < 5e-4; bf16 alone rounds an activation of 1 by up to 4e-3
     assert (ACT2FN["gelu"](x) - reference).abs().max() < 5e-4
+
+
+def test_config_overrides_with_indivisible_heads_say_which_to_add(tiny_model_dir):
+    with pytest.raises(UsageError, match="add n_head"):
+        load_model(str(tiny_model_dir), from_scratch=True, overrides="n_embd=33")
+    assert load_model(str(tiny_model_dir), from_scratch=True, overrides="n_embd=48,n_head=3").config.n_embd == 48
