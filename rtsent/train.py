@@ -293,7 +293,53 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     # (datasets' own sort() writes one even with keep_in_memory=True.)
     order = np.argsort(np.asarray(dd["validation"]["length"]), kind="stable")
     eval_ds = dd["validation"].select(order, keep_in_memory=True)
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    args, total = _training_arguments(cfg, paths, device, precision, len(train_ds))
+    stopper = StopOnSignal()
+    trainer = LabelPositionTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tok,
+        data_collator=LabelCollator(tok.pad_token_id, multiple=16 if cfg.compile else 1),
+        compute_metrics=accuracy_metrics,
+        callbacks=[MetricsLog(paths.metrics), RichProgress(console), stopper],
+        label_token_ids=manifest["label_ids"],
+        loss_kind=cfg.loss,
+    )
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    trainer.remove_callback(ProgressCallback)
+    trainer.remove_callback(PrinterCallback)
+    log(f"training {paths.name}: {len(train_ds)} examples, {total} steps, {precision} on {device.type}")
+    started = time.perf_counter()
+    stopper.install()
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        stopper.uninstall()
+    seconds = time.perf_counter() - started
+    if stopper.stopped_at is not None:
+        raise Interrupted(
+            f"training stopped at step {stopper.stopped_at}; a checkpoint is saved in {paths.checkpoints}; "
+            f"continue with `rtsent train --resume --run-name {paths.name}`"
+        )
+    state = trainer.state
+    best_step = state.best_global_step
+    if is_main_process():
+        _export(trainer, tok, ws, paths, cfg, manifest, state)
+    return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
+                       output.metrics.get("train_samples_per_second", 0.0))
+
+
+def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device, precision: str,
+                        train_rows: int) -> tuple[TrainingArguments, int]:
+    """The Trainer's arguments for a config, and the number of optimizer steps they make.
+
+    Evaluation happens every eval_every steps, else once per epoch (or at max_steps), and always at
+    the end; checkpoints follow evaluations so the best one can be kept.
+    """
+    steps_per_epoch = math.ceil(train_rows / cfg.batch_size)
     eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     args = TrainingArguments(
@@ -332,42 +378,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         ddp_find_unused_parameters=False,  # the loss uses every parameter; skip DDP's extra graph walk
         dataloader_num_workers=0,
     )
-    stopper = StopOnSignal()
-    trainer = LabelPositionTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tok,
-        data_collator=LabelCollator(tok.pad_token_id, multiple=16 if cfg.compile else 1),
-        compute_metrics=accuracy_metrics,
-        callbacks=[MetricsLog(paths.metrics), RichProgress(console), stopper],
-        label_token_ids=manifest["label_ids"],
-        loss_kind=cfg.loss,
-    )
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
-    trainer.remove_callback(ProgressCallback)
-    trainer.remove_callback(PrinterCallback)
-    log(f"training {paths.name}: {len(train_ds)} examples, {total} steps, {precision} on {device.type}")
-    started = time.perf_counter()
-    stopper.install()
-    try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    finally:
-        stopper.uninstall()
-    seconds = time.perf_counter() - started
-    if stopper.stopped_at is not None:
-        raise Interrupted(
-            f"training stopped at step {stopper.stopped_at}; a checkpoint is saved in {paths.checkpoints}; "
-            f"continue with `rtsent train --resume --run-name {paths.name}`"
-        )
-    state = trainer.state
-    best_step = state.best_global_step
-    if is_main_process():
-        _export(trainer, tok, ws, paths, cfg, manifest, state)
-    return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
-                       output.metrics.get("train_samples_per_second", 0.0))
+    return args, total
 
 
 def _last_complete_checkpoint(folder: Path) -> Path | None:
