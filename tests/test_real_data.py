@@ -24,7 +24,8 @@ pytestmark = pytest.mark.skipif(
            "../shared/models/gpt2-tokenizer) to run on the real data",
 )
 
-# Measured: 0.72 validation accuracy for this recipe (2 layers, width 64, 2 epochs, seed 42, bf16 or fp32).
+# Measured: 0.732 validation accuracy for this recipe (2 layers, width 64, 2 epochs, seed 42, bf16 defaults);
+# seeds 1-3 gave 0.747-0.758 (benchmarks/accuracy.py). A wrong label position stays at 0.50.
 ACCURACY_BAR = 0.65
 
 
@@ -74,6 +75,7 @@ def test_rotten_tomatoes_end_to_end(tmp_path, gpt2_small_config):
     ok("evaluate", *ws)
     report = json.loads((tmp_path / "ws/runs/rt/model/eval-validation.json").read_text())
     assert report["examples"] == 1066
+    print(f"\nreal-data validation accuracy {report['accuracy']:.4f} (bar {ACCURACY_BAR})")
     assert report["accuracy"] >= ACCURACY_BAR, report["accuracy"]
     predicted = ok("predict", "great movie", *ws)
     assert ("positive" in predicted.output or "negative" in predicted.output) and "0." in predicted.output
