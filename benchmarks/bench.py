@@ -262,7 +262,7 @@ def bench(args) -> dict:
     res["stream_gpt2_small"] = {"lines": p["stream_lines"], **parse_predict_log(s["stderr"]),
                                 "wall_s": round(s["wall_s"], 1), "peak_rss_mb": round(s["peak_rss_mb"])}
     log("tiny model (n_layer=2, n_embd=64, n_head=4) for the memory-bound check")
-    tiny = check(run_child(rtsent_cmd("train", "--model", str(model), "--from-scratch", "--config-overrides",
+    check(run_child(rtsent_cmd("train", "--model", str(model), "--from-scratch", "--config-overrides",
                                       "n_layer=2,n_embd=64,n_head=4", "--max-steps", "3", "--run-name", run_name + "-tiny"),
                            env=env), "tiny train")
     tiny_dir = str(ws / "runs" / (run_name + "-tiny") / "model")

@@ -10,7 +10,7 @@ from typing import Any, Callable
 
 from rtsent import __version__
 from rtsent.cache import fingerprint, locked, publish, staging, write_json
-from rtsent.config import PrepareConfig, prompt_from_dict, to_dict
+from rtsent.config import PrepareConfig, to_dict
 from rtsent.data import build_split, open_source
 from rtsent.errors import ArtifactError
 from rtsent.faults import crash_point
@@ -151,7 +151,3 @@ def _load(path: Path) -> tuple[Any, dict[str, Any]]:
             raise ArtifactError(f"prepared dataset {path} does not match its manifest ({split}); {hint}")
     return dd, manifest
 
-
-def prompt_of(manifest: dict[str, Any]):
-    """The PromptConfig a prepared dataset was built with."""
-    return prompt_from_dict(manifest["prompt"])
