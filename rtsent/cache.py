@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from rtsent.errors import ArtifactError, BusyError
+from rtsent.faults import crash_point
 from rtsent.workspace import Workspace
 
 # Bumped whenever the layout or content of a stage's output changes, so old caches are not reused.
@@ -73,26 +74,49 @@ def _umask() -> int:
     return mask
 
 
+DEST_MARK = ".rtsent-dest"
+
+
 def publish(staged: Path, dest: Path) -> None:
-    """Move a complete staged folder to dest, replacing an old one without a moment of half state."""
+    """Move a complete staged folder to dest, replacing an old one without a moment of half state.
+
+    Before dest is touched the staged folder records where it goes, so that a kill between the two
+    renames below is repaired by the next clean_stale (which finishes the move) instead of losing both.
+    """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    (staged / DEST_MARK).write_text(str(dest.resolve()), encoding="utf-8")
     old = None
     if dest.exists():
         old = staged.parent / f"{os.getpid()}-old-{dest.name}-{time.time_ns()}"
         os.rename(dest, old)
+    crash_point("publish:between-renames")
     os.rename(staged, dest)
+    (dest / DEST_MARK).unlink(missing_ok=True)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def clean_stale(ws: Workspace) -> None:
-    """Remove staging folders left by processes that no longer run (killed mid-write)."""
+    """Remove staging folders left by processes that no longer run (killed mid-write).
+
+    A complete folder that was killed in the middle of publish() (it records its destination, and
+    that destination is gone) is moved into place first.
+    """
     if not ws.tmp_dir.is_dir():
         return
-    for entry in ws.tmp_dir.iterdir():
+    for entry in sorted(ws.tmp_dir.iterdir(), key=lambda e: "-old-" in e.name):
         pid = entry.name.split("-")[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(entry, ignore_errors=True)
+        if not (pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))):
+            continue
+        mark = entry / DEST_MARK
+        if "-old-" not in entry.name and mark.is_file():
+            dest = Path(mark.read_text(encoding="utf-8"))
+            if not dest.exists():
+                with contextlib.suppress(OSError):  # a read-only workspace: leave it for a writer
+                    os.rename(entry, dest)
+                    (dest / DEST_MARK).unlink(missing_ok=True)
+                continue
+        shutil.rmtree(entry, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

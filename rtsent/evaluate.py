@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rtsent import __version__, prepare
-from rtsent.cache import write_json
+from rtsent.cache import clean_stale, write_json
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError
 from rtsent.modeling import open_classifier, softmax, tokenizer_fingerprint
@@ -62,6 +62,7 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
 
     Raises ArtifactError when no model/prepared data fits, UsageError for contradicting options.
     """
+    clean_stale(ws)
     model = cfg.model or str(ws.latest_model())
     clf = open_classifier(model, cfg.prompt, precision=cfg.precision)
     path = _prepared_for(clf, cfg, ws)

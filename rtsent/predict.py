@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TextIO
 
+from rtsent.cache import clean_stale
 from rtsent.config import PredictConfig
 from rtsent.data import iter_text_file
 from rtsent.errors import DataError
@@ -60,6 +61,7 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
     out = out or sys.stdout
     fmt = cfg.format if cfg.format != "auto" else ("table" if cfg.texts else "jsonl")
     started = time.perf_counter()
+    clean_stale(ws)
     clf = open_classifier(cfg.model or str(ws.latest_model()), prompt, cfg.max_len, cfg.precision)
     loaded = time.perf_counter()
     count = 0

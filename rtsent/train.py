@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from rtsent import __version__, prepare
-from rtsent.cache import locked, publish, staging, write_json
+from rtsent.cache import clean_stale, locked, publish, staging, write_json
 from rtsent.config import TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point, interrupt_point
@@ -224,6 +224,7 @@ def run(cfg: TrainConfig, ws: Workspace, console: Any = None, log: Callable[[str
     run is in use, Interrupted after a Ctrl-C/SIGTERM (with a checkpoint saved for --resume).
     """
     ws.ensure()
+    clean_stale(ws)
     cfg, paths = _resolve_run(cfg, ws, log)
     lock = locked(ws, f"run-{paths.name}", f"run {paths.name}") if is_main_process() else contextlib.nullcontext()
     with lock, quiet_transformers():

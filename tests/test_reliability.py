@@ -156,6 +156,24 @@ def test_kill_during_prepare_leaves_nothing_that_looks_complete(tmp_path, tiny_m
     prepare.load(folder)
 
 
+def test_kill_between_publish_renames_is_repaired_by_the_next_command(tmp_path, tiny_model_dir, small_data):
+    ws = Workspace.resolve(tmp_path / "ws")
+    args = ["prepare", "--data", str(small_data), "--model", str(tiny_model_dir), "--max-len", "32",
+            "--workdir", str(ws.root)]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    (folder,) = ws.prepared_dir.iterdir()
+    killed = _rtsent([*args, "--force"], {"RTSENT_CRASH_AT": "publish:between-renames"})
+    assert killed.returncode == -signal.SIGKILL
+    assert not folder.exists()  # old version moved aside, new one not yet in place: the worst moment
+
+    later = runner.invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--zero-shot", "--workdir", str(ws.root)])
+    assert later.exit_code == 0, later.output  # the rebuilt dataset was moved into place first
+    dd, manifest = prepare.load(folder)
+    assert manifest["fingerprint"] == folder.name and not (folder / ".rtsent-dest").exists()
+    assert _tmp_entries(ws) == []
+
+
 def test_kill_mid_checkpoint_then_resume_skips_the_half_checkpoint(tmp_path, tiny_model_dir, small_data):
     ws = Workspace.resolve(tmp_path / "ws")
     prepared = _prepared(ws, tiny_model_dir, small_data)
