@@ -123,7 +123,7 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:  # the last line of defence: never a traceback without --debug
             if debug:
                 raise
-            if _disk_full(exc):  # torch and safetensors wrap a full disk in their own error types
+            if _disk_full(exc, kwargs.get("workdir")):  # torch/safetensors wrap ENOSPC in their own errors
                 _error("error", "the disk is full (while writing); free space and run the command again")
                 raise typer.Exit(1) from None
             _error("internal error", f"{type(exc).__name__}: {exc} (re-run with --debug for the traceback)")
@@ -132,13 +132,26 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def _disk_full(exc: BaseException | None) -> bool:
+# Below this much free space a failed write is taken for a full disk, whatever the error says
+# (torch's checkpoint writer reports only "file write failed").
+LOW_DISK_BYTES = 64 << 20
+
+
+def _disk_full(exc: BaseException | None, workdir: Optional[str] = None) -> bool:
     seen = 0
     while exc is not None and seen < 10:
         if getattr(exc, "errno", None) == errno.ENOSPC or "No space left on device" in str(exc):
             return True
         exc, seen = exc.__cause__ or exc.__context__, seen + 1
-    return False
+    import shutil
+
+    try:
+        where = _workspace(workdir).root.absolute()
+        while not where.exists():
+            where = where.parent
+        return shutil.disk_usage(where).free < LOW_DISK_BYTES
+    except (OSError, RtsentError):
+        return False
 
 
 def _workspace(workdir: Optional[str]):

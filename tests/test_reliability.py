@@ -444,3 +444,22 @@ def test_pipeline_writes_only_inside_the_workspace(tmp_path, tiny_model_dir, sma
     assert list(cwd.iterdir()) == []
     assert {**snapshot(tiny_model_dir), **snapshot(small_data)} == inputs
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cwd", "ws"]
+
+
+def test_a_failed_write_on_a_nearly_full_disk_is_reported_as_disk_full(tmp_path, tiny_model_dir, small_data, monkeypatch):
+    # torch's checkpoint writer says only "file write failed"; the free space tells what happened
+    import shutil
+
+    import datasets
+
+    def save_to_disk(self, path, **kwargs):
+        raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 0 vs 64: file write failed")
+
+    monkeypatch.setattr(datasets.DatasetDict, "save_to_disk", save_to_disk)
+    args = ["prepare", "--data", str(small_data), "--model", str(tiny_model_dir), "--workdir", str(tmp_path / "ws")]
+    plenty = runner.invoke(app, args)
+    assert plenty.exit_code == 1 and "internal error" in plenty.output  # with free space it is not blamed on the disk
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=1 << 20))
+    full = runner.invoke(app, args)
+    assert full.exit_code == 1 and full.output.strip().startswith("error: the disk is full"), full.output
