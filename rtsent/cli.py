@@ -14,7 +14,7 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from rtsent.config import (DEFAULT_DATA, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, PredictConfig,
+from rtsent.config import (DEFAULT_DATA, DEFAULT_LABEL_WORDS, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, PredictConfig,
                            PrepareConfig, PromptConfig, TrainConfig, split_list, unescape)
 from rtsent.errors import RtsentError
 
@@ -114,11 +114,10 @@ def handled(fn: Callable[..., Any]) -> Callable[..., Any]:
         except OSError as exc:
             if debug:
                 raise
-            if exc.errno == errno.ENOSPC:
-                message = f"the disk is full ({exc.filename or 'while writing'}); free space and run the command again"
+            if _disk_full(exc, kwargs.get("workdir")):
+                _error("error", f"the disk is full ({exc.filename or 'while writing'}); free space and run the command again")
             else:
-                message = f"{exc.strerror or exc} ({exc.filename}); check the path and its permissions"
-            _error("error", message)
+                _error("error", f"{exc.strerror or exc} ({exc.filename}); check the path and its permissions")
             raise typer.Exit(1) from None
         except Exception as exc:  # the last line of defence: never a traceback without --debug
             if debug:
@@ -198,7 +197,7 @@ def prepare(
     data: str = typer.Option(DEFAULT_DATA, help="Hub dataset name, or a folder of train/validation/test .parquet/.csv/.jsonl files, or a save_to_disk folder."),
     model: str = typer.Option(DEFAULT_MODEL, help="Model (hub name or folder) whose tokenizer to use."),
     template: str = typer.Option(DEFAULT_TEMPLATE.replace("\n", "\\n"), help=TEMPLATE_HELP),
-    label_words: str = typer.Option(" negative, positive", help=WORDS_HELP),
+    label_words: str = typer.Option(",".join(DEFAULT_LABEL_WORDS), help=WORDS_HELP),
     label_names: Optional[str] = typer.Option(None, help="Comma-separated class names (default: the label words, stripped)."),
     max_len: int = typer.Option(PrepareConfig.max_len, help="Longest prompt in tokens; longer reviews lose their tail, never the template."),
     text_column: str = typer.Option(PrepareConfig.text_column, help="Column holding the review text."),
@@ -233,7 +232,7 @@ def train(
     seed: int = typer.Option(TrainConfig.seed, help="Random seed (weights init, data order)."),
     loss: str = typer.Option(TrainConfig.loss, help="lm: cross-entropy over the vocabulary (seed recipe); label: over the label words only."),
     precision: str = typer.Option(TrainConfig.precision, help="auto (bf16 where the CPU/GPU is fast at it, fp16 on older GPUs, else fp32), fp32, bf16 or fp16."),
-    dropout: float = typer.Option(0.0, help="Dropout of every dropout layer; 0.1 restores GPT-2's pretraining value (slower on CPU)."),
+    dropout: float = typer.Option(TrainConfig.dropout, help="Dropout of every dropout layer; 0.1 restores GPT-2's pretraining value (slower on CPU)."),
     gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations to save memory (slower)."),
     compile: bool = typer.Option(False, "--compile", help="torch.compile the model (lengths bucketed to multiples of 16)."),
     run_name: Optional[str] = typer.Option(None, help="Name of the run folder (default: run-<date>-<time>)."),
