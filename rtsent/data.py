@@ -237,10 +237,46 @@ def _iter_table(path: Path, text_column: str, chunk: int) -> Iterator[list[str]]
         for batch in pf.iter_batches(batch_size=chunk, columns=[text_column]):
             yield _clean(batch.column(0).to_pylist())
         return
-    table = _read_file(path)
-    texts = column(table, text_column, "text", str(path))
-    for start in range(0, len(texts), chunk):
-        yield _clean(texts[start : start + chunk])
+    if path.suffix == ".csv":
+        yield from _iter_csv(path, text_column, chunk)
+        return
+    yield from _chunks(_jsonl_texts(path, text_column), chunk)
+
+
+def _iter_csv(path: Path, text_column: str, chunk: int) -> Iterator[list[str]]:
+    """CSV in record batches (pyarrow's streaming reader): memory holds one block, not the file."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    try:
+        reader = pcsv.open_csv(path)
+        if text_column not in reader.schema.names:
+            raise DataError(f"{path} has no text column {text_column!r} (columns: {', '.join(reader.schema.names)}); "
+                            f"pass --text-column")
+        for batch in reader:
+            texts = batch.column(batch.schema.get_field_index(text_column)).to_pylist()
+            for start in range(0, len(texts), chunk):
+                yield _clean(texts[start : start + chunk])
+    except (pa.ArrowInvalid, OSError) as exc:
+        reason = str(exc).splitlines()[0]
+        if "utf8" in reason.lower() or "utf-8" in reason.lower():
+            reason = "it is not valid UTF-8 text; re-save it as UTF-8"
+        raise DataError(f"cannot read {path}: {reason}") from None
+
+
+def _jsonl_texts(path: Path, text_column: str) -> Iterator[str]:
+    """The text field of each JSON line, read one line at a time."""
+    import json
+
+    with open(path, "rb") as fh:
+        for number, line in enumerate(_lines(fh, str(path)), start=1):
+            try:
+                row = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"{path} record {number} is not valid JSON ({exc})") from None
+            if not isinstance(row, dict) or text_column not in row:
+                raise DataError(f"{path} record {number} has no text field {text_column!r}; pass --text-column")
+            yield from _clean([row[text_column]])
 
 
 def _clean(texts: list[Any]) -> list[str]:

@@ -98,3 +98,24 @@ def test_seed_recipe_format_is_reproducible(tmp_path, tiny_model_dir, data_dir):
     text = "{text} Sentiment: ".replace("{text}", __import__("pyarrow.parquet").parquet.read_table(
         data_dir / "train.parquet").column("text")[0].as_py())
     assert first == tok(text, add_special_tokens=False)["input_ids"]
+
+
+def test_predict_streams_csv_and_jsonl_like_plain_text(trained, tmp_path):
+    space, result = trained
+    texts = ["a dull and tedious plot", "a superb, wonderful film", 'a "quoted" boring story']
+    (tmp_path / "r.txt").write_text("\n".join(texts) + "\n")
+    (tmp_path / "r.csv").write_text("id,review\n" + "".join(f'{i},"{t.replace(chr(34), chr(34) * 2)}"\n'
+                                                            for i, t in enumerate(texts)))
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps({"review": t}) + "\n" for t in texts))
+    outputs = {}
+    for name in ("r.txt", "r.csv", "r.jsonl"):
+        res = invoke("predict", "--file", str(tmp_path / name), "--text-column", "review",
+                     "--model", str(result.model_dir), "--format", "jsonl")
+        assert res.exit_code == 0, res.output
+        outputs[name] = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["text"] for r in outputs["r.csv"]] == texts
+    assert outputs["r.txt"] == outputs["r.csv"] == outputs["r.jsonl"]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"review": "fine"}\n{"text": "no review field"}\n')
+    res = invoke("predict", "--file", str(bad), "--text-column", "review", "--model", str(result.model_dir))
+    assert res.exit_code == 2 and "record 2 has no text field 'review'" in res.output
