@@ -13,7 +13,8 @@ from rtsent import __version__, prepare
 from rtsent.cache import clean_stale, write_json
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError
-from rtsent.modeling import open_classifier, softmax, tokenizer_fingerprint
+from rtsent.engines import open_classifier
+from rtsent.modeling import softmax, tokenizer_fingerprint
 from rtsent.workspace import MANIFEST, Workspace
 
 

@@ -250,9 +250,18 @@ class Classifier:
     def scores(self, rows: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
         return self.scorer.scores(rows, batch_size)
 
+    @property
+    def engine(self) -> str:
+        return "torch"
+
+    @property
+    def temperature(self) -> float:
+        """Temperature fitted on validation (rtsent.json "calibration"), 1.0 when the model has none."""
+        return float((self.meta.get("calibration") or {}).get("temperature", 1.0))
+
     def probabilities(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Softmax over the label words' scores, one row per text."""
-        return softmax(self.scores(self.encoder.encode(texts).input_ids, batch_size))
+        """Softmax over the label words' scores divided by the model's temperature, one row per text."""
+        return softmax(self.scores(self.encoder.encode(texts).input_ids, batch_size) / self.temperature)
 
 
 def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, precision: str = "auto") -> Classifier:

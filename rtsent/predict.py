@@ -13,7 +13,7 @@ from rtsent.cache import clean_stale
 from rtsent.config import PredictConfig
 from rtsent.data import iter_text_file
 from rtsent.errors import DataError
-from rtsent.modeling import open_classifier
+from rtsent.engines import open_classifier
 from rtsent.workspace import Workspace
 
 
