@@ -20,10 +20,15 @@ def crash_point(name: str, step: int | None = None) -> None:
 
 STOP_ENV = "RTSENT_INTERRUPT_AT_STEP"
 SIGNAL_ENV = "RTSENT_INTERRUPT_SIGNAL"
+RANK_ENV = "RTSENT_INTERRUPT_RANK"
 
 
 def interrupt_point(step: int) -> None:
-    """Send this process SIGINT (a Ctrl-C), or RTSENT_INTERRUPT_SIGNAL=TERM, at RTSENT_INTERRUPT_AT_STEP."""
+    """Send this process SIGINT (a Ctrl-C), or RTSENT_INTERRUPT_SIGNAL=TERM, at RTSENT_INTERRUPT_AT_STEP;
+    under torchrun, RTSENT_INTERRUPT_RANK=<r> signals that rank only (a signal that reached one rank)."""
+    only = os.environ.get(RANK_ENV)
+    if only is not None and only != os.environ.get("RANK", "0"):
+        return
     if os.environ.get(STOP_ENV) == str(step):
         name = os.environ.get(SIGNAL_ENV, "INT").upper().removeprefix("SIG")
         os.kill(os.getpid(), signal.SIGTERM if name == "TERM" else signal.SIGINT)

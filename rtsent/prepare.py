@@ -50,6 +50,7 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
         if (dest / MANIFEST).is_file() and not cfg.force:
             manifest = read_json(dest / MANIFEST, "run `rtsent prepare --force` to rebuild it")
             log(f"Prepared dataset {fp} is cached - skipping tokenization (use --force to rebuild)")
+            _make_current(ws, fp)
             return PrepareResult(dest, manifest, cache_hit=True)
         manifest = {
             "fingerprint": fp,
@@ -66,8 +67,20 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
             crash_point("prepare:before-manifest")
             write_json(tmp / MANIFEST, manifest)
             publish(tmp, dest)
+        _make_current(ws, fp)
     log(f"Prepared dataset {fp} written to {dest}")
     return PrepareResult(dest, manifest, cache_hit=False)
+
+
+def _make_current(ws: Workspace, fp: str) -> None:
+    """Point the workspace at this dataset: what `train` and `evaluate` use when not told otherwise."""
+    write_json(ws.current_file, {"prepared": fp})
+
+
+def describe(manifest: dict[str, Any]) -> str:
+    """One line naming a prepared dataset: fingerprint, data, max-len and template."""
+    return (f"prepared dataset {manifest['fingerprint']} ({manifest['config']['data']}, max-len "
+            f"{manifest['max_len']}, template {manifest['prompt']['template']!r})")
 
 
 def _tokenize(cfg: PrepareConfig, source: Any, encoder: PromptEncoder, manifest: dict, log: Callable) -> Any:

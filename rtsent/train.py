@@ -19,14 +19,14 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from rtsent import __version__, prepare
+from rtsent import __version__, distributed, prepare
 from rtsent.cache import clean_stale, locked, publish, staging, write_json
 from rtsent.config import TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point, interrupt_point
 from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, pad_batch,
                              quiet_transformers, resolve_precision, tokenizer_fingerprint)
-from rtsent.workspace import MODEL_META, RunPaths, Workspace, read_json
+from rtsent.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
 
 
 @dataclass(frozen=True)
@@ -201,7 +201,9 @@ class StopOnSignal(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         interrupt_point(state.global_step)
-        if self._requested:
+        # Under torchrun a signal may reach one rank only: every rank must stop at the same step, or
+        # the others wait forever in the next collective.
+        if distributed.any_rank(self._requested):
             self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
@@ -213,8 +215,7 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def is_main_process() -> bool:
-    return int(os.environ.get("RANK", "0")) == 0
+is_main_process = distributed.is_main_process
 
 
 def run(cfg: TrainConfig, ws: Workspace, console: Any = None, log: Callable[[str], None] = lambda _: None) -> TrainResult:
@@ -223,8 +224,12 @@ def run(cfg: TrainConfig, ws: Workspace, console: Any = None, log: Callable[[str
     Raises UsageError for bad options, ArtifactError for missing/mismatched inputs, BusyError when the
     run is in use, Interrupted after a Ctrl-C/SIGTERM (with a checkpoint saved for --resume).
     """
-    ws.ensure()
-    clean_stale(ws)
+    distributed.init_process_group()
+    if is_main_process():
+        ws.ensure()
+        clean_stale(ws)
+    distributed.barrier()
+    log = log if is_main_process() else (lambda _: None)
     cfg, paths = _resolve_run(cfg, ws, log)
     lock = locked(ws, f"run-{paths.name}", f"run {paths.name}") if is_main_process() else contextlib.nullcontext()
     with lock, quiet_transformers():
@@ -233,7 +238,8 @@ def run(cfg: TrainConfig, ws: Workspace, console: Any = None, log: Callable[[str
 
 def _resolve_run(cfg: TrainConfig, ws: Workspace, log: Callable[[str], None]) -> tuple[TrainConfig, RunPaths]:
     if not cfg.resume:
-        name = cfg.run_name or time.strftime("run-%Y%m%d-%H%M%S")
+        # One name for all ranks: each rank's own clock could straddle a second and make two folders.
+        name = cfg.run_name or distributed.from_main(time.strftime("run-%Y%m%d-%H%M%S"))
         paths = ws.run(name)
         if paths.config.exists():
             raise UsageError(f"run {name!r} already exists; continue it with --resume or pick another --run-name")
@@ -242,9 +248,18 @@ def _resolve_run(cfg: TrainConfig, ws: Workspace, log: Callable[[str], None]) ->
     if not paths.config.exists():
         raise ArtifactError(f"no run {paths.name!r} in {ws.runs_dir} to resume; start it with "
                             f"`rtsent train --run-name {paths.name}` (without --resume)")
-    saved = read_json(paths.config, f"run {paths.name} cannot be resumed; start a new run").get("config", {})
+    record = read_json(paths.config, f"run {paths.name} cannot be resumed; start a new run")
+    saved = record.get("config", {})
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    resumed = TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, "resume": True, "run_name": paths.name})
+    # A run continues on its own data, never on whatever was prepared since.
+    resumed = TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, "resume": True, "run_name": paths.name,
+                             "prepared": record.get("prepared") or saved.get("prepared")})
+    if resumed.prepared is None or not (ws.prepared(resumed.prepared) / MANIFEST).is_file():
+        raise ArtifactError(
+            f"run {paths.name} was trained on prepared dataset {resumed.prepared}, which is no longer in "
+            f"{ws.prepared_dir}; re-create it with `{_prepare_command(record.get('prepared_config'))}` and resume, "
+            f"or start a new run"
+        )
     defaults = TrainConfig()
     for f in fields - {"resume", "run_name"}:
         given, kept = getattr(cfg, f), getattr(resumed, f)
@@ -253,11 +268,22 @@ def _resolve_run(cfg: TrainConfig, ws: Workspace, log: Callable[[str], None]) ->
     return resumed, paths
 
 
+def _prepare_command(config: dict[str, Any] | None) -> str:
+    """The `rtsent prepare` command that rebuilds a run's dataset (same options, same fingerprint)."""
+    if not config:
+        return "rtsent prepare <the run's options>"
+    prompt = config["prompt"]
+    words = ",".join(prompt["label_words"]).replace("\n", "\\n")
+    return (f"rtsent prepare --data {config['data']} --model {config['model']} --max-len {config['max_len']} "
+            f"--template '{prompt['template']}' --label-words '{words}'".replace("\n", "\\n"))
+
+
 def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: Callable[[str], None]) -> TrainResult:
     from transformers import set_seed
 
     prepared_path = ws.find_prepared(cfg.prepared)
     dd, manifest = prepare.load(prepared_path, ws)
+    cfg = dataclasses.replace(cfg, prepared=manifest["fingerprint"])  # run.json names the data, not "latest"
     tok = load_tokenizer(cfg.model)
     if tokenizer_fingerprint(tok) != manifest["tokenizer"]:
         source = manifest["config"]["model"]
@@ -280,13 +306,15 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     if max(manifest["label_ids"]) >= vocab:
         raise ArtifactError(f"model {cfg.model} has {vocab} output tokens, fewer than the tokenizer's; use a matching model")
 
-    paths.dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        paths.dir.mkdir(parents=True, exist_ok=True)
     checkpoint = _last_complete_checkpoint(paths.checkpoints) if cfg.resume else None
     if cfg.resume and checkpoint is None:
         log(f"run {paths.name} has no complete checkpoint yet; starting it from the beginning")
     if is_main_process():
         write_json(paths.config, {"rtsent_version": __version__, "config": to_dict(cfg),
-                                  "prepared": manifest["fingerprint"], "prepared_path": str(prepared_path)})
+                                  "prepared": manifest["fingerprint"], "prepared_path": str(prepared_path),
+                                  "prepared_config": manifest["config"]})
 
     train_ds = dd["train"]
     # Sequential eval batches of similar length pad little; in memory, so that training never writes
@@ -312,7 +340,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    log(f"training {paths.name}: {len(train_ds)} examples, {total} steps, {precision} on {device.type}")
+    log(f"training {paths.name} on {prepare.describe(manifest)}: {len(train_ds)} examples, {total} steps, "
+        f"{precision} on {device.type}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
     started = time.perf_counter()
     stopper.install()
     try:
@@ -340,7 +369,8 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
     Evaluation happens every eval_every steps, else once per epoch (or at max_steps), and always at
     the end; checkpoints follow evaluations so the best one can be kept.
     """
-    steps_per_epoch = math.ceil(train_rows / cfg.batch_size)
+    # An epoch is a pass of the global batch: every process takes batch_size examples per step.
+    steps_per_epoch = math.ceil(train_rows / (cfg.batch_size * distributed.world_size()))
     eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     args = TrainingArguments(
@@ -384,22 +414,31 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
 def _last_complete_checkpoint(folder: Path) -> Path | None:
     """Newest checkpoint whose trainer_state.json (the last file the Trainer writes) is whole.
 
-    Incomplete checkpoints (a kill mid-save) are removed so the Trainer's own rotation never keeps them.
+    Incomplete checkpoints (a kill mid-save) are removed, by rank 0 alone, so the Trainer's own rotation
+    never keeps them; the other ranks look once it is done.
     """
+    if is_main_process():
+        found = _complete_checkpoints(folder, remove_incomplete=True)
+    distributed.barrier()
+    if not is_main_process():
+        found = _complete_checkpoints(folder, remove_incomplete=False)
+    return max(found)[1] if found else None
+
+
+def _complete_checkpoints(folder: Path, remove_incomplete: bool) -> list[tuple[int, Path]]:
     from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-    if not folder.is_dir():
-        return None
     found = []
-    for entry in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+    for entry in folder.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if folder.is_dir() else ():
         try:
             step = int(entry.name.rsplit("-", 1)[1])
             json.loads((entry / "trainer_state.json").read_text())
         except (ValueError, OSError):
-            shutil.rmtree(entry, ignore_errors=True)
+            if remove_incomplete:
+                shutil.rmtree(entry, ignore_errors=True)
             continue
         found.append((step, entry))
-    return max(found)[1] if found else None
+    return found
 
 
 def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: TrainConfig,

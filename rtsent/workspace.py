@@ -7,6 +7,7 @@
         metrics.jsonl             one JSON object per log/eval event
         checkpoints/checkpoint-N/ Trainer checkpoints (a bounded number)
         model/                    exported best model: HF folder + rtsent.json, written last
+      current.json                {"prepared": fingerprint the last `prepare` resolved to, hit or build}
       evals/                      evaluation reports of models that live outside the workspace
       .tmp/                       staging folders, renamed into place when complete
       .locks/                     lock files
@@ -22,6 +23,7 @@ from pathlib import Path
 from rtsent.errors import ArtifactError, UsageError
 
 MANIFEST = "manifest.json"
+CURRENT = "current.json"
 MODEL_META = "rtsent.json"
 ENV_HOME = "RTSENT_HOME"
 DEFAULT_WORKDIR = "data"
@@ -104,6 +106,10 @@ class Workspace:
     def prepared(self, fingerprint: str) -> Path:
         return self.prepared_dir / fingerprint
 
+    @property
+    def current_file(self) -> Path:
+        return self.root / CURRENT
+
     def run(self, name: str) -> RunPaths:
         return RunPaths(self.runs_dir / name)
 
@@ -111,7 +117,11 @@ class Workspace:
         return self.locks_dir / f"{key}.lock"
 
     def find_prepared(self, ref: str | None) -> Path:
-        """A prepared dataset by folder path or fingerprint, or the newest complete one when ref is None."""
+        """A prepared dataset by folder path or fingerprint, or the one the last `rtsent prepare` named.
+
+        "Last" is the pointer every prepare (cache hit or build) writes, never file times: a cache hit
+        on an older dataset makes it current again.
+        """
         if ref is not None:
             path = Path(ref)
             if not path.is_dir():
@@ -121,10 +131,20 @@ class Workspace:
                     f"no prepared dataset at {ref} (no {MANIFEST}); run `rtsent prepare` and pass its folder"
                 )
             return path
-        newest = _newest(self.prepared_dir.glob(f"*/{MANIFEST}"))
-        if newest is None:
+        if self.current_file.is_file():
+            current = read_json(self.current_file, "run `rtsent prepare` again").get("prepared")
+            path = self.prepared(str(current))
+            if not (path / MANIFEST).is_file():
+                raise ArtifactError(f"the last prepared dataset {current} is gone from {self.prepared_dir}; "
+                                    f"run `rtsent prepare` again or pass --prepared")
+            return path
+        found = sorted(p.parent for p in self.prepared_dir.glob(f"*/{MANIFEST}"))
+        if not found:
             raise ArtifactError(f"no prepared dataset in {self.prepared_dir}; run `rtsent prepare` first")
-        return newest.parent
+        if len(found) > 1:  # a workspace from before the pointer existed: refuse to guess
+            raise ArtifactError(f"{self.prepared_dir} holds {len(found)} prepared datasets and none is marked "
+                                f"current; run `rtsent prepare` with the options you want, or pass --prepared")
+        return found[0]
 
     def latest_model(self) -> Path:
         """The exported model of the most recently finished run."""
