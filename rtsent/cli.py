@@ -238,7 +238,7 @@ def train(
     run_name: Optional[str] = typer.Option(None, help="Name of the run folder (default: run-<date>-<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run (--run-name, default the latest) from its last checkpoint."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights from the model's config instead of its weights."),
-    config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64."),
+    config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64,n_head=2."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Fine-tune on the prepared data; keep the best checkpoint by validation accuracy and export it."""
@@ -287,6 +287,7 @@ def predict(
     texts: Optional[List[str]] = typer.Argument(None, help="Reviews to classify; '-' reads one per line from stdin."),
     file: Optional[str] = typer.Option(None, "--file", "-f", help="txt (one review a line), csv, jsonl or parquet."),
     text_column: str = typer.Option(PredictConfig.text_column, help="Text column of a csv/jsonl/parquet file."),
+    keep_columns: Optional[str] = typer.Option(None, help="Comma-separated columns of a csv/jsonl/parquet file to copy into each output row, e.g. id."),
     model: Optional[str] = typer.Option(None, help="Exported model folder (default: the latest run's model)."),
     output_format: str = typer.Option(PredictConfig.format, "--format", help="auto (table for arguments, jsonl for files), table, json, jsonl or csv."),
     batch_size: int = typer.Option(PredictConfig.batch_size, help="Reviews per batch."),
@@ -296,18 +297,21 @@ def predict(
     label_words: Optional[str] = typer.Option(None, help="Zero-shot base model only: " + WORDS_HELP),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
-    """Label and probability (softmax over the label words) for each review."""
+    """Label and probability (softmax over the label words) for each review; one output row per input row."""
     texts = list(texts or [])
     if texts == ["-"]:
         texts, file = [], "-"
     cfg = PredictConfig(model=model, texts=tuple(texts), file=file, text_column=text_column, format=output_format,
-                        batch_size=batch_size, precision=precision, max_len=max_len)
+                        batch_size=batch_size, precision=precision, max_len=max_len,
+                        keep_columns=tuple(c.strip() for c in keep_columns.split(",") if c.strip()) if keep_columns else ())
     from rtsent import predict as stage
 
     stats = stage.run(cfg, _workspace(workdir), prompt=_prompt(template, label_words, None, required=False))
     if cfg.file:
         _log(f"{stats.count} reviews in {stats.seconds:.1f} s ({stats.per_second:.0f} reviews/s; "
              f"model loaded in {stats.load_seconds:.1f} s)")
+        if stats.unlabelled:
+            _log(f"{stats.unlabelled} rows had no text: their output rows have no label and an \"error\"")
 
 
 def main() -> None:

@@ -219,6 +219,8 @@ class PredictConfig:
     precision: str = "auto"
     max_len: int | None = None
     """Longest prompt; default: the max-len the model was trained with."""
+    keep_columns: tuple[str, ...] = ()
+    """Columns of a csv/jsonl/parquet --file copied into each output row (e.g. an id)."""
 
     def __post_init__(self) -> None:
         problems = []

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 from rtsent.cache import hash_files
 from rtsent.errors import DataError, HubError, UsageError
@@ -183,101 +183,3 @@ def label_id(label: Any, names: Sequence[str], where: str) -> int:
         f"{where}: label {label!r} is outside the label set 0..{k - 1} ({k} label words); "
         f"pass one --label-words entry per class"
     )
-
-
-def iter_text_file(path: str, text_column: str, chunk: int) -> Iterator[list[str]]:
-    """Stream texts from a file in chunks: .txt/stdin ('-') one per line; csv/jsonl/parquet by column."""
-    import sys
-
-    if path == "-":
-        yield from _chunks(_lines(sys.stdin.buffer, "<stdin>"), chunk)
-        return
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise UsageError(f"--file {path}: no such file")
-    if p.suffix in FORMATS:
-        yield from _iter_table(p, text_column, chunk)
-        return
-    with open(p, "rb") as fh:
-        yield from _chunks(_lines(fh, str(p)), chunk)
-
-
-def _lines(stream: Any, where: str) -> Iterator[str]:
-    for number, raw in enumerate(stream, start=1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            raise DataError(f"{where} line {number} is not valid UTF-8; re-save the file as UTF-8") from None
-        line = line.rstrip("\r\n")
-        if line.strip():
-            yield line
-
-
-def _chunks(items: Iterator[str], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def _iter_table(path: Path, text_column: str, chunk: int) -> Iterator[list[str]]:
-    if FORMATS[path.suffix] == "parquet":
-        import pyarrow.parquet as pq
-
-        try:
-            pf = pq.ParquetFile(path)
-        except Exception as exc:
-            raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
-        if text_column not in pf.schema_arrow.names:
-            raise DataError(f"{path} has no text column {text_column!r} (columns: {', '.join(pf.schema_arrow.names)}); pass --text-column")
-        for batch in pf.iter_batches(batch_size=chunk, columns=[text_column]):
-            yield _clean(batch.column(0).to_pylist())
-        return
-    if path.suffix == ".csv":
-        yield from _iter_csv(path, text_column, chunk)
-        return
-    yield from _chunks(_jsonl_texts(path, text_column), chunk)
-
-
-def _iter_csv(path: Path, text_column: str, chunk: int) -> Iterator[list[str]]:
-    """CSV in record batches (pyarrow's streaming reader): memory holds one block, not the file."""
-    import pyarrow as pa
-    import pyarrow.csv as pcsv
-
-    try:
-        reader = pcsv.open_csv(path)
-        if text_column not in reader.schema.names:
-            raise DataError(f"{path} has no text column {text_column!r} (columns: {', '.join(reader.schema.names)}); "
-                            f"pass --text-column")
-        for batch in reader:
-            texts = batch.column(batch.schema.get_field_index(text_column)).to_pylist()
-            for start in range(0, len(texts), chunk):
-                yield _clean(texts[start : start + chunk])
-    except (pa.ArrowInvalid, OSError) as exc:
-        reason = str(exc).splitlines()[0]
-        if "utf8" in reason.lower() or "utf-8" in reason.lower():
-            reason = "it is not valid UTF-8 text; re-save it as UTF-8"
-        raise DataError(f"cannot read {path}: {reason}") from None
-
-
-def _jsonl_texts(path: Path, text_column: str) -> Iterator[str]:
-    """The text field of each JSON line, read one line at a time."""
-    import json
-
-    with open(path, "rb") as fh:
-        for number, line in enumerate(_lines(fh, str(path)), start=1):
-            try:
-                row = json.loads(line)
-            except ValueError as exc:
-                raise DataError(f"{path} record {number} is not valid JSON ({exc})") from None
-            if not isinstance(row, dict) or text_column not in row:
-                raise DataError(f"{path} record {number} has no text field {text_column!r}; pass --text-column")
-            yield from _clean([row[text_column]])
-
-
-def _clean(texts: list[Any]) -> list[str]:
-    return [t for t in texts if isinstance(t, str) and t.strip()]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import time
 from pathlib import Path
@@ -15,7 +17,7 @@ from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError
 from rtsent.engines import open_classifier
 from rtsent.modeling import softmax, tokenizer_fingerprint
-from rtsent.workspace import MANIFEST, Workspace
+from rtsent.workspace import MANIFEST, MODEL_META, Workspace
 
 
 def classification_report(scores: np.ndarray, labels: Sequence[int], names: Sequence[str], bins: int = 15) -> dict[str, Any]:
@@ -71,6 +73,8 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     _check_compatible(clf, manifest, path)
     if cfg.split not in dd:
         raise ArtifactError(f"prepared data {path.name} has no {cfg.split} split; choose --split from {sorted(dd)}")
+    out = Path(cfg.output) if cfg.output else _report_path(model, cfg.split, ws)
+    _check_writable(out)  # before the scoring, not after it
     table = dd[cfg.split].data
     rows, labels = table.column("input_ids").to_pylist(), table.column("labels").to_pylist()
     started = time.perf_counter()
@@ -87,7 +91,6 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
         "examples_per_s": round(len(rows) / seconds, 2) if seconds else None,
         **classification_report(scores, labels, clf.label_names, cfg.bins),
     }
-    out = Path(cfg.output) if cfg.output else _report_path(model, cfg.split, ws)
     write_json(out, report)
     report["written_to"] = str(out)
     return report
@@ -116,7 +119,30 @@ def _check_compatible(clf: Any, manifest: dict[str, Any], path: Path) -> None:
 
 
 def _report_path(model: str, split: str, ws: Workspace) -> Path:
+    """Next to a run's own exported model; for any other model (a user's folder, a hub snapshot, a hub
+    name) under the workspace's evals/, so that evaluating never writes into a folder rtsent did not make."""
     folder = Path(model).expanduser()
-    if folder.is_dir():
+    if _is_run_export(folder, ws):
         return folder / f"eval-{split}.json"
-    return ws.evals_dir / f"{re.sub(r'[^A-Za-z0-9._-]+', '_', model)}-{split}.json"
+    where = str(folder.resolve()) if folder.exists() else model
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", folder.name if folder.exists() else model).strip("_") or "model"
+    digest = hashlib.sha256(where.encode()).hexdigest()[:8]
+    return ws.evals_dir / f"{slug}-{digest}" / f"eval-{split}.json"
+
+
+def _check_writable(out: Path) -> None:
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ArtifactError(f"cannot write the report to {out} ({exc.strerror}); pass --output to a writable place") from None
+    if not os.access(out.parent, os.W_OK):
+        raise ArtifactError(f"cannot write the report to {out} (read-only); pass --output to a writable place")
+
+
+def _is_run_export(folder: Path, ws: Workspace) -> bool:
+    if not (folder / MODEL_META).is_file():
+        return False
+    try:
+        return folder.resolve().parent.parent == ws.runs_dir.resolve() and folder.name == "model"
+    except OSError:
+        return False

@@ -7,11 +7,11 @@ import json
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, TextIO
+from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from rtsent.cache import clean_stale
 from rtsent.config import PredictConfig
-from rtsent.data import iter_text_file
+from rtsent.inputs import Row, iter_rows, problem
 from rtsent.errors import DataError
 from rtsent.engines import open_classifier
 from rtsent.workspace import Workspace
@@ -23,35 +23,49 @@ class PredictStats:
     seconds: float
     """Time spent reading, scoring and writing, after the model was loaded."""
     load_seconds: float = 0.0
+    unlabelled: int = 0
+    """Rows answered with an error instead of a label (blank text)."""
 
     @property
     def per_second(self) -> float:
         return self.count / self.seconds if self.seconds else 0.0
 
 
-def _texts(cfg: PredictConfig) -> Iterator[list[str]]:
+def _rows(cfg: PredictConfig) -> Iterator[list[Row]]:
     if cfg.file:
-        yield from iter_text_file(cfg.file, cfg.text_column, cfg.batch_size)
+        yield from iter_rows(cfg.file, cfg.text_column, cfg.keep_columns, cfg.batch_size)
         return
     for start in range(0, len(cfg.texts), cfg.batch_size):
-        yield list(cfg.texts[start : start + cfg.batch_size])
+        yield [Row(t) for t in cfg.texts[start : start + cfg.batch_size]]
+
+
+OUTPUT_KEYS = ("text", "label", "probability", "probabilities", "error")
 
 
 def predictions(cfg: PredictConfig, clf: Any) -> Iterator[dict[str, Any]]:
-    """One dict per review, in input order: text, label, probability, and every class's probability.
-
-    Memory stays bounded by one batch whatever the input size; blank lines of a file are skipped.
+    """One dict per input row, in input order: carried columns, text, label, probability, every class's
+    probability. A row that cannot be classified (blank text) keeps its place with label None and an
+    "error" saying why. Memory stays bounded by one batch whatever the input size.
     """
     names = clf.label_names
-    for chunk in _texts(cfg):
-        probs = clf.probabilities(chunk, cfg.batch_size)
-        for text, row in zip(chunk, probs):
-            best = int(row.argmax())
+    for chunk in _rows(cfg):
+        problems = [problem(row.text) for row in chunk]
+        good = [i for i, p in enumerate(problems) if p is None]
+        probs = dict(zip(good, clf.probabilities([chunk[i].text for i in good], cfg.batch_size))) if good else {}
+        for i, row in enumerate(chunk):
+            carried = {(f"input.{k}" if k in OUTPUT_KEYS else k): v for k, v in row.carried.items()}
+            if i not in probs:
+                text = row.text if isinstance(row.text, str) else ("" if row.text is None else str(row.text))
+                yield {**carried, "text": text, "label": None, "probability": None, "probabilities": None,
+                       "error": problems[i]}
+                continue
+            best = int(probs[i].argmax())
             yield {
-                "text": text,
+                **carried,
+                "text": row.text,
                 "label": names[best],
-                "probability": float(row[best]),
-                "probabilities": {n: float(p) for n, p in zip(names, row)},
+                "probability": float(probs[i][best]),
+                "probabilities": {n: float(p) for n, p in zip(names, probs[i])},
             }
 
 
@@ -64,36 +78,37 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
     clean_stale(ws)
     clf = open_classifier(cfg.model or str(ws.latest_model()), prompt, cfg.max_len, cfg.precision)
     loaded = time.perf_counter()
-    count = 0
-    writer = WRITERS[fmt](out, console)
+    count = skipped = 0
+    writer = WRITERS[fmt](out, console, clf.label_names)
     for row in predictions(cfg, clf):
         writer.add(row)
         count += 1
+        skipped += row["label"] is None
     if count == 0:  # only a file or stdin can get here: arguments are checked to be non-empty
         where = "stdin" if cfg.file == "-" else cfg.file
-        raise DataError(f"{where} has no reviews (it is empty or holds only blank lines); nothing to classify")
+        raise DataError(f"{where} has no reviews (it is empty); nothing to classify")
     writer.close()
-    return PredictStats(count, time.perf_counter() - loaded, loaded - started)
+    return PredictStats(count, time.perf_counter() - loaded, loaded - started, skipped)
 
 
 class _JsonLines:
-    def __init__(self, out: TextIO, console: Any):
+    def __init__(self, out: TextIO, console: Any, names: Sequence[str]):
         self.out = out
 
     def add(self, row: dict[str, Any]) -> None:
-        self.out.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self.out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
     def close(self) -> None:
         self.out.flush()
 
 
 class _JsonArray(_JsonLines):
-    def __init__(self, out: TextIO, console: Any):
-        super().__init__(out, console)
+    def __init__(self, out: TextIO, console: Any, names: Sequence[str]):
+        super().__init__(out, console, names)
         self.first = True
 
     def add(self, row: dict[str, Any]) -> None:
-        self.out.write(("[\n  " if self.first else ",\n  ") + json.dumps(row, ensure_ascii=False))
+        self.out.write(("[\n  " if self.first else ",\n  ") + json.dumps(row, ensure_ascii=False, default=str))
         self.first = False
 
     def close(self) -> None:
@@ -102,13 +117,20 @@ class _JsonArray(_JsonLines):
 
 
 class _Csv:
-    def __init__(self, out: TextIO, console: Any):
+    """Fixed columns: carried ones, text, label, probability, p_<class> each, error (empty when labelled)."""
+
+    def __init__(self, out: TextIO, console: Any, names: Sequence[str]):
         self.out = out
+        self.names = names
         self.writer = None
 
     def add(self, row: dict[str, Any]) -> None:
-        flat = {"text": row["text"], "label": row["label"], "probability": f"{row['probability']:.6f}",
-                **{f"p_{n}": f"{p:.6f}" for n, p in row["probabilities"].items()}}
+        probs = row["probabilities"] or {}
+        flat = {k: v for k, v in row.items() if k not in OUTPUT_KEYS}
+        flat.update({"text": row["text"], "label": row["label"] or "",
+                     "probability": "" if row["probability"] is None else f"{row['probability']:.6f}",
+                     **{f"p_{n}": f"{probs[n]:.6f}" if n in probs else "" for n in self.names},
+                     "error": row.get("error") or ""})
         if self.writer is None:
             self.writer = csv.DictWriter(self.out, fieldnames=list(flat))
             self.writer.writeheader()
@@ -121,7 +143,7 @@ class _Csv:
 class _Table:
     """A Rich table; it holds every row, so `auto` uses it only for texts given as arguments."""
 
-    def __init__(self, out: TextIO, console: Any):
+    def __init__(self, out: TextIO, console: Any, names: Sequence[str]):
         from rich.console import Console
         from rich.table import Table
 
@@ -132,7 +154,10 @@ class _Table:
         from rich.text import Text  # Text, not a str: review text must never be read as Rich markup
 
         text = row["text"] if len(row["text"]) <= 80 else row["text"][:77] + "..."
-        self.table.add_row(Text(_visible(text)), Text(row["label"]), f"{row['probability']:.3f}")
+        if row["label"] is None:
+            self.table.add_row(Text(_visible(text)), Text(f"({row['error']})"), "-")
+        else:
+            self.table.add_row(Text(_visible(text)), Text(row["label"]), f"{row['probability']:.3f}")
 
     def close(self) -> None:
         self.console.print(self.table)
@@ -145,6 +170,6 @@ def _visible(text: str) -> str:
     return "".join(c if unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
 
 
-WRITERS: dict[str, Callable[[TextIO, Any], Any]] = {
+WRITERS: dict[str, Callable[[TextIO, Any, Sequence[str]], Any]] = {
     "jsonl": _JsonLines, "json": _JsonArray, "csv": _Csv, "table": _Table,
 }

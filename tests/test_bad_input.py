@@ -274,8 +274,7 @@ def test_bad_predict_arguments(model_dir, case, texts, expected):
 
 
 @pytest.mark.parametrize("case, name, content, code, expected", [
-    ("empty --file", "empty.txt", b"", 2, "has no reviews (it is empty or holds only blank lines)"),
-    ("--file of blank lines", "blank.txt", b"\n  \n\n", 2, "has no reviews"),
+    ("empty --file", "empty.txt", b"", 2, "has no reviews (it is empty)"),
     ("--file with invalid UTF-8", "bad.txt", b"fine\n\xff\xfe\n", 2, "line 2 is not valid UTF-8"),
     ("--file csv without the text column", "x.csv", b"review\nfine\n", 2, "has no text column 'text'"),
     ("--file that does not exist", None, None, 2, "no such file"),
@@ -285,6 +284,15 @@ def test_bad_predict_files(model_dir, tmp_path, case, name, content, code, expec
     if content is not None:
         path.write_bytes(content)
     fails(["predict", "--file", str(path), "--model", str(model_dir)], code, expected, case=case)
+
+
+def test_file_of_blank_lines_gives_one_unlabelled_row_per_line(model_dir, tmp_path):
+    path = tmp_path / "blank.txt"
+    path.write_bytes(b"\n  \n\n")
+    result = succeeds(["predict", "--file", str(path), "--model", str(model_dir)])
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["text"], r["label"], r["error"]) for r in rows] == [("", None, "empty text"), ("  ", None, "empty text"),
+                                                                    ("", None, "empty text")]
 
 
 def test_bad_stdin(model_dir):

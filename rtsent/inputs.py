@@ -1,0 +1,145 @@
+"""Reviews to classify, read as a stream: argv texts, txt/stdin lines, or csv/jsonl/parquet rows.
+
+Every input row comes out, in order, blank ones included (predict answers them with a reason instead of a
+label), with any columns the user asked to carry into the output.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+from rtsent.errors import DataError, UsageError
+
+TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+
+
+@dataclass(frozen=True)
+class Row:
+    """One input row: its text (None when the cell is empty or not text) and the columns carried along."""
+
+    text: Any
+    carried: dict[str, Any] = field(default_factory=dict)
+
+
+def iter_rows(path: str, text_column: str, keep: Sequence[str], chunk: int) -> Iterator[list[Row]]:
+    """Rows of a file in chunks: .txt/stdin ('-') a line each; csv/jsonl/parquet a record each.
+
+    Raises UsageError for a missing file or columns kept from a plain-text input, DataError for
+    unreadable content or a missing column.
+    """
+    if path == "-" or Path(path).suffix not in TABLE_FORMATS:
+        if keep:
+            raise UsageError("--keep-columns needs a csv, jsonl or parquet --file (plain text lines have no columns)")
+        if path == "-":
+            yield from _chunks((Row(t) for t in _lines(sys.stdin.buffer, "<stdin>")), chunk)
+            return
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UsageError(f"--file {path}: no such file")
+    if p.suffix not in TABLE_FORMATS:
+        with open(p, "rb") as fh:
+            yield from _chunks((Row(t) for t in _lines(fh, str(p))), chunk)
+        return
+    columns = [text_column, *[c for c in keep if c != text_column]]
+    kind = TABLE_FORMATS[p.suffix]
+    if kind == "parquet":
+        yield from _iter_parquet(p, columns, keep, chunk)
+    elif kind == "csv":
+        yield from _iter_csv(p, columns, keep, chunk)
+    else:
+        yield from _chunks(_jsonl_rows(p, text_column, keep), chunk)
+
+
+def _lines(stream: Any, where: str) -> Iterator[str]:
+    for number, raw in enumerate(stream, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise DataError(f"{where} line {number} is not valid UTF-8; re-save the file as UTF-8") from None
+        yield line.rstrip("\r\n")
+
+
+def _chunks(items: Iterator[Row], size: int) -> Iterator[list[Row]]:
+    batch: list[Row] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def _missing(path: Path, names: Sequence[str], columns: Sequence[str]) -> None:
+    absent = [c for c in columns if c not in names]
+    if absent:
+        role = "text column" if absent[0] == columns[0] else "column"
+        fix = "pass --text-column" if role == "text column" else "check --keep-columns"
+        raise DataError(f"{path} has no {role} {absent[0]!r} (columns: {', '.join(names)}); {fix}")
+
+
+def _batch_rows(batch: Any, columns: Sequence[str], keep: Sequence[str]) -> list[Row]:
+    values = {c: batch.column(batch.schema.get_field_index(c)).to_pylist() for c in columns}
+    return [Row(text, {c: values[c][i] for c in keep}) for i, text in enumerate(values[columns[0]])]
+
+
+def _iter_parquet(path: Path, columns: Sequence[str], keep: Sequence[str], chunk: int) -> Iterator[list[Row]]:
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises several kinds for a file that is not parquet
+        raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+    _missing(path, pf.schema_arrow.names, columns)
+    for batch in pf.iter_batches(batch_size=chunk, columns=list(columns)):
+        yield _batch_rows(batch, columns, keep)
+
+
+def _iter_csv(path: Path, columns: Sequence[str], keep: Sequence[str], chunk: int) -> Iterator[list[Row]]:
+    """CSV in record batches (pyarrow's streaming reader): memory holds one block, not the file."""
+    import pyarrow as pa
+    import pyarrow.csv as pcsv
+
+    try:
+        # Empty cells stay empty strings (a blank review), never a null that would hide a row's text.
+        convert = pcsv.ConvertOptions(column_types={columns[0]: pa.string()}, strings_can_be_null=False)
+        reader = pcsv.open_csv(path, convert_options=convert)
+        _missing(path, reader.schema.names, columns)
+        for batch in reader:
+            rows = _batch_rows(batch, columns, keep)
+            for start in range(0, len(rows), chunk):
+                yield rows[start : start + chunk]
+    except (pa.ArrowInvalid, OSError) as exc:
+        reason = str(exc).splitlines()[0]
+        if "utf8" in reason.lower() or "utf-8" in reason.lower():
+            reason = "it is not valid UTF-8 text; re-save it as UTF-8"
+        raise DataError(f"cannot read {path}: {reason}") from None
+
+
+def _jsonl_rows(path: Path, text_column: str, keep: Sequence[str]) -> Iterator[Row]:
+    """One row per JSON line, read one line at a time; a blank line is a blank row."""
+    with open(path, "rb") as fh:
+        for number, line in enumerate(_lines(fh, str(path)), start=1):
+            if not line.strip():
+                yield Row("", {c: None for c in keep})
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as exc:
+                raise DataError(f"{path} record {number} is not valid JSON ({exc})") from None
+            if not isinstance(record, dict) or text_column not in record:
+                raise DataError(f"{path} record {number} has no text field {text_column!r}; pass --text-column")
+            yield Row(record[text_column], {c: record.get(c) for c in keep})
+
+
+def problem(text: Any) -> str | None:
+    """Why a row gets no label, or None when it can be classified."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return "empty text"
+    if not isinstance(text, str):
+        return f"text is not a string ({type(text).__name__})"
+    return None
