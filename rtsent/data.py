@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from rtsent.cache import hash_files
-from rtsent.errors import DataError, HubError, UsageError
+from rtsent.errors import DataError, UsageError
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 REQUIRED_SPLITS = ("train", "validation")
@@ -74,19 +74,15 @@ def _open_saved(folder: Path) -> Source:
 
 
 def _open_hub(name: str) -> Source:
-    from rtsent.hub import prefer_cache_when_offline
+    from rtsent.hub import explain, probe
 
-    prefer_cache_when_offline()
+    probe(name, "dataset")
     import datasets
 
     try:
         dd = datasets.load_dataset(name)
-    except Exception as exc:  # offline, unknown name, gated: all reach the user the same way
-        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise HubError(
-            f"cannot load dataset {name!r} from the Hugging Face hub ({first}); "
-            f"pass --data PATH to a folder of train/validation/test files"
-        ) from None
+    except Exception as exc:  # offline, unknown name, gated: explain() reads huggingface_hub's error types
+        raise explain(exc, name, "dataset") from None
     _require_splits(dd, name)
     fp = ",".join(f"{s}={dd[s]._fingerprint}" for s in sorted(dd) if s in REQUIRED_SPLITS + OPTIONAL_SPLITS)
     return Source(name, f"hub:{name}:{fp}", {s: dd[s].data.table for s in dd})

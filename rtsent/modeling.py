@@ -15,7 +15,7 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import torch
 
-from rtsent.errors import ArtifactError, HubError, UsageError
+from rtsent.errors import ArtifactError, UsageError
 
 
 def _load_error(kind: str, name: str, exc: Exception) -> Exception:
@@ -24,10 +24,9 @@ def _load_error(kind: str, name: str, exc: Exception) -> Exception:
         return ArtifactError(f"cannot load the {kind} from {path}: {str(exc).splitlines()[0]}")
     if name.startswith((".", "/", "~")):
         return UsageError(f"no such folder: {name}; pass --model with an existing model folder")
-    return HubError(
-        f"cannot load {kind} {name!r}: not a local folder, and the Hugging Face hub is unreachable or has no "
-        f"such model; pass --model PATH to a local model folder"
-    )
+    from rtsent.hub import explain
+
+    return explain(exc, name, "model")
 
 
 def _source(name: str) -> str:
@@ -35,9 +34,9 @@ def _source(name: str) -> str:
     if path.exists():
         return str(path)
     if not name.startswith((".", "/", "~")):
-        from rtsent.hub import prefer_cache_when_offline
+        from rtsent.hub import probe
 
-        prefer_cache_when_offline()
+        probe(name, "model")
     return name
 
 
@@ -58,9 +57,21 @@ def load_tokenizer(name: str) -> Any:
 
 
 def tokenizer_fingerprint(tok: Any) -> str:
-    """Identity of a vocabulary: two tokenizers with the same fingerprint give the same ids."""
-    vocab = sorted(tok.get_vocab().items())
-    return hashlib.sha256(json.dumps(vocab, ensure_ascii=True).encode()).hexdigest()[:16]
+    """Identity of everything that decides a tokenizer's ids: vocabulary, merges, normalizer,
+    pre-tokenizer, post-processor (BOS/EOS templates) and added tokens.
+
+    Takes a transformers tokenizer or a `tokenizers.Tokenizer`; both hash the same serialized pipeline,
+    minus run-time padding/truncation settings, so the torch and ONNX engines agree.
+    """
+    backend = getattr(tok, "backend_tokenizer", tok)
+    if not hasattr(backend, "to_str"):  # a slow (Python) tokenizer: fall back to what it exposes
+        blob = {"vocab": sorted(tok.get_vocab().items()), "class": type(tok).__name__,
+                "special": sorted(map(str, tok.all_special_tokens))}
+    else:
+        blob = json.loads(backend.to_str())
+        blob.pop("truncation", None)
+        blob.pop("padding", None)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=True).encode()).hexdigest()[:16]
 
 
 def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype: torch.dtype | None = None,
@@ -122,7 +133,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     """fp32, bf16 or fp16 for `auto` and an explicit choice, refusing what the device cannot do."""
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+            # Native bf16 only (Ampere and newer): V100/T4 "support" bf16 by slow emulation, where fp16
+            # with the Trainer's loss scaling is the fast choice.
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
         return "bf16" if cpu_has_fast_bf16() else "fp32"
     if precision == "fp16" and device.type != "cuda":
         raise UsageError("--precision fp16 needs a GPU; use bf16 (or auto) on a CPU")
