@@ -5,6 +5,7 @@ Nothing here touches the network or ../shared; every cache points into a temp fo
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import random
@@ -129,3 +130,38 @@ def trained(tmp_path_factory, tiny_model_dir, data_dir):
     result = train.run(TrainConfig(model=str(tiny_model_dir), lr=1e-2, batch_size=16, epochs=6, eval_every=16,
                                    run_name="tiny", precision="fp32", warmup=0.0), space)
     return space, result
+
+
+@functools.lru_cache(maxsize=4)
+def _reference_model(model_dir: str):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return (AutoTokenizer.from_pretrained(model_dir),
+            AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval())
+
+
+def reference_scores(model_dir, prompts_or_ids, words=(" negative", " positive")):
+    """Label-word logits from the model's own full forward, one prompt at a time, unpadded: no rtsent code.
+
+    Takes prompt strings (tokenized whole, as transformers does) or ready token-id lists.
+    """
+    import numpy as np
+    import torch
+
+    tok, model = _reference_model(str(model_dir))
+    label_ids = [tok(w, add_special_tokens=False)["input_ids"][0] for w in words]
+    out = []
+    with torch.no_grad():
+        for item in prompts_or_ids:
+            ids = tok(item, add_special_tokens=False)["input_ids"] if isinstance(item, str) else list(item)
+            out.append(model(torch.tensor([ids])).logits[0, -1, label_ids].numpy())
+    return np.array(out, dtype=np.float64)
+
+
+def reference_probabilities(model_dir, prompts_or_ids, words=(" negative", " positive")):
+    import numpy as np
+
+    scores = reference_scores(model_dir, prompts_or_ids, words)
+    exp = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return exp / exp.sum(axis=1, keepdims=True)

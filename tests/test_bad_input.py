@@ -308,11 +308,15 @@ def test_predict_max_len_smaller_than_the_template(model_dir):
 
 def test_unusual_but_valid_texts_are_classified(model_dir):
     texts = ["great " * 175_000, "dull\x00\x07\x1b[31m film", "😀 great 🎬", "فيلم رائع great", "\u202egreat\u202c"]
-    result = succeeds(["predict", *texts, "--model", str(model_dir), "--format", "jsonl"])
+    result = succeeds(["predict", *texts, "--model", str(model_dir), "--format", "jsonl", "--precision", "fp32"])
     rows = [json.loads(line) for line in result.stdout.splitlines()]
     assert [r["text"] for r in rows] == texts
-    for row in rows:
-        assert 0.0 <= row["probability"] <= 1.0 and abs(sum(row["probabilities"].values()) - 1) < 1e-5
+    from conftest import reference_probabilities
+
+    short = rows[1:]  # the first is cut to max-len; the others fit whole
+    expected = reference_probabilities(model_dir, [r["text"] + "\nSentiment:" for r in short])
+    for row, probs in zip(short, expected):
+        assert [row["probabilities"]["negative"], row["probabilities"]["positive"]] == pytest.approx(probs, abs=1e-4)
     table = succeeds(["predict", texts[1], "--model", str(model_dir)])
     assert "\x1b" not in table.stdout and "\\x1b[31m" in table.stdout  # a review never drives the terminal
 

@@ -19,7 +19,10 @@ def test_trained_run_exports_a_standalone_model_that_learned(trained):
     meta = json.loads((model / MODEL_META).read_text())
     assert meta["prompt"]["template"] == "{text}\nSentiment:"
     assert meta["prompt"]["label_words"] == [" negative", " positive"]
-    assert meta["best"]["validation_accuracy"] == result.best_accuracy
+    # The Trainer's evaluation chose the best step; rescoring the export through evaluate's own path agrees.
+    rescored = evaluate.run(EvaluateConfig(model=str(model), precision="fp32", output=str(model.parent / "re.json")),
+                            space)
+    assert meta["best"]["validation_accuracy"] == rescored["accuracy"]
     # The synthetic sentiment words make the task easy: a model that trains at the label position learns it.
     assert result.best_accuracy >= 0.9
     checkpoints = list((result.run.checkpoints).glob("checkpoint-*"))
@@ -28,15 +31,22 @@ def test_trained_run_exports_a_standalone_model_that_learned(trained):
     assert any("eval_accuracy" in line for line in lines) and any("loss" in line for line in lines)
 
 
-def test_evaluate_reports_metrics_and_writes_json(trained):
+def test_evaluate_reports_metrics_and_writes_json(trained, data_dir):
     space, result = trained
     report = evaluate.run(EvaluateConfig(), space)  # default: the latest run's model
     assert report["model"] == str(result.model_dir)
     assert report["examples"] == 64
     assert report["accuracy"] >= 0.9
-    confusion = report["confusion_matrix"]["rows_true_cols_predicted"]
-    assert sum(map(sum, confusion)) == 64
-    assert abs(report["accuracy"] - (confusion[0][0] + confusion[1][1]) / 64) < 1e-9
+    import pyarrow.parquet as pq
+    from conftest import reference_scores
+
+    validation = pq.read_table(data_dir / "validation.parquet").to_pydict()
+    prompts = [t + "\nSentiment:" for t in validation["text"]]  # short enough for max-len 32 (no truncation)
+    pred = reference_scores(result.model_dir, prompts).argmax(1)
+    truth = validation["label"]
+    assert report["confusion_matrix"]["rows_true_cols_predicted"] == [
+        [sum(1 for t, p in zip(truth, pred) if (t, p) == (i, j)) for j in (0, 1)] for i in (0, 1)]
+    assert report["accuracy"] == sum(int(t == p) for t, p in zip(truth, pred)) / 64
     written = json.loads((result.model_dir / "eval-validation.json").read_text())
     assert written["accuracy"] == report["accuracy"]
 
@@ -45,12 +55,15 @@ def test_predict_labels_and_probabilities(trained, capsys):
     space, result = trained
     rows = list(predict.predictions(
         PredictConfig(texts=("a brilliant and wonderful film", "a dull and tedious plot")),
-        predict.open_classifier(str(result.model_dir)),
+        predict.open_classifier(str(result.model_dir), precision="fp32"),
     ))
     assert [r["label"] for r in rows] == ["positive", "negative"]
-    for r in rows:
-        assert 0.5 <= r["probability"] <= 1.0
-        assert abs(sum(r["probabilities"].values()) - 1.0) < 1e-5
+    from conftest import reference_probabilities
+
+    expected = reference_probabilities(result.model_dir, [r["text"] + "\nSentiment:" for r in rows])
+    for row, probs in zip(rows, expected):
+        assert [row["probabilities"]["negative"], row["probabilities"]["positive"]] == pytest.approx(probs, abs=1e-4)
+        assert row["probability"] == pytest.approx(probs.max(), abs=1e-4)
 
 
 def test_prepare_is_cached_by_fingerprint(tiny_model_dir, data_dir, ws):

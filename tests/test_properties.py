@@ -6,6 +6,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from conftest import reference_probabilities
+
 from rtsent.config import TEXT_SLOT, PredictConfig, PromptConfig
 from rtsent.errors import DataError, UsageError
 
@@ -43,12 +45,12 @@ def test_prompt_keeps_the_template_tail_fits_max_len_and_ends_at_the_label_posit
         assert 1 <= len(row) <= max_len
         if encoder.suffix_ids:
             assert row[-len(encoder.suffix_ids):] == encoder.suffix_ids
-    # The label word is predicted from the last prompt token: the position modeling.py reads.
+    # Right padding, built by hand: each row, then pad ids; the mask marks exactly the row's own tokens.
     padded = pad_batch(ids, tokenizer.pad_token_id)
-    last = padded["attention_mask"].sum(dim=-1) - 1
+    width = max(len(r) for r in ids)
     for i, row in enumerate(ids):
-        assert int(last[i]) == len(row) - 1
-        assert int(padded["input_ids"][i, last[i]]) == row[-1]
+        assert padded["input_ids"][i].tolist() == row + [tokenizer.pad_token_id] * (width - len(row))
+        assert padded["attention_mask"][i].tolist() == [1] * len(row) + [0] * (width - len(row))
 
 
 @SETTINGS
@@ -64,7 +66,7 @@ def test_untruncated_prompt_is_the_review_between_prefix_and_suffix(tokenizer, t
 
 @pytest.fixture(scope="module")
 def classifier(trained):
-    from rtsent.modeling import open_classifier
+    from rtsent.engines import open_classifier
 
     return open_classifier(str(trained[1].model_dir), precision="fp32")
 
@@ -81,13 +83,10 @@ def test_predict_on_any_string_gives_a_label_and_probabilities_or_a_clear_error(
         return
     (row,) = list(predict.predictions(cfg, classifier))
     assert row["text"] == text
-    assert row["label"] in classifier.label_names
-    assert 0.0 <= row["probability"] <= 1.0
-    probs = row["probabilities"]
-    assert set(probs) == set(classifier.label_names)
-    assert all(0.0 <= p <= 1.0 for p in probs.values())
-    assert sum(probs.values()) == pytest.approx(1.0, abs=1e-5)
-    assert row["probability"] == max(probs.values()) == probs[row["label"]]
+    # The batched scorer against the model's own full forward on the same (possibly truncated) prompt ids.
+    (expected,) = reference_probabilities(classifier.name, classifier.encoder.encode([text]).input_ids)
+    assert [row["probabilities"][n] for n in ("negative", "positive")] == pytest.approx(expected, abs=1e-4)
+    assert row["label"] == ("negative", "positive")[int(expected.argmax())] or abs(expected[0] - expected[1]) < 1e-4
 
 
 labels = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),

@@ -86,7 +86,8 @@ def test_encoder_truncates_the_review_never_the_template(tok):
 
 
 def test_encoder_label_word_checks(tok):
-    assert len(PromptEncoder(PromptConfig(), tok, 32).label_ids) == 2
+    ids = PromptEncoder(PromptConfig(), tok, 32).label_ids
+    assert [tok.decode([i]) for i in ids] == [" negative", " positive"]  # decoding is the independent inverse
     with pytest.raises(UsageError, match="not one"):
         PromptEncoder(PromptConfig(label_words=(" negative", " wonderfully-terrible")), tok, 32)
     with pytest.raises(UsageError, match="max-len"):

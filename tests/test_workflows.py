@@ -10,6 +10,8 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import reference_scores
+
 from rtsent import evaluate, predict, prepare, train
 from rtsent.cli import app
 from rtsent.config import EvaluateConfig, PredictConfig, PrepareConfig, PromptConfig, TrainConfig
@@ -164,28 +166,13 @@ def test_auto_precision_on_gpus_picks_native_bf16_or_fp16(monkeypatch, native, e
 
 # evaluation and training paths that had no test ---------------------------------------------------------
 
-def _reference_scores(model_dir, texts, template="{text}\nSentiment:", words=(" negative", " positive")):
-    """Label-word logits from the model's own full forward on each prompt alone: no rtsent code."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32).eval()
-    label_ids = [tok(w, add_special_tokens=False)["input_ids"][0] for w in words]
-    out = []
-    with torch.no_grad():
-        for text in texts:
-            ids = tok(template.replace("{text}", text), add_special_tokens=False, return_tensors="pt")["input_ids"]
-            out.append(model(ids).logits[0, -1, label_ids].numpy())
-    return np.array(out)
-
-
 def test_zero_shot_metrics_equal_a_full_forward_by_hand(ws, tiny_model_dir, data_dir):
     import pyarrow.parquet as pq
 
     _prep(ws, tiny_model_dir, data_dir, max_len=64)
     report = evaluate.run(EvaluateConfig(model=str(tiny_model_dir), prompt=PromptConfig(), precision="fp32"), ws)
     table = pq.read_table(data_dir / "validation.parquet").to_pydict()
-    scores = _reference_scores(tiny_model_dir, table["text"])
+    scores = reference_scores(tiny_model_dir, [t + "\nSentiment:" for t in table["text"]])
     pred = scores.argmax(1)
     truth = np.array(table["label"])
     assert report["accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-9)
