@@ -201,13 +201,18 @@ def prepare(
     label_names: Optional[str] = typer.Option(None, help="Comma-separated class names (default: the label words, stripped)."),
     max_len: int = typer.Option(PrepareConfig.max_len, help="Longest prompt in tokens; longer reviews lose their tail, never the template."),
     text_column: str = typer.Option(PrepareConfig.text_column, help="Column holding the review text."),
-    label_column: str = typer.Option(PrepareConfig.label_column, help="Column holding the label (0..K-1 or a label name)."),
+    label_column: str = typer.Option(PrepareConfig.label_column, help="Column holding the label (0..K-1, a label name, or a ClassLabel matched by name)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if this exact dataset is cached."),
+    subset: Optional[str] = typer.Option(None, help="Hub dataset configuration, e.g. --data glue --subset sst2."),
+    splits: str = typer.Option(PrepareConfig.splits, help="Which dataset split feeds train/validation/test, e.g. validation=test,test=none (default: the same names; none drops test, or carves validation from train)."),
+    validation_fraction: float = typer.Option(PrepareConfig.validation_fraction, help="Without a validation split: share of each class of train held out as validation."),
+    seed: int = typer.Option(PrepareConfig.seed, help="Seed of the held-out validation draw."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Tokenize the dataset once and cache it in the workspace, keyed by a fingerprint."""
     cfg = PrepareConfig(data=data, model=model, prompt=_prompt(template, label_words, label_names), max_len=max_len,
-                        text_column=text_column, label_column=label_column, force=force)
+                        text_column=text_column, label_column=label_column, force=force, subset=subset,
+                        splits=splits, validation_fraction=validation_fraction, seed=seed)
     from rtsent import prepare as stage
     from rtsent.report import print_prepared
 

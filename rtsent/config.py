@@ -104,9 +104,38 @@ class PrepareConfig:
     label_column: str = "label"
     force: bool = False
     """Rebuild even when a prepared dataset with the same fingerprint exists."""
+    subset: str | None = None
+    """Hub dataset configuration (the second argument of datasets.load_dataset), e.g. sst2 of glue."""
+    splits: str = ""
+    """Comma-separated role=split pairs, e.g. validation=test,test=none; unmapped roles use their own name."""
+    validation_fraction: float = 0.1
+    """Share of each class of train held out as validation when the data has no validation split."""
+    seed: int = 42
+    """Seed of that held-out draw."""
 
     def __post_init__(self) -> None:
-        _check([f"--max-len must be at least 2, got {self.max_len}"] if self.max_len < 2 else [])
+        problems = [f"--max-len must be at least 2, got {self.max_len}"] if self.max_len < 2 else []
+        if not 0 < self.validation_fraction < 1:
+            problems.append(f"--validation-fraction must be between 0 and 1, got {self.validation_fraction}")
+        try:
+            self.split_map
+        except UsageError as exc:
+            problems.append(str(exc))
+        _check(problems)
+
+    @property
+    def split_map(self) -> dict[str, str | None]:
+        """--splits as {role: source split name, or None for 'none'}; raises UsageError when malformed."""
+        mapping: dict[str, str | None] = {}
+        for item in filter(None, (part.strip() for part in self.splits.split(","))):
+            role, sep, name = (x.strip() for x in item.partition("="))
+            if not sep or role not in SPLITS or not name:
+                raise UsageError(f"--splits takes role=split pairs with roles {', '.join(SPLITS)} "
+                                 f"(e.g. validation=test,test=none), got {item!r}")
+            if role in mapping:
+                raise UsageError(f"--splits names {role} twice")
+            mapping[role] = None if name.lower() == "none" else name
+        return mapping
 
 
 @dataclass(frozen=True)
