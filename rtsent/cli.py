@@ -244,6 +244,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue a run (--run-name, default the latest) from its last checkpoint."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights from the model's config instead of its weights."),
     config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64."),
+    early_stopping: Optional[int] = typer.Option(None, help="Stop after N evaluations without a better validation accuracy."),
+    class_weights: str = typer.Option(TrainConfig.class_weights, help="auto: weight each class's loss by its inverse frequency in train (imbalanced data); none."),
+    report_to: str = typer.Option(TrainConfig.report_to, help="Also log to these Trainer integrations: tensorboard (events in runs/<name>/tensorboard), wandb, mlflow, ... (comma-separated, installed ones), or none."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Fine-tune on the prepared data; keep the best checkpoint by validation accuracy and export it."""
@@ -252,7 +255,8 @@ def train(
                       eval_every=eval_every, save_every=save_every, save_limit=save_limit, seed=seed, loss=loss,
                       precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
                       run_name=run_name, resume=resume, from_scratch=from_scratch,
-                      config_overrides=config_overrides)
+                      config_overrides=config_overrides, early_stopping=early_stopping, class_weights=class_weights,
+                      report_to=report_to)
     from rtsent import train as stage
     from rtsent.report import print_trained
 

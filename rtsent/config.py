@@ -17,6 +17,7 @@ SPLITS = ("train", "validation", "test")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("lm", "label")
 FORMATS = ("auto", "table", "json", "jsonl", "csv")
+CLASS_WEIGHTS = ("none", "auto")
 
 
 def _check(problems: list[str]) -> None:
@@ -175,6 +176,12 @@ class TrainConfig:
     from_scratch: bool = False
     config_overrides: str = ""
     """Comma-separated key=value overrides of the model config, used with from_scratch."""
+    early_stopping: int | None = None
+    """Stop after this many evaluations without a better validation accuracy; None: never."""
+    class_weights: str = "none"
+    """auto: weight the loss of each class by its inverse frequency in the train split."""
+    report_to: str = "none"
+    """Comma-separated Trainer integrations to log to (tensorboard, wandb, mlflow, ...), or none."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -199,6 +206,14 @@ class TrainConfig:
             problems.append(
                 f"--save-every ({self.save_every}) must be a multiple of --eval-every ({self.eval_every})"
             )
+        if self.early_stopping is not None and self.early_stopping <= 0:
+            problems.append(f"--early-stopping must be a positive number of evaluations, got {self.early_stopping}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            problems.append(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")
+        trackers = [t.strip() for t in self.report_to.split(",")]
+        if "" in trackers or ("none" in trackers and len(trackers) > 1):
+            problems.append(f"--report-to takes none or comma-separated integrations (e.g. tensorboard,wandb), "
+                            f"got {self.report_to!r}")
         if self.config_overrides and not self.from_scratch:
             problems.append("--config-overrides only applies with --from-scratch")
         if self.run_name is not None and not _safe_name(self.run_name):
