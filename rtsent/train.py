@@ -348,7 +348,8 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
     Evaluation happens every eval_every steps, else once per epoch (or at max_steps), and always at
     the end; checkpoints follow evaluations so the best one can be kept.
     """
-    steps_per_epoch = math.ceil(train_rows / cfg.batch_size)
+    processes = int(os.environ.get("WORLD_SIZE", "1"))  # under torchrun each step takes a batch per process
+    steps_per_epoch = math.ceil(train_rows / (cfg.batch_size * processes))
     eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch)
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     args = TrainingArguments(
