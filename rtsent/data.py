@@ -72,14 +72,14 @@ class FolderSource(Source):
 class DictSource(Source):
     """A datasets.DatasetDict: a save_to_disk folder or a hub dataset."""
 
-    def __init__(self, name: str, dd: Any, ids: dict[str, str]):
+    def __init__(self, name: str, dd: Any, identify: Callable[[str], str]):
         self.name = name
         self.dd = dd
-        self.ids = ids
+        self.identify = identify
         self.available = sorted(dd)
 
     def split_id(self, split: str) -> str:
-        return self.ids[split]
+        return self.identify(split)
 
     def read(self, split: str) -> RawSplit:
         return RawSplit(self.dd[split].data.table, _class_names(self.dd[split].features))
@@ -117,8 +117,7 @@ def _open_saved(folder: Path) -> Source:
         raise DataError(f"cannot read the saved dataset in {folder}: {exc}") from None
     if not isinstance(dd, datasets.DatasetDict):
         raise DataError(f"{folder} holds a single Dataset; save a DatasetDict with train (and validation/test) splits")
-    ids = {s: "saved:" + hash_files(sorted((folder / s).rglob("*.arrow")))[:16] for s in dd}
-    return DictSource(str(folder), dd, ids)
+    return DictSource(str(folder), dd, lambda s: "saved:" + hash_files(sorted((folder / s).rglob("*.arrow")))[:16])
 
 
 def _open_hub(name: str, subset: str | None) -> Source:
@@ -136,7 +135,7 @@ def _open_hub(name: str, subset: str | None) -> Source:
             f"cannot load dataset {shown} from the Hugging Face hub ({first}); "
             f"pass --data PATH to a folder of train/validation/test files"
         ) from None
-    return DictSource(name, dd, {s: f"hub:{name}:{subset}:{dd[s]._fingerprint}" for s in dd})
+    return DictSource(name, dd, lambda s: f"hub:{name}:{subset}:{dd[s]._fingerprint}")
 
 
 def _class_names(features: Any) -> dict[str, list[str]]:
