@@ -201,13 +201,18 @@ def prepare(
     label_names: Optional[str] = typer.Option(None, help="Comma-separated class names (default: the label words, stripped)."),
     max_len: int = typer.Option(PrepareConfig.max_len, help="Longest prompt in tokens; longer reviews lose their tail, never the template."),
     text_column: str = typer.Option(PrepareConfig.text_column, help="Column holding the review text."),
-    label_column: str = typer.Option(PrepareConfig.label_column, help="Column holding the label (0..K-1 or a label name)."),
+    label_column: str = typer.Option(PrepareConfig.label_column, help="Column holding the label (0..K-1, a label name, or a ClassLabel matched by name)."),
     force: bool = typer.Option(False, "--force", help="Rebuild even if this exact dataset is cached."),
+    subset: Optional[str] = typer.Option(None, help="Hub dataset configuration, e.g. --data glue --subset sst2."),
+    splits: str = typer.Option(PrepareConfig.splits, help="Which dataset split feeds train/validation/test, e.g. validation=test,test=none (default: the same names; none drops test, or carves validation from train)."),
+    validation_fraction: float = typer.Option(PrepareConfig.validation_fraction, help="Without a validation split: share of each class of train held out as validation."),
+    seed: int = typer.Option(PrepareConfig.seed, help="Seed of the held-out validation draw."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Tokenize the dataset once and cache it in the workspace, keyed by a fingerprint."""
     cfg = PrepareConfig(data=data, model=model, prompt=_prompt(template, label_words, label_names), max_len=max_len,
-                        text_column=text_column, label_column=label_column, force=force)
+                        text_column=text_column, label_column=label_column, force=force, subset=subset,
+                        splits=splits, validation_fraction=validation_fraction, seed=seed)
     from rtsent import prepare as stage
     from rtsent.report import print_prepared
 
@@ -239,6 +244,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue a run (--run-name, default the latest) from its last checkpoint."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights from the model's config instead of its weights."),
     config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64,n_head=2."),
+    early_stopping: Optional[int] = typer.Option(None, help="Stop after N evaluations without a better validation accuracy."),
+    class_weights: str = typer.Option(TrainConfig.class_weights, help="auto: weight each class's loss by its inverse frequency in train (imbalanced data); none."),
+    report_to: str = typer.Option(TrainConfig.report_to, help="Also log to these Trainer integrations: tensorboard (events in runs/<name>/tensorboard), wandb, mlflow, ... (comma-separated, installed ones), or none."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Fine-tune on the prepared data; keep the best checkpoint by validation accuracy and export it."""
@@ -247,7 +255,8 @@ def train(
                       eval_every=eval_every, save_every=save_every, save_limit=save_limit, seed=seed, loss=loss,
                       precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
                       run_name=run_name, resume=resume, from_scratch=from_scratch,
-                      config_overrides=config_overrides)
+                      config_overrides=config_overrides, early_stopping=early_stopping, class_weights=class_weights,
+                      report_to=report_to)
     from rtsent import train as stage
     from rtsent.report import print_trained
 

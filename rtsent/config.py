@@ -17,6 +17,7 @@ SPLITS = ("train", "validation", "test")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 LOSSES = ("lm", "label")
 FORMATS = ("auto", "table", "json", "jsonl", "csv")
+CLASS_WEIGHTS = ("none", "auto")
 
 
 def _check(problems: list[str]) -> None:
@@ -104,9 +105,38 @@ class PrepareConfig:
     label_column: str = "label"
     force: bool = False
     """Rebuild even when a prepared dataset with the same fingerprint exists."""
+    subset: str | None = None
+    """Hub dataset configuration (the second argument of datasets.load_dataset), e.g. sst2 of glue."""
+    splits: str = ""
+    """Comma-separated role=split pairs, e.g. validation=test,test=none; unmapped roles use their own name."""
+    validation_fraction: float = 0.1
+    """Share of each class of train held out as validation when the data has no validation split."""
+    seed: int = 42
+    """Seed of that held-out draw."""
 
     def __post_init__(self) -> None:
-        _check([f"--max-len must be at least 2, got {self.max_len}"] if self.max_len < 2 else [])
+        problems = [f"--max-len must be at least 2, got {self.max_len}"] if self.max_len < 2 else []
+        if not 0 < self.validation_fraction < 1:
+            problems.append(f"--validation-fraction must be between 0 and 1, got {self.validation_fraction}")
+        try:
+            self.split_map
+        except UsageError as exc:
+            problems.append(str(exc))
+        _check(problems)
+
+    @property
+    def split_map(self) -> dict[str, str | None]:
+        """--splits as {role: source split name, or None for 'none'}; raises UsageError when malformed."""
+        mapping: dict[str, str | None] = {}
+        for item in filter(None, (part.strip() for part in self.splits.split(","))):
+            role, sep, name = (x.strip() for x in item.partition("="))
+            if not sep or role not in SPLITS or not name:
+                raise UsageError(f"--splits takes role=split pairs with roles {', '.join(SPLITS)} "
+                                 f"(e.g. validation=test,test=none), got {item!r}")
+            if role in mapping:
+                raise UsageError(f"--splits names {role} twice")
+            mapping[role] = None if name.lower() == "none" else name
+        return mapping
 
 
 @dataclass(frozen=True)
@@ -146,6 +176,12 @@ class TrainConfig:
     from_scratch: bool = False
     config_overrides: str = ""
     """Comma-separated key=value overrides of the model config, used with from_scratch."""
+    early_stopping: int | None = None
+    """Stop after this many evaluations without a better validation accuracy; None: never."""
+    class_weights: str = "none"
+    """auto: weight the loss of each class by its inverse frequency in the train split."""
+    report_to: str = "none"
+    """Comma-separated Trainer integrations to log to (tensorboard, wandb, mlflow, ...), or none."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -170,6 +206,14 @@ class TrainConfig:
             problems.append(
                 f"--save-every ({self.save_every}) must be a multiple of --eval-every ({self.eval_every})"
             )
+        if self.early_stopping is not None and self.early_stopping <= 0:
+            problems.append(f"--early-stopping must be a positive number of evaluations, got {self.early_stopping}")
+        if self.class_weights not in CLASS_WEIGHTS:
+            problems.append(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}, got {self.class_weights!r}")
+        trackers = [t.strip() for t in self.report_to.split(",")]
+        if "" in trackers or ("none" in trackers and len(trackers) > 1):
+            problems.append(f"--report-to takes none or comma-separated integrations (e.g. tensorboard,wandb), "
+                            f"got {self.report_to!r}")
         if self.config_overrides and not self.from_scratch:
             problems.append("--config-overrides only applies with --from-scratch")
         if self.run_name is not None and not _safe_name(self.run_name):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from rtsent.cache import hash_files
 from rtsent.errors import DataError, UsageError
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
-REQUIRED_SPLITS = ("train", "validation")
-OPTIONAL_SPLITS = ("test",)
+ROLES = ("train", "validation", "test")
+NO_LABEL = -1  # datasets' ClassLabel value for "no label" (e.g. GLUE test splits, whose labels are hidden)
 
 
 @dataclass
@@ -25,40 +25,87 @@ class Split:
 
 
 @dataclass
+class RawSplit:
+    """One split of the source as read: an Arrow table, and the names of its ClassLabel columns."""
+
+    table: Any
+    class_names: dict[str, list[str]] = field(default_factory=dict)
+
+
 class Source:
-    """A dataset source, identified by content (local files) or by the hub's fingerprint."""
+    """A dataset's named splits; each is read, and its content identified, only when a plan uses it."""
 
     name: str
-    id: str
-    tables: dict[str, Any] = field(default_factory=dict)
+    available: list[str]
+
+    def split_id(self, split: str) -> str:
+        """Content identity of one split (file bytes, arrow files, or the hub's fingerprint)."""
+        raise NotImplementedError
+
+    def read(self, split: str) -> RawSplit:
+        raise NotImplementedError
 
 
-def open_source(data: str) -> Source:
-    """Find the splits of `data` and compute the source's identity; raises UsageError/HubError/DataError."""
+class FolderSource(Source):
+    """A folder with one <split>.parquet|.csv|.jsonl file per split (any split names)."""
+
+    def __init__(self, folder: Path):
+        self.name = str(folder)
+        self.files: dict[str, Path] = {}
+        for path in sorted(folder.iterdir()):
+            if path.suffix not in FORMATS or not path.is_file():
+                continue
+            if path.stem in self.files:
+                same = sorted(p.name for p in folder.iterdir() if p.stem == path.stem and p.suffix in FORMATS)
+                raise DataError(f"{folder} has several files for split {path.stem!r}: {same}; keep one")
+            self.files[path.stem] = path
+        self.available = sorted(self.files)
+
+    def split_id(self, split: str) -> str:
+        return "file:" + hash_files([self.files[split]])[:16]
+
+    def read(self, split: str) -> RawSplit:
+        table = _read_file(self.files[split])
+        return RawSplit(table, _class_names_in_schema(table.schema))
+
+
+class DictSource(Source):
+    """A datasets.DatasetDict: a save_to_disk folder or a hub dataset."""
+
+    def __init__(self, name: str, dd: Any, identify: Callable[[str], str]):
+        self.name = name
+        self.dd = dd
+        self.identify = identify
+        self.available = sorted(dd)
+
+    def split_id(self, split: str) -> str:
+        return self.identify(split)
+
+    def read(self, split: str) -> RawSplit:
+        return RawSplit(self.dd[split].data.table, _class_names(self.dd[split].features))
+
+
+def open_source(data: str, subset: str | None = None) -> Source:
+    """Find the splits of `data` (a folder, a saved DatasetDict, or a hub name with an optional subset).
+
+    Raises UsageError for a bad path or option, HubError when a name cannot be loaded, DataError for
+    unreadable data.
+    """
     path = Path(data).expanduser()
     if path.is_dir():
-        if (path / "dataset_dict.json").is_file():
-            return _open_saved(path)
-        return _open_files(path)
-    if path.exists():
+        if subset is not None:
+            raise UsageError(f"--subset {subset} applies to hub datasets only; --data {data} is a folder")
+        source = _open_saved(path) if (path / "dataset_dict.json").is_file() else FolderSource(path)
+    elif path.exists():
         raise UsageError(f"--data {data} is a file; pass a folder holding train/validation/test files")
-    if data.startswith((".", "/", "~")) or "\\" in data:
+    elif data.startswith((".", "/", "~")) or "\\" in data:
         raise UsageError(f"--data {data}: no such folder")
-    return _open_hub(data)
-
-
-def _open_files(folder: Path) -> Source:
-    found: dict[str, Path] = {}
-    for split in REQUIRED_SPLITS + OPTIONAL_SPLITS:
-        matches = [folder / f"{split}{ext}" for ext in FORMATS if (folder / f"{split}{ext}").is_file()]
-        if len(matches) > 1:
-            raise DataError(f"{folder} has several files for split {split!r}: {[m.name for m in matches]}; keep one")
-        if matches:
-            found[split] = matches[0]
-    _require_splits(found, folder)
-    tables = {split: _read_file(p) for split, p in found.items()}
-    ordered = [found[s] for s in sorted(found)]
-    return Source(str(folder), "files:" + hash_files(ordered)[:16] + ":" + ",".join(sorted(found)), tables)
+    else:
+        source = _open_hub(data, subset)
+    if not source.available:
+        raise DataError(f"{data} has no splits; name the files train.parquet/validation.parquet/test.parquet "
+                        f"(or .csv/.jsonl)")
+    return source
 
 
 def _open_saved(folder: Path) -> Source:
@@ -68,33 +115,182 @@ def _open_saved(folder: Path) -> Source:
         dd = datasets.load_from_disk(str(folder))
     except Exception as exc:  # datasets raises several kinds for damaged folders
         raise DataError(f"cannot read the saved dataset in {folder}: {exc}") from None
-    _require_splits(dd, folder)
-    files = sorted(p for p in folder.rglob("*.arrow"))
-    return Source(str(folder), "saved:" + hash_files(files)[:16], {s: dd[s].data.table for s in dd})
+    if not isinstance(dd, datasets.DatasetDict):
+        raise DataError(f"{folder} holds a single Dataset; save a DatasetDict with train (and validation/test) splits")
+    return DictSource(str(folder), dd, lambda s: "saved:" + hash_files(sorted((folder / s).rglob("*.arrow")))[:16])
 
 
-def _open_hub(name: str) -> Source:
+def _open_hub(name: str, subset: str | None) -> Source:
     from rtsent.hub import explain, probe
 
     probe(name, "dataset")
     import datasets
 
     try:
-        dd = datasets.load_dataset(name)
-    except Exception as exc:  # offline, unknown name, gated: explain() reads huggingface_hub's error types
-        raise explain(exc, name, "dataset") from None
-    _require_splits(dd, name)
-    fp = ",".join(f"{s}={dd[s]._fingerprint}" for s in sorted(dd) if s in REQUIRED_SPLITS + OPTIONAL_SPLITS)
-    return Source(name, f"hub:{name}:{fp}", {s: dd[s].data.table for s in dd})
+        dd = datasets.load_dataset(name, subset)
+    except Exception as exc:  # offline, unknown name or subset, gated: explain() reads huggingface_hub's error types
+        raise explain(exc, f"{name}:{subset}" if subset else name, "dataset") from None
+    return DictSource(name, dd, lambda s: f"hub:{name}:{subset}:{dd[s]._fingerprint}")
 
 
-def _require_splits(found: Any, where: Any) -> None:
-    missing = [s for s in REQUIRED_SPLITS if s not in found]
-    if missing:
+def _class_names(features: Any) -> dict[str, list[str]]:
+    import datasets
+
+    return {col: list(f.names) for col, f in features.items() if isinstance(f, datasets.ClassLabel)}
+
+
+def _class_names_in_schema(schema: Any) -> dict[str, list[str]]:
+    """ClassLabel names kept in a parquet file written by datasets (its "huggingface" schema metadata)."""
+    if not schema.metadata or b"huggingface" not in schema.metadata:
+        return {}
+    import datasets
+
+    return _class_names(datasets.Features.from_arrow_schema(schema))
+
+
+# --- which source split feeds each prepared split -----------------------------------------------------
+
+@dataclass(frozen=True)
+class Carve:
+    """Validation carved out of the train split: a stratified `fraction` of each class, drawn with `seed`."""
+
+    fraction: float
+    seed: int
+
+
+@dataclass(frozen=True)
+class SplitPlan:
+    """Where each prepared split comes from: a source split's name, a Carve (validation only), or None."""
+
+    train: str
+    validation: str | Carve
+    test: str | None
+
+    def describe(self) -> dict[str, Any]:
+        """The plan as JSON (manifest and fingerprint): split names, or the carve's fraction and seed."""
+        val = self.validation
+        carved = {"carved_from": self.train, "fraction": val.fraction, "seed": val.seed} if isinstance(val, Carve) else val
+        return {"train": self.train, "validation": carved, "test": self.test}
+
+
+def plan_splits(source: Source, mapping: dict[str, str | None], fraction: float, seed: int) -> SplitPlan:
+    """Resolve --splits against the splits the source has.
+
+    `mapping` maps a prepared split (train/validation/test) to a source split name, or to None: no test
+    split, or a validation carved from train. Unmapped splits use their own name when the source has it
+    and no other role claims it; a missing validation is carved from train. Raises DataError naming the
+    splits there are.
+    """
+    claimed = set(mapping.values())
+
+    def pick(role: str) -> str | None:
+        if role not in mapping and role != "train" and role in claimed:
+            return None  # e.g. validation=test: the test split now serves as validation, not as test too
+        name = mapping.get(role, role)
+        if name is None or name in source.available:
+            return name
+        if role in mapping:
+            raise DataError(f"{source.name} has no split {name!r} (--splits {role}={name}); "
+                            f"found: {', '.join(source.available)}")
+        if role != "train":
+            return None
         raise DataError(
-            f"{where} has no {' or '.join(missing)} split (found: {sorted(found) or 'nothing'}); "
-            f"name the files train.parquet/validation.parquet/test.parquet (or .csv/.jsonl)"
+            f"{source.name} has no train split (found: {source.available}); name the files "
+            f"train/validation/test.parquet (or .csv/.jsonl), or pass --splits train=NAME"
         )
+
+    train, validation, test = (pick(role) for role in ROLES)
+    if train is None:
+        raise DataError("--splits train=none: training needs a train split")
+    plan = SplitPlan(train, validation if validation is not None else Carve(fraction, seed), test)
+    used = [s for s in (plan.train, plan.validation, plan.test) if isinstance(s, str)]
+    if len(set(used)) != len(used):
+        raise DataError(f"--splits uses one source split for two roles ({plan.describe()}); "
+                        f"give each of train/validation/test its own split (validation=none carves one from train)")
+    return plan
+
+
+def source_id(source: Source, plan: SplitPlan) -> str:
+    """The content identity of exactly the source splits the plan reads."""
+    used = [s for s in (plan.train, plan.validation, plan.test) if isinstance(s, str)]
+    return ",".join(f"{s}={source.split_id(s)}" for s in used)
+
+
+def build_splits(source: Source, plan: SplitPlan, text_column: str, label_column: str,
+                 label_names: Sequence[str], log: Callable[[str], None] = lambda _: None) -> dict[str, Split]:
+    """Read, validate and convert the planned splits; carve validation from train when planned.
+
+    Returns {"train", "validation"[, "test"]} -> Split. Raises DataError for unusable data.
+    """
+    splits = {}
+    for role in ROLES:
+        name = getattr(plan, role)
+        if not isinstance(name, str):
+            continue
+        raw = source.read(name)
+        ids = class_label_ids(raw.class_names.get(label_column), label_names, f"{source.name} ({name})")
+        splits[role] = build_split(raw.table, name, text_column, label_column, label_names, source.name, ids)
+    if isinstance(plan.validation, Carve):
+        splits["train"], splits["validation"] = carve(splits["train"], plan.validation, source.name)
+        log(f"validation: carved {len(splits['validation'].texts)} rows ({plan.validation.fraction:g} of each class, "
+            f"seed {plan.validation.seed}) out of {source.name} ({plan.train})")
+    return {role: splits[role] for role in ROLES if role in splits}
+
+
+def class_label_ids(class_names: Sequence[str] | None, label_names: Sequence[str], where: str) -> list[int] | None:
+    """For a ClassLabel label column: the rtsent class id of each of its ids, matched by name.
+
+    Names match when equal ignoring case, or when one abbreviates the other from its start ("neg" and
+    "negative", as in rotten_tomatoes and imdb); the match must pair the names one to one. None when
+    the column is not a ClassLabel. Raises DataError showing both lists when they cannot be matched.
+    """
+    if class_names is None:
+        return None
+    names = [n.lower() for n in label_names]
+    ids = [_match_name(c.lower(), names) for c in class_names]
+    if None in ids or len(set(ids)) != len(ids) or len(ids) != len(names):
+        raise DataError(
+            f"{where}: the label column's classes {list(class_names)} do not match the label names "
+            f"{list(label_names)}; pass --label-names {','.join(class_names)} (one --label-words entry per class, "
+            f"in the same order)"
+        )
+    return ids
+
+
+def _match_name(name: str, names: list[str]) -> int | None:
+    """Index of the one label name equal to `name`, else of the one it abbreviates or that abbreviates it."""
+    if name in names:
+        return names.index(name)
+    prefix = [i for i, n in enumerate(names) if name and n and (n.startswith(name) or name.startswith(n))]
+    return prefix[0] if len(prefix) == 1 else None
+
+
+def carve(train: Split, plan: Carve, where: str) -> tuple[Split, Split]:
+    """Split train into (train, validation): round(fraction x rows) of each class, drawn with the seed.
+
+    Stratified, so an imbalanced train split keeps its class balance in both parts; rows keep their order.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(plan.seed)
+    labels = np.asarray(train.labels)
+    chosen = []
+    for cls in np.unique(labels):
+        rows = np.flatnonzero(labels == cls)
+        chosen.extend(rng.permutation(rows)[: round(plan.fraction * len(rows))].tolist())
+    if not chosen or len(chosen) == len(labels):
+        raise DataError(
+            f"{where}: train has {len(labels)} rows, too few to carve a validation split of "
+            f"--validation-fraction {plan.fraction:g}; add a validation file or change the fraction"
+        )
+    held = np.zeros(len(labels), dtype=bool)
+    held[chosen] = True
+
+    def subset(mask: Any, skipped: int) -> Split:
+        idx = np.flatnonzero(mask)
+        return Split([train.texts[i] for i in idx], [train.labels[i] for i in idx], skipped)
+
+    return subset(~held, train.skipped_empty), subset(held, 0)
 
 
 def _read_file(path: Path) -> Any:
@@ -133,10 +329,11 @@ def column(table: Any, name: str, role: str, where: str) -> list[Any]:
 
 
 def build_split(table: Any, split: str, text_column: str, label_column: str,
-                label_names: Sequence[str], where: str) -> Split:
+                label_names: Sequence[str], where: str, class_ids: Sequence[int] | None = None) -> Split:
     """Validate and convert one split: string texts, labels mapped to class ids 0..K-1.
 
-    Rows whose text is empty or whitespace are skipped and counted; any unusable label is an error.
+    `class_ids` translates a ClassLabel column's ids (see class_label_ids). Rows whose text is empty
+    or whitespace are skipped and counted; any unusable label is an error.
     """
     texts = column(table, text_column, "text", f"{where} ({split})")
     labels = column(table, label_column, "label", f"{where} ({split})")
@@ -150,10 +347,19 @@ def build_split(table: Any, split: str, text_column: str, label_column: str,
             skipped += 1
             continue
         kept_texts.append(text)
+        if class_ids is not None:
+            label = _translate(label, class_ids, f"{where} ({split}) row {row}")
         kept_labels.append(label_id(label, label_names, f"{where} ({split}) row {row}"))
     if not kept_texts:
         raise DataError(f"{where} ({split}) has no rows with text")
     return Split(kept_texts, kept_labels, skipped)
+
+
+def _translate(label: Any, class_ids: Sequence[int], where: str) -> Any:
+    if label == NO_LABEL:
+        raise DataError(f"{where}: label -1 means 'no label' (this split's labels are hidden); "
+                        f"leave the split out, e.g. --splits test=none")
+    return class_ids[label] if isinstance(label, int) and 0 <= label < len(class_ids) else label
 
 
 def label_id(label: Any, names: Sequence[str], where: str) -> int:

@@ -11,7 +11,7 @@ from typing import Any, Callable
 from rtsent import __version__
 from rtsent.cache import fingerprint, locked, publish, staging, write_json
 from rtsent.config import PrepareConfig, to_dict
-from rtsent.data import build_split, open_source
+from rtsent.data import Source, Split, SplitPlan, build_splits, open_source, plan_splits, source_id
 from rtsent.errors import ArtifactError
 from rtsent.faults import crash_point
 from rtsent.modeling import load_tokenizer, tokenizer_fingerprint
@@ -36,14 +36,9 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
     ws.ensure()
     tok = load_tokenizer(cfg.model)
     encoder = PromptEncoder(cfg.prompt, tok, cfg.max_len)
-    source = open_source(cfg.data)
-    key = {
-        "source": source.id,
-        "tokenizer": tokenizer_fingerprint(tok),
-        "prompt": to_dict(cfg.prompt),
-        "max_len": cfg.max_len,
-        "columns": [cfg.text_column, cfg.label_column],
-    }
+    source = open_source(cfg.data, cfg.subset)
+    plan = plan_splits(source, cfg.split_map, cfg.validation_fraction, cfg.seed)
+    key = _cache_key(cfg, tok, source, plan)
     fp = fingerprint({"stage": "prepare", **key})
     dest = ws.prepared(fp)
     with locked(ws, f"prepare-{fp}", f"prepared dataset {dest}", wait=3600):
@@ -62,7 +57,8 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
             "splits": {},
         }
         with staging(ws, f"prepare-{fp}") as tmp:
-            dd = _tokenize(cfg, source, encoder, manifest, log)
+            splits = build_splits(source, plan, cfg.text_column, cfg.label_column, cfg.prompt.label_names, log)
+            dd = _tokenize(cfg, splits, encoder, manifest, log)
             dd.save_to_disk(str(tmp))
             crash_point("prepare:before-manifest")
             write_json(tmp / MANIFEST, manifest)
@@ -83,7 +79,21 @@ def describe(manifest: dict[str, Any]) -> str:
             f"{manifest['max_len']}, template {manifest['prompt']['template']!r})")
 
 
-def _tokenize(cfg: PrepareConfig, source: Any, encoder: PromptEncoder, manifest: dict, log: Callable) -> Any:
+def _cache_key(cfg: PrepareConfig, tok: Any, source: Source, plan: SplitPlan) -> dict[str, Any]:
+    """Everything that changes the prepared output, and nothing else (see docs/pipeline.md)."""
+    return {
+        "source": source_id(source, plan),
+        "subset": cfg.subset,
+        "split_plan": plan.describe(),
+        "tokenizer": tokenizer_fingerprint(tok),
+        "prompt": to_dict(cfg.prompt),
+        "max_len": cfg.max_len,
+        "columns": [cfg.text_column, cfg.label_column],
+    }
+
+
+def _tokenize(cfg: PrepareConfig, splits: dict[str, Split], encoder: PromptEncoder, manifest: dict,
+              log: Callable) -> Any:
     import datasets
 
     features = datasets.Features({
@@ -91,18 +101,15 @@ def _tokenize(cfg: PrepareConfig, source: Any, encoder: PromptEncoder, manifest:
         "labels": datasets.Value("int64"),
         "length": datasets.Value("int32"),
     })
-    splits = {}
-    for name, table in sorted(source.tables.items()):
-        if name not in ("train", "validation", "test"):
-            continue
-        split = build_split(table, name, cfg.text_column, cfg.label_column, cfg.prompt.label_names, source.name)
+    out = {}
+    for name, split in splits.items():
         ids, truncated = [], 0
         for start in range(0, len(split.texts), TOKENIZE_CHUNK):
             batch = encoder.encode(split.texts[start : start + TOKENIZE_CHUNK])
             ids.extend(batch.input_ids)
             truncated += sum(batch.truncated)
         lengths = [len(r) for r in ids]
-        splits[name] = datasets.Dataset.from_dict(
+        out[name] = datasets.Dataset.from_dict(
             {"input_ids": ids, "labels": split.labels, "length": lengths}, features=features
         )
         manifest["splits"][name] = {
@@ -116,7 +123,7 @@ def _tokenize(cfg: PrepareConfig, source: Any, encoder: PromptEncoder, manifest:
             log(f"{name}: {truncated} of {len(ids)} reviews were longer than --max-len {cfg.max_len} and lost their tail")
         if split.skipped_empty:
             log(f"{name}: skipped {split.skipped_empty} rows with empty text")
-    return datasets.DatasetDict(splits)
+    return datasets.DatasetDict(out)
 
 
 def _length_stats(lengths: list[int]) -> dict[str, float]:

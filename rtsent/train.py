@@ -16,7 +16,6 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from rtsent import __version__, distributed, prepare
@@ -24,6 +23,8 @@ from rtsent.cache import clean_stale, locked, publish, staging, write_json
 from rtsent.config import TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point, interrupt_point
+from rtsent.train_options import (class_weights, early_stopping_callbacks, early_stopping_record, label_position_loss,
+                                  record, tracker_setup, trackers)
 from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, pad_batch,
                              quiet_transformers, resolve_precision, tokenizer_fingerprint)
 from rtsent.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
@@ -86,10 +87,12 @@ class LabelPositionTrainer(Trainer):
     the label words only. Evaluation returns [batch, classes] label-word logits, nothing larger.
     """
 
-    def __init__(self, *args: Any, label_token_ids: list[int], loss_kind: str, **kwargs: Any):
+    def __init__(self, *args: Any, label_token_ids: list[int], loss_kind: str,
+                 class_weights: list[float] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.label_token_ids = torch.tensor(label_token_ids, dtype=torch.long)
         self.loss_kind = loss_kind
+        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         # Our loss is already a per-example mean; let Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
 
@@ -107,11 +110,8 @@ class LabelPositionTrainer(Trainer):
         logits = next_token_logits(model, inputs["input_ids"], inputs["attention_mask"]).float()
         label_ids = self.label_token_ids.to(logits.device)
         scores = logits[:, label_ids]
-        if self.loss_kind == "lm":
-            loss = F.cross_entropy(logits, label_ids[inputs["labels"]])
-        else:
-            loss = F.cross_entropy(scores, inputs["labels"])
-        return loss, scores
+        weights = self.class_weights.to(logits.device) if self.class_weights is not None else None
+        return label_position_loss(logits, inputs["labels"], label_ids, self.loss_kind, weights), scores
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, scores = self._loss_and_scores(model, inputs)
@@ -231,6 +231,7 @@ def run(cfg: TrainConfig, ws: Workspace, console: Any = None, log: Callable[[str
     distributed.barrier()
     log = log if is_main_process() else (lambda _: None)
     cfg, paths = _resolve_run(cfg, ws, log)
+    trackers(cfg.report_to)  # an unknown or uninstalled integration fails before anything is written
     lock = locked(ws, f"run-{paths.name}", f"run {paths.name}") if is_main_process() else contextlib.nullcontext()
     with lock, quiet_transformers():
         return _train(cfg, ws, paths, console, log)
@@ -311,10 +312,11 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     checkpoint = _last_complete_checkpoint(paths.checkpoints) if cfg.resume else None
     if cfg.resume and checkpoint is None:
         log(f"run {paths.name} has no complete checkpoint yet; starting it from the beginning")
+    weights = class_weights(cfg.class_weights, manifest)
     if is_main_process():
         write_json(paths.config, {"rtsent_version": __version__, "config": to_dict(cfg),
                                   "prepared": manifest["fingerprint"], "prepared_path": str(prepared_path),
-                                  "prepared_config": manifest["config"]})
+                                  "prepared_config": manifest["config"], "class_weights": weights})
 
     train_ds = dd["train"]
     # Sequential eval batches of similar length pad little; in memory, so that training never writes
@@ -322,7 +324,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     # (datasets' own sort() writes one even with keep_in_memory=True.)
     order = np.argsort(np.asarray(dd["validation"]["length"]), kind="stable")
     eval_ds = dd["validation"].select(order, keep_in_memory=True)
-    args, total = _training_arguments(cfg, paths, device, precision, len(train_ds))
+    report_to, tracker_callbacks = tracker_setup(trackers(cfg.report_to), paths)
+    args, total = _training_arguments(cfg, paths, device, precision, len(train_ds), report_to)
     stopper = StopOnSignal()
     trainer = LabelPositionTrainer(
         model=model,
@@ -332,9 +335,11 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         processing_class=tok,
         data_collator=LabelCollator(tok.pad_token_id, multiple=16 if cfg.compile else 1),
         compute_metrics=accuracy_metrics,
-        callbacks=[MetricsLog(paths.metrics), RichProgress(console), stopper],
+        callbacks=[MetricsLog(paths.metrics), RichProgress(console), stopper, *tracker_callbacks,
+                   *early_stopping_callbacks(cfg.early_stopping)],
         label_token_ids=manifest["label_ids"],
         loss_kind=cfg.loss,
+        class_weights=weights,
     )
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -356,6 +361,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         )
     state = trainer.state
     best_step = state.best_global_step
+    if is_main_process() and cfg.early_stopping:
+        record(paths.config, early_stopping=early_stopping_record(cfg.early_stopping, state, total))
     if is_main_process():
         _export(trainer, tok, ws, paths, cfg, manifest, state)
     return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
@@ -363,7 +370,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 
 
 def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device, precision: str,
-                        train_rows: int) -> tuple[TrainingArguments, int]:
+                        train_rows: int, report_to: list[str] | str = "none") -> tuple[TrainingArguments, int]:
     """The Trainer's arguments for a config, and the number of optimizer steps they make.
 
     Evaluation happens every eval_every steps, else once per epoch (or at max_steps), and always at
@@ -402,7 +409,8 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
         length_column_name="length",  # read by SeededLengthSampler, our length-grouped order
         remove_unused_columns=False,
         label_names=["labels"],
-        report_to="none",
+        report_to=report_to,
+        run_name=paths.name,
         disable_tqdm=True,
         log_level_replica="error",
         ddp_find_unused_parameters=False,  # the loss uses every parameter; skip DDP's extra graph walk

@@ -7,6 +7,7 @@
         metrics.jsonl             one JSON object per log/eval event
         checkpoints/checkpoint-N/ Trainer checkpoints (a bounded number)
         model/                    exported best model: HF folder + rtsent.json, written last
+        tensorboard/              TensorBoard events (with --report-to tensorboard)
       current.json                {"prepared": fingerprint the last `prepare` resolved to, hit or build}
       evals/                      evaluation reports of models that live outside the workspace
       .tmp/                       staging folders, renamed into place when complete
@@ -54,6 +55,10 @@ class RunPaths:
     @property
     def model(self) -> Path:
         return self.dir / "model"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.dir / "tensorboard"
 
 
 @dataclass(frozen=True)

@@ -75,7 +75,7 @@ DATA_CASES = {
     "NaN label (csv)": (dict(train=HEADER + "fine,NaN\n"), "label None is missing or not a class"),
     "empty label cell": (dict(train=HEADER + "fine,\nok,1\n"), "label None is missing or not a class"),
     "unknown string label": (dict(train=HEADER + "fine,meh\n"), "label 'meh' is not one of the label names"),
-    "missing validation split": (dict(validation=None), "has no validation split (found: ['train'])"),
+    "missing train split": (dict(train=None), "has no train split (found: ['validation'])"),
     "malformed jsonl": (dict(train='{"text": "a", "label": 1}\n{not json\n', validation='{"text": "a", "label": 1}\n',
                              ext="jsonl"), "cannot read"),
     "non-string text": (dict(train='{"text": 123, "label": 1}\n', validation='{"text": "a", "label": 1}\n', ext="jsonl"),

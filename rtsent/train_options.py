@@ -1,0 +1,101 @@
+"""Opt-in training behaviours: class-weighted loss, early stopping, experiment trackers (--report-to)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from rtsent.cache import write_json
+from rtsent.errors import UsageError
+from rtsent.workspace import RunPaths, read_json
+
+
+def label_position_loss(logits: torch.Tensor, labels: torch.Tensor, label_ids: torch.Tensor, kind: str,
+                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the label word at the label position, a mean over the batch.
+
+    logits: [batch, vocab] at the last prompt token; labels: class ids; label_ids: token id per class.
+    kind "lm" scores the whole vocabulary, "label" the label words only. With class_weights, each
+    example counts class_weights[its class] times: sum(w_y * loss) / sum(w_y), as F.cross_entropy's weight=.
+    """
+    if kind == "label":
+        return F.cross_entropy(logits[:, label_ids], labels, weight=class_weights)
+    per_example = F.cross_entropy(logits, label_ids[labels], reduction="none")
+    if class_weights is None:
+        return per_example.mean()
+    weights = class_weights[labels]
+    return (per_example * weights).sum() / weights.sum()
+
+
+def class_weights(mode: str, manifest: dict[str, Any]) -> list[float] | None:
+    """--class-weights auto: n / (k x n_c) for each class c of the prepared train split (inverse frequency,
+    1.0 for every class when balanced); None for "none". Raises UsageError when a class has no examples."""
+    if mode == "none":
+        return None
+    names = manifest["prompt"]["label_names"]
+    counts = [manifest["splits"]["train"]["per_class"][name] for name in names]
+    empty = [name for name, n in zip(names, counts) if n == 0]
+    if empty:
+        raise UsageError(f"--class-weights auto: the train split has no examples of {', '.join(empty)}; "
+                         f"add some, or train without --class-weights")
+    return [sum(counts) / (len(counts) * n) for n in counts]
+
+
+def early_stopping_callbacks(patience: int | None) -> list[Any]:
+    """The Trainer's own EarlyStoppingCallback: stop after `patience` evaluations without a better accuracy."""
+    if not patience:
+        return []
+    from transformers import EarlyStoppingCallback
+
+    return [EarlyStoppingCallback(early_stopping_patience=patience)]
+
+
+def early_stopping_record(patience: int | None, state: Any, planned_steps: int) -> dict[str, Any] | None:
+    """What early stopping did, for run.json: the step training ended at and the evaluations it made."""
+    if not patience:
+        return None
+    evaluations = sum(1 for entry in state.log_history if "eval_accuracy" in entry)
+    stopped = state.global_step < planned_steps
+    return {"patience": patience, "stopped": stopped, "step": state.global_step, "evaluations": evaluations}
+
+
+def record(path: Path, **fields: Any) -> None:
+    """Add fields to run.json (atomically)."""
+    write_json(path, {**read_json(path, "the run's record is damaged"), **fields})
+
+
+def trackers(report_to: str) -> list[str]:
+    """--report-to as a list of Trainer integrations; raises UsageError for unknown or uninstalled ones."""
+    names = [n.strip() for n in report_to.split(",") if n.strip()]
+    if names in ([], ["none"]):
+        return []
+    from transformers.integrations import INTEGRATION_TO_CALLBACK, get_available_reporting_integrations
+
+    unknown = [n for n in names if n not in INTEGRATION_TO_CALLBACK]
+    if unknown:
+        raise UsageError(f"--report-to {','.join(unknown)}: unknown; choose from none, "
+                         f"{', '.join(sorted(INTEGRATION_TO_CALLBACK))}")
+    missing = [n for n in names if n not in get_available_reporting_integrations()]
+    if missing:
+        raise UsageError(f"--report-to {','.join(missing)}: not installed; pip install {' '.join(missing)} "
+                         f"(tensorboard: pip install 'rtsent[tensorboard]')")
+    return names
+
+
+def tracker_setup(names: Sequence[str], paths: RunPaths) -> tuple[list[str] | str, list[Any]]:
+    """The report_to list for TrainingArguments, and callbacks rtsent adds itself.
+
+    TensorBoard is added here rather than by name so that its events land in runs/<name>/tensorboard
+    (transformers 5 has no logging_dir; its default is a dated folder under the checkpoints).
+    """
+    if "tensorboard" not in names:
+        return list(names) or "none", []
+    from transformers.integrations import TensorBoardCallback
+
+    board = TensorBoardCallback()
+    board.logging_dir = str(paths.tensorboard)  # read when training begins, on the main process only
+    rest = [n for n in names if n != "tensorboard"]
+    return rest or "none", [board]

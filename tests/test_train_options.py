@@ -1,0 +1,165 @@
+"""Training options: --class-weights auto, --early-stopping N, --report-to (TensorBoard events in the run)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from rtsent import prepare, train
+from rtsent.cli import app
+from rtsent.config import PrepareConfig, TrainConfig
+from rtsent.errors import UsageError
+from rtsent.train_options import class_weights, label_position_loss
+from tests.conftest import synthetic_review
+
+runner = CliRunner()
+# Small enough that no float32 weight moves (their ulp is ~1e-9): validation accuracy can never improve.
+FROZEN_LR = 1e-12
+
+
+def imbalanced(folder: Path, n_neg: int = 48, n_pos: int = 16) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(5)
+    for split, (neg, pos) in {"train": (n_neg, n_pos), "validation": (12, 4)}.items():
+        labels = [0] * neg + [1] * pos
+        pq.write_table(pa.table({"text": [synthetic_review(rng, y) for y in labels], "label": labels}),
+                       folder / f"{split}.parquet")
+    return folder
+
+
+def hand_cross_entropy(row: list[float], target: int) -> float:
+    return math.log(sum(math.exp(v) for v in row)) - row[target]
+
+
+LOGITS = [[0.5, -1.0, 2.0, 0.1, 1.5], [1.0, 0.3, -0.5, 2.5, 0.0], [-0.2, 1.2, 0.4, 0.9, -1.1]]
+LABELS = [0, 1, 1]
+LABEL_IDS = [3, 1]  # class 0 is token 3, class 1 is token 1
+WEIGHTS = [2.0, 0.5]
+
+
+def test_weighted_lm_loss_matches_hand_computation():
+    losses = [hand_cross_entropy(row, LABEL_IDS[y]) for row, y in zip(LOGITS, LABELS)]
+    w = [WEIGHTS[y] for y in LABELS]
+    expected = sum(wi * li for wi, li in zip(w, losses)) / sum(w)
+    got = label_position_loss(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(LABEL_IDS), "lm",
+                              torch.tensor(WEIGHTS))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+    assert expected != pytest.approx(sum(losses) / 3)  # the weights matter on this batch
+    unweighted = label_position_loss(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(LABEL_IDS), "lm")
+    assert unweighted.item() == pytest.approx(sum(losses) / 3, rel=1e-6)
+
+
+def test_weighted_label_loss_matches_hand_computation():
+    losses = [hand_cross_entropy([row[t] for t in LABEL_IDS], y) for row, y in zip(LOGITS, LABELS)]
+    w = [WEIGHTS[y] for y in LABELS]
+    expected = sum(wi * li for wi, li in zip(w, losses)) / sum(w)
+    got = label_position_loss(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(LABEL_IDS), "label",
+                              torch.tensor(WEIGHTS))
+    assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_auto_class_weights_are_inverse_frequency():
+    manifest = {"prompt": {"label_names": ["negative", "positive"]},
+                "splits": {"train": {"per_class": {"negative": 30, "positive": 10}}}}
+    assert class_weights("auto", manifest) == pytest.approx([40 / 60, 40 / 20])
+    assert class_weights("none", manifest) is None
+    manifest["splits"]["train"]["per_class"]["positive"] = 0
+    with pytest.raises(UsageError, match="no examples of positive"):
+        class_weights("auto", manifest)
+
+
+def _prepared(tmp_path, tiny_model_dir, ws):
+    return prepare.run(PrepareConfig(data=str(imbalanced(tmp_path / "data")), model=str(tiny_model_dir), max_len=32), ws)
+
+
+def test_class_weighted_training_records_weights_and_evaluates_the_weighted_loss(tmp_path, tiny_model_dir, ws):
+    from transformers import AutoModelForCausalLM
+
+    prepared = _prepared(tmp_path, tiny_model_dir, ws)
+    result = train.run(TrainConfig(model=str(tiny_model_dir), lr=FROZEN_LR, batch_size=16, eval_batch_size=64,
+                                   max_steps=1, eval_every=1, precision="fp32", run_name="weighted",
+                                   class_weights="auto"), ws)
+    run = json.loads(result.run.config.read_text())
+    assert run["class_weights"] == pytest.approx([64 / 96, 64 / 32])  # 48 negatives, 16 positives in train
+    assert run["config"]["class_weights"] == "auto"
+
+    # The eval loss the Trainer logged equals the weighted cross-entropy of the model's own full forward.
+    import datasets
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    val = datasets.load_from_disk(str(prepared.path))["validation"]
+    label_ids = prepared.manifest["label_ids"]
+    num = den = 0.0
+    with torch.no_grad():
+        for ids, y in zip(val["input_ids"], val["labels"]):
+            logits = model(torch.tensor([ids])).logits[0, -1]
+            loss = -torch.log_softmax(logits.double(), -1)[label_ids[y]].item()
+            w = [64 / 96, 64 / 32][y]
+            num, den = num + w * loss, den + w
+    logged = [json.loads(line) for line in result.run.metrics.read_text().splitlines()]
+    eval_loss = next(e["eval_loss"] for e in logged if "eval_loss" in e)
+    assert eval_loss == pytest.approx(num / den, rel=1e-4)
+    plain = sum(-torch.log_softmax(model(torch.tensor([i])).logits[0, -1].double(), -1)[label_ids[y]].item()
+                for i, y in zip(val["input_ids"], val["labels"])) / len(val)
+    assert eval_loss != pytest.approx(plain, rel=1e-4)
+
+
+def test_early_stopping_stops_after_patience_plus_one_evaluations(tmp_path, tiny_model_dir, ws):
+    _prepared(tmp_path, tiny_model_dir, ws)
+    result = train.run(TrainConfig(model=str(tiny_model_dir), lr=FROZEN_LR, batch_size=8, max_steps=30, eval_every=1,
+                                   precision="fp32", run_name="early", early_stopping=2, warmup=0.0), ws)
+    evaluations = [json.loads(line) for line in result.run.metrics.read_text().splitlines() if "eval_accuracy" in line]
+    assert len(evaluations) == 3 and result.steps == 3  # the first evaluation sets the best, two fail to beat it
+    record = json.loads(result.run.config.read_text())["early_stopping"]
+    assert record == {"patience": 2, "stopped": True, "step": 3, "evaluations": 3}
+    assert (result.run.model / "rtsent.json").is_file()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is None, reason="tensorboard not installed")
+def test_report_to_tensorboard_writes_events_into_the_run(tmp_path, tiny_model_dir, ws):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _prepared(tmp_path, tiny_model_dir, ws)
+    result = train.run(TrainConfig(model=str(tiny_model_dir), lr=1e-3, batch_size=16, max_steps=4, eval_every=2,
+                                   precision="fp32", run_name="board", report_to="tensorboard"), ws)
+    events = list((ws.runs_dir / "board" / "tensorboard").glob("events.out.tfevents.*"))
+    assert events, list(result.run.dir.rglob("*"))
+    board = EventAccumulator(str(events[0].parent))
+    board.Reload()
+    logged = [json.loads(line) for line in result.run.metrics.read_text().splitlines()]
+    accuracies = [e["eval_accuracy"] for e in logged if "eval_accuracy" in e]
+    assert [s.value for s in board.Scalars("eval/accuracy")] == pytest.approx(accuracies)
+    assert not (result.run.checkpoints / "runs").exists()  # not transformers' default dated folder
+
+
+def test_unknown_report_to_is_a_one_line_usage_error(tmp_path):
+    result = runner.invoke(app, ["train", "--report-to", "tensorboard,nosuch", "--workdir", str(tmp_path)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "--report-to nosuch: unknown; choose from none," in lines[0] and "wandb" in lines[0]
+    assert not list((tmp_path / "runs").glob("*/run.json"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("wandb") is not None, reason="wandb is installed here")
+def test_uninstalled_report_to_says_what_to_install(tmp_path):
+    result = runner.invoke(app, ["train", "--report-to", "wandb", "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and "--report-to wandb: not installed; pip install wandb" in result.output
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--early-stopping", "0"], "--early-stopping must be a positive number"),
+    (["--class-weights", "balanced"], "--class-weights must be one of none, auto"),
+    (["--report-to", "none,tensorboard"], "--report-to takes none or comma-separated integrations"),
+])
+def test_bad_training_options_are_usage_errors(tmp_path, options, message):
+    result = runner.invoke(app, ["train", *options, "--workdir", str(tmp_path)])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
