@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rtsent import __version__, calibration, prepare
-from rtsent.cache import clean_stale, write_json
+from rtsent.cache import _umask, clean_stale, write_json
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier
@@ -254,6 +254,7 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             for row in rows:
                 fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

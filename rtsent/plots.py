@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtsent.cache import _umask
 from rtsent.errors import ArtifactError
 
 
@@ -42,6 +43,7 @@ def _save(fig: Any, path: Path) -> Path:
     try:
         with os.fdopen(fd, "wb") as fh:
             fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plot is as readable as any file
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -81,6 +83,9 @@ def training_curves(metrics_path: Path, out: Path, best_step: int | None) -> Plo
         if series[key]:
             left.plot(*zip(*series[key]), style, label=label)
     left.set(xlabel="step", ylabel="loss", title="loss")
+    losses = [v for key in ("loss", "eval_loss") for _, v in series[key] if v > 0]
+    if losses and max(losses) > 20 * min(losses):  # the LM loss starts near ln(vocab): show both ends
+        left.set_yscale("log")
     if series["eval_accuracy"]:
         right.plot(*zip(*series["eval_accuracy"]), "o-", color="tab:green", label="validation accuracy")
     right.set(xlabel="step", ylabel="accuracy", title="validation accuracy")

@@ -72,10 +72,10 @@ def _print_calibration(console: Console, report: dict[str, Any]) -> None:
     section = {k: v for k, v in (report.get("calibration") or {}).items() if isinstance(v, dict)}
     if not section:
         return
-    table = Table("calibration", "accuracy before", "accuracy after", "ECE before", "ECE after", "NLL before",
-                  "NLL after", title=f"calibration (reported: {report.get('probabilities')})")
+    table = Table("method", "acc before", "acc after", "ECE before", "ECE after", "NLL before", "NLL after",
+                  title=f"calibration (reported: {report.get('probabilities')})")
     for name, part in section.items():
-        label = f"temperature {part['value']:.3f}" if name == "temperature" else "contextual (content-free)"
+        label = f"T={part['value']:.3f}" if name == "temperature" else "contextual"
         b, a = part["before"], part["after"]
         table.add_row(label, f"{b['accuracy']:.4f}", f"{a['accuracy']:.4f}", f"{b['ece']:.4f}", f"{a['ece']:.4f}",
                       f"{b['nll']:.4f}", f"{a['nll']:.4f}")

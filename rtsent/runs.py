@@ -23,6 +23,8 @@ EVAL_KEYS = ("examples", "accuracy", "macro_f1", "ece", "nll", "examples_per_s")
 def find_run(ws: Workspace, ref: str | None) -> RunPaths:
     """A run by name or folder; the latest run when ref is None. Raises ArtifactError naming the runs there are."""
     if ref is None:
+        if not any(ws.runs_dir.glob("*/run.json")):
+            raise ArtifactError(f"no runs in {ws.runs_dir}; start one with `rtsent train` (or pass --workdir)")
         return ws.latest_run()
     path = Path(ref).expanduser()
     paths = RunPaths(path) if (path / "run.json").is_file() else ws.run(ref)

@@ -56,6 +56,17 @@ def test_reliability_bins_and_ece_by_hand():
     assert s["nll"] == pytest.approx(-(math.log(0.95) + math.log(0.1) + math.log(0.55) + math.log(0.6)) / 4)
 
 
+def grid_nll(z, y, grid) -> list[float]:
+    """Cross-entropy of z / T for every T of a grid, by torch's own cross_entropy (a second code path)."""
+    import torch
+    import torch.nn.functional as F
+
+    t = torch.tensor(grid, dtype=torch.float64)[:, None, None]
+    scaled = (z[None] / t).reshape(-1, z.shape[1])
+    losses = F.cross_entropy(scaled, y.repeat(len(grid)), reduction="none").reshape(len(grid), -1).mean(1)
+    return losses.tolist()
+
+
 def test_temperature_fit_matches_a_brute_force_grid():
     import torch
     import torch.nn.functional as F
@@ -69,7 +80,7 @@ def test_temperature_fit_matches_a_brute_force_grid():
     grid = np.linspace(0.2, 10.0, 9801)  # step 0.001
     z = torch.tensor(logits)
     y = torch.tensor(labels)
-    losses = [F.cross_entropy(z / t, y).item() for t in grid]
+    losses = grid_nll(z, y, grid)
     best = grid[int(np.argmin(losses))]
     fitted = calibration.fit_temperature(logits, labels)
     assert abs(fitted - best) <= 0.002, (fitted, best)
@@ -328,13 +339,13 @@ def test_runs_newest_first_and_no_plots(tiny_model_dir, data_dir, tmp_path):
 
     clf, scores, y = validation_scores(Workspace.resolve(tmp_path / "ws"), tmp_path / "ws/runs/first/model")
     grid = np.exp(np.linspace(math.log(0.01), math.log(100), 4001))
-    best = grid[int(np.argmin([F.cross_entropy(scores / t, y).item() for t in grid]))]
+    best = grid[int(np.argmin(grid_nll(scores, y, grid)))]
     assert abs(math.log(clf.temperature) - math.log(best)) <= 0.003, (clf.temperature, best)
     assert (tmp_path / "ws/runs/first/plots/training.png").is_file()
     assert not (tmp_path / "ws/runs/second/plots").exists()
     out = runner.invoke(app, ["runs", *ws])
     assert out.exit_code == 0, out.output
-    assert out.output.index("second") < out.output.index("first")
+    assert out.output.index("│ second") < out.output.index("│ first")
     bad = runner.invoke(app, ["runs", "--format", "xml", *ws])
     assert bad.exit_code == 2 and "--format must be one of" in bad.output
 
@@ -342,3 +353,18 @@ def test_runs_newest_first_and_no_plots(tiny_model_dir, data_dir, tmp_path):
 def test_cli_import_does_not_load_matplotlib():
     code = "import sys; from rtsent.cli import app; sys.exit('matplotlib' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("command", [["report"], ["runs"]])
+def test_help_of_report_and_runs(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_report_without_runs_and_bad_evaluate_options_are_one_line(tmp_path):
+    out = runner.invoke(app, ["report", "--workdir", str(tmp_path / "empty")])
+    assert out.exit_code == 1 and "no runs in" in out.output and "Traceback" not in out.output
+    out = runner.invoke(app, ["evaluate", "--data", "x.csv", "--prepared", "abc", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "--data and --prepared" in out.output
+    out = runner.invoke(app, ["evaluate", "--errors", "-1", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "--errors must be 0 or more" in out.output
