@@ -78,7 +78,7 @@ def training_curves(metrics_path: Path, out: Path, best_step: int | None) -> Plo
     """Train loss and validation loss (left) and validation accuracy (right) against step."""
     plt = _pyplot()
     series = read_metrics(metrics_path)
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
     for key, label, style in (("loss", "train loss", "-"), ("eval_loss", "validation loss", "o-")):
         if series[key]:
             left.plot(*zip(*series[key]), style, label=label)
@@ -110,7 +110,7 @@ def confusion(report: dict[str, Any], out: Path) -> Plot:
     counts = np.asarray(report["confusion_matrix"]["rows_true_cols_predicted"], dtype=float)
     totals = counts.sum(axis=1, keepdims=True)
     share = np.divide(counts, totals, out=np.zeros_like(counts), where=totals > 0)
-    fig, axes = plt.subplots(1, 2, figsize=(4 + 2 * len(names), 2 + len(names)))
+    fig, axes = plt.subplots(1, 2, figsize=(5 + 3 * len(names), 2 + 1.2 * len(names)), layout="constrained")
     for ax, values, title, fmt in ((axes[0], counts, "counts", "{:.0f}"), (axes[1], share, "share of true class", "{:.2f}")):
         image = ax.imshow(values, cmap="Blues", vmin=0)
         for i in range(len(names)):
