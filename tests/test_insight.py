@@ -250,12 +250,20 @@ def test_evaluate_data_csv_errors_and_plots_match_the_models_probabilities(train
         assert drawn[name] == hand == written["probability_histogram"]["counts"][name]
 
 
-def test_evaluate_test_split_reports_ece_before_and_after_temperature(trained, tmp_path):
+def test_evaluate_test_split_reports_ece_before_and_after_temperature(trained, data_dir, tmp_path):
+    import pyarrow.parquet as pq
+
     from rtsent import evaluate
     from rtsent.config import EvaluateConfig
 
     space, result = trained
-    report = evaluate.run(EvaluateConfig(split="test", output=str(tmp_path / "t.json"), plots=False), space)
+    report = evaluate.run(EvaluateConfig(split="test", output=str(tmp_path / "t.json"), plots=False, errors=0), space)
+    # mistakes on a prepared split: the review decoded from its ids, without the template
+    confusion = report["confusion_matrix"]["rows_true_cols_predicted"]
+    assert report["errors"]["count"] == confusion[0][1] + confusion[1][0] and report["errors"]["top"] == []
+    originals = set(pq.read_table(data_dir / "test.parquet").column("text").to_pylist())
+    for line in Path(report["errors"]["written_to"]).read_text().splitlines():
+        assert json.loads(line)["text"] in originals
     temp = report["calibration"]["temperature"]
     t = json.loads((result.model_dir / "rtsent.json").read_text())["calibration"]["temperature"]
     assert temp["value"] == t and temp["fitted_on"] == "validation" and "warning" not in temp
