@@ -247,6 +247,7 @@ def train(
     early_stopping: Optional[int] = typer.Option(None, help="Stop after N evaluations without a better validation accuracy."),
     class_weights: str = typer.Option(TrainConfig.class_weights, help="auto: weight each class's loss by its inverse frequency in train (imbalanced data); none."),
     report_to: str = typer.Option(TrainConfig.report_to, help="Also log to these Trainer integrations: tensorboard (events in runs/<name>/tensorboard), wandb, mlflow, ... (comma-separated, installed ones), or none."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the training-curves PNG (runs/<name>/plots/)."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Fine-tune on the prepared data; keep the best checkpoint by validation accuracy and export it."""
@@ -256,7 +257,7 @@ def train(
                       precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
                       run_name=run_name, resume=resume, from_scratch=from_scratch,
                       config_overrides=config_overrides, early_stopping=early_stopping, class_weights=class_weights,
-                      report_to=report_to)
+                      report_to=report_to, plots=not no_plots)
     from rtsent import train as stage
     from rtsent.report import print_trained
 
@@ -268,13 +269,19 @@ def train(
 @app.command()
 @handled
 def evaluate(
-    model: Optional[str] = typer.Option(None, help="Exported model folder, or a base model for zero-shot (default: the latest run's model)."),
+    model: Optional[List[str]] = typer.Option(None, help="Exported model folder, or a base model for zero-shot (default: the latest run's model); repeat to compare models side by side."),
     split: str = typer.Option(EvaluateConfig.split, help="validation or test."),
     prepared: Optional[str] = typer.Option(None, help="Prepared dataset folder or fingerprint (default: the model's, else the latest)."),
+    data: Optional[str] = typer.Option(None, help="Score a labelled .csv/.jsonl/.parquet file (or a folder's <split> file) instead of prepared data."),
+    text_column: str = typer.Option(EvaluateConfig.text_column, help="With --data: the text column."),
+    label_column: str = typer.Option(EvaluateConfig.label_column, help="With --data: the label column (class ids or label names)."),
     zero_shot: bool = typer.Option(False, "--zero-shot", help="Score a base model (no rtsent.json) with the default prompt."),
     template: Optional[str] = typer.Option(None, help="Zero-shot: " + TEMPLATE_HELP),
     label_words: Optional[str] = typer.Option(None, help="Zero-shot: " + WORDS_HELP),
     label_names: Optional[str] = typer.Option(None, help="Zero-shot: comma-separated class names."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="Contextual calibration (content-free inputs 'N/A', '', '[MASK]'); reports accuracy and ECE with and without."),
+    errors: Optional[int] = typer.Option(None, help="Print the N most confident mistakes; write every mistake to <report>-errors.jsonl."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures written next to the report."),
     batch_size: int = typer.Option(EvaluateConfig.batch_size, help="Examples per batch."),
     precision: str = typer.Option(EvaluateConfig.precision, help="auto, fp32, bf16 or fp16."),
     output: Optional[str] = typer.Option(None, help="Where to write the JSON report (default: next to the model)."),
@@ -282,12 +289,17 @@ def evaluate(
 ) -> None:
     """Accuracy, macro-F1, per-class precision/recall, confusion matrix and calibration on a split."""
     prompt = _prompt(template, label_words, label_names, required=zero_shot)
-    cfg = EvaluateConfig(model=model, split=split, prepared=prepared, prompt=prompt, batch_size=batch_size,
-                         precision=precision, output=output)
+    models = list(model or [])
+    cfg = EvaluateConfig(model=models[0] if len(models) == 1 else None, split=split, prepared=prepared, prompt=prompt,
+                         batch_size=batch_size, precision=precision, output=output, data=data, text_column=text_column,
+                         label_column=label_column, calibrate=calibrate, errors=errors, plots=not no_plots)
     from rtsent import evaluate as stage
-    from rtsent.report import print_evaluation
+    from rtsent import report
 
-    print_evaluation(stage.run(cfg, _workspace(workdir), _log))
+    if len(models) > 1:
+        report.print_comparison(stage.compare(cfg, models, _workspace(workdir), _log))
+    else:
+        report.print_evaluation(stage.run(cfg, _workspace(workdir), _log))
 
 
 @app.command()
@@ -321,6 +333,44 @@ def predict(
              f"model loaded in {stats.load_seconds:.1f} s)")
         if stats.unlabelled:
             _log(f"{stats.unlabelled} rows had no text: their output rows have no label and an \"error\"")
+
+
+@app.command("report")
+@handled
+def report_(
+    run: Optional[str] = typer.Argument(None, help="Run name or folder (default: the latest run)."),
+    output_format: str = typer.Option("table", "--format", help="table (print), md or json (write the report file)."),
+    output: Optional[str] = typer.Option(None, help="Where to write md/json (default: runs/<name>/report.md|json)."),
+    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
+) -> None:
+    """Summary of a run: config, data, best step, validation/test metrics, timing, calibration, plots."""
+    from rtsent import runs
+    from rtsent.report import print_run
+
+    summary = runs.run_report(_workspace(workdir), run)
+    if output_format == "table":
+        print_run(summary)
+    else:
+        typer.echo(f"report written to {runs.write_report(summary, output_format, output)}")
+
+
+@app.command("runs")
+@handled
+def runs_(
+    output_format: str = typer.Option("table", "--format", help="table or json."),
+    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
+) -> None:
+    """The workspace's runs with their key metrics, newest first."""
+    from rtsent import runs
+    from rtsent.report import print_runs
+
+    listed = runs.list_runs(_workspace(workdir), output_format)
+    if output_format == "json":
+        import json
+
+        typer.echo(json.dumps(listed, indent=2))
+    else:
+        print_runs(listed)
 
 
 def main() -> None:

@@ -182,6 +182,8 @@ class TrainConfig:
     """auto: weight the loss of each class by its inverse frequency in the train split."""
     report_to: str = "none"
     """Comma-separated Trainer integrations to log to (tensorboard, wandb, mlflow, ...), or none."""
+    plots: bool = True
+    """Draw the training curves to runs/<name>/plots/training.png at the end."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -236,9 +238,23 @@ class EvaluateConfig:
     output: str | None = None
     bins: int = 15
     """Bins of the expected calibration error."""
+    data: str | None = None
+    """A labelled csv/jsonl/parquet file (or a folder's <split> file) to score instead of prepared data."""
+    text_column: str = "text"
+    label_column: str = "label"
+    calibrate: bool = False
+    """Contextual calibration (content-free inputs through the same prompt), for zero-shot models."""
+    errors: int | None = None
+    """Print this many most confident mistakes and write every mistake next to the report."""
+    plots: bool = True
+    """Draw confusion matrix, reliability diagram and probability histogram next to the report."""
 
     def __post_init__(self) -> None:
         problems = []
+        if self.data and self.prepared:
+            problems.append("--data and --prepared both name what to score; pass one of them")
+        if self.errors is not None and self.errors < 0:
+            problems.append(f"--errors must be 0 or more, got {self.errors}")
         if self.split not in SPLITS:
             problems.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
         if self.precision not in PRECISIONS:

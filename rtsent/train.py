@@ -39,6 +39,8 @@ class TrainResult:
     steps: int
     seconds: float
     train_examples_per_s: float
+    calibration: dict[str, Any] | None = None
+    plots: tuple[Path, ...] = ()
 
 
 class LabelCollator:
@@ -363,10 +365,26 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     best_step = state.best_global_step
     if is_main_process() and cfg.early_stopping:
         record(paths.config, early_stopping=early_stopping_record(cfg.early_stopping, state, total))
+    calibration = _fit_temperature(trainer, eval_ds)  # every rank: predict() is collective under DDP
+    timing = {"seconds": round(seconds, 3), "steps": output.global_step, "train_examples": len(train_ds),
+              "train_examples_per_s": round(output.metrics.get("train_samples_per_second", 0.0), 2)}
+    plots: tuple[Path, ...] = ()
     if is_main_process():
-        _export(trainer, tok, ws, paths, cfg, manifest, state)
+        _export(trainer, tok, ws, paths, cfg, manifest, state, calibration, timing)
+        if cfg.plots:
+            from rtsent.plots import training_curves
+
+            plots = (training_curves(paths.metrics, paths.dir / "plots" / "training.png", best_step).path,)
     return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
-                       output.metrics.get("train_samples_per_second", 0.0))
+                       timing["train_examples_per_s"], calibration, plots)
+
+
+def _fit_temperature(trainer: Trainer, eval_ds: Any) -> dict[str, Any]:
+    """Temperature of the best model's label-word scores, fitted on validation (its NLL, one scalar)."""
+    from rtsent.calibration import temperature_record
+
+    out = trainer.predict(eval_ds)
+    return temperature_record(np.asarray(out.predictions, dtype=np.float64), np.asarray(out.label_ids))
 
 
 def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device, precision: str,
@@ -450,7 +468,7 @@ def _complete_checkpoints(folder: Path, remove_incomplete: bool) -> list[tuple[i
 
 
 def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: TrainConfig,
-            manifest: dict[str, Any], state: Any) -> None:
+            manifest: dict[str, Any], state: Any, calibration: dict[str, Any], timing: dict[str, Any]) -> None:
     """Write the (best) model as a standalone HF folder plus rtsent.json, atomically."""
     with staging(ws, f"export-{paths.name}") as tmp:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
@@ -468,5 +486,7 @@ def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: Tra
             "run": paths.name,
             "train": to_dict(cfg),
             "best": {"step": state.best_global_step, "validation_accuracy": state.best_metric},
+            "calibration": calibration,
+            "training": timing,
         })
         publish(tmp, paths.model)

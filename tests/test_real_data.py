@@ -77,5 +77,9 @@ def test_rotten_tomatoes_end_to_end(tmp_path, gpt2_small_config):
     assert report["examples"] == 1066
     print(f"\nreal-data validation accuracy {report['accuracy']:.4f} (bar {ACCURACY_BAR})")
     assert report["accuracy"] >= ACCURACY_BAR, report["accuracy"]
+    calibration = json.loads((tmp_path / "ws/runs/rt/model/rtsent.json").read_text())["calibration"]
+    assert calibration["fitted_on"] == "validation" and calibration["nll_after"] <= calibration["nll_before"]
+    assert (tmp_path / "ws/runs/rt/plots/training.png").is_file()
+    assert "best" in ok("report", *ws).output
     predicted = ok("predict", "great movie", *ws)
     assert ("positive" in predicted.output or "negative" in predicted.output) and "0." in predicted.output

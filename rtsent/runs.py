@@ -1,0 +1,193 @@
+"""What a run left behind, gathered from its files: `rtsent report` (one run) and `rtsent runs` (all of them).
+
+Everything here reads the run's artifacts (run.json, metrics.jsonl, model/rtsent.json, the model's
+eval-*.json reports, the prepared manifest); nothing is recomputed and nothing heavy is imported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rtsent.cache import write_json
+from rtsent.errors import ArtifactError, UsageError
+from rtsent.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
+
+REPORT_FORMATS = ("table", "md", "json")
+LIST_FORMATS = ("table", "json")
+EVAL_KEYS = ("examples", "accuracy", "macro_f1", "ece", "nll", "examples_per_s")
+
+
+def find_run(ws: Workspace, ref: str | None) -> RunPaths:
+    """A run by name or folder; the latest run when ref is None. Raises ArtifactError naming the runs there are."""
+    if ref is None:
+        if not any(ws.runs_dir.glob("*/run.json")):
+            raise ArtifactError(f"no runs in {ws.runs_dir}; start one with `rtsent train` (or pass --workdir)")
+        return ws.latest_run()
+    path = Path(ref).expanduser()
+    paths = RunPaths(path) if (path / "run.json").is_file() else ws.run(ref)
+    if not paths.config.is_file():
+        names = sorted(p.parent.name for p in ws.runs_dir.glob("*/run.json"))
+        raise ArtifactError(f"no run {ref!r} in {ws.runs_dir} (runs: {', '.join(names) or 'none'}); "
+                            f"pass a run name from `rtsent runs`")
+    return paths
+
+
+def _evaluations(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """The model's own evaluation reports (eval-<split>.json, eval-data-<file>.json), key metrics only."""
+    found = {}
+    order = {"eval-validation": 0, "eval-test": 1}
+    for path in sorted(model_dir.glob("eval-*.json"), key=lambda p: (order.get(p.stem, 2), p.name)):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(report, dict) or "accuracy" not in report:
+            continue
+        entry = {k: report.get(k) for k in EVAL_KEYS}
+        entry["temperature"] = (report.get("calibration") or {}).get("temperature")
+        entry["contextual"] = (report.get("calibration") or {}).get("contextual")
+        entry.update(path=str(path), plots=report.get("plots", []))
+        found[report.get("split", path.stem.removeprefix("eval-"))] = entry
+    return found
+
+
+def _prepared(ws: Workspace, fingerprint: str | None) -> dict[str, Any] | None:
+    if not fingerprint or not (ws.prepared(fingerprint) / MANIFEST).is_file():
+        return None
+    try:
+        manifest = json.loads((ws.prepared(fingerprint) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {"fingerprint": fingerprint, "data": manifest.get("config", {}).get("data"),
+            "max_len": manifest.get("max_len"), "splits": manifest.get("splits", {})}
+
+
+def run_report(ws: Workspace, ref: str | None = None) -> dict[str, Any]:
+    """Everything known about one run, as a JSON-able dict."""
+    from rtsent.plots import read_metrics
+
+    paths = find_run(ws, ref)
+    run_json = read_json(paths.config, "the run is damaged; start a new one with `rtsent train`")
+    meta_path = paths.model / MODEL_META
+    meta = read_json(meta_path, "re-export it with `rtsent train --resume`") if meta_path.is_file() else {}
+    series = read_metrics(paths.metrics) if paths.metrics.is_file() else {"loss": [], "eval_accuracy": []}
+    evaluations = _evaluations(paths.model) if paths.model.is_dir() else {}
+    plots = sorted(str(p) for p in (paths.dir / "plots").glob("*.png"))
+    plots += [p for e in evaluations.values() for p in e["plots"] if Path(p).is_file()]
+    return {
+        "run": paths.name,
+        "dir": str(paths.dir),
+        "finished": bool(meta),
+        "created": meta.get("created"),
+        "config": run_json.get("config", {}),
+        "prepared": _prepared(ws, run_json.get("prepared")) or {"fingerprint": run_json.get("prepared")},
+        "model": str(paths.model) if meta else None,
+        "best": meta.get("best"),
+        "training": meta.get("training"),
+        "calibration": meta.get("calibration"),
+        "last_logged": {"step": series["loss"][-1][0], "loss": series["loss"][-1][1]} if series["loss"] else None,
+        "validation_curve": series["eval_accuracy"],
+        "evaluations": evaluations,
+        "plots": plots,
+    }
+
+
+def list_runs(ws: Workspace, fmt: str = "table") -> list[dict[str, Any]]:
+    """Key facts of every run in the workspace, newest first (by when run.json was written)."""
+    if fmt not in LIST_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(LIST_FORMATS)}, got {fmt!r}")
+    found = []
+    for config in ws.runs_dir.glob("*/run.json"):
+        try:
+            mtime = config.stat().st_mtime
+        except OSError:
+            continue
+        found.append((mtime, config.parent.name))
+    rows = []
+    for _, name in sorted(found, reverse=True):
+        r = run_report(ws, name)
+        test, validation = r["evaluations"].get("test", {}), r["evaluations"].get("validation", {})
+        rows.append({
+            "run": name,
+            "finished": r["finished"],
+            "created": r["created"],
+            "model": r["config"].get("model"),
+            "steps": (r["training"] or {}).get("steps") or (r["last_logged"] or {}).get("step"),
+            "best_step": (r["best"] or {}).get("step"),
+            "validation_accuracy": (r["best"] or {}).get("validation_accuracy"),
+            "test_accuracy": test.get("accuracy"),
+            "test_ece": test.get("ece"),
+            "temperature": (r["calibration"] or {}).get("temperature"),
+            "seconds": (r["training"] or {}).get("seconds"),
+            "validation_ece": validation.get("ece"),
+            "evaluated": sorted(r["evaluations"]),
+        })
+    return rows
+
+
+def write_report(summary: dict[str, Any], fmt: str, output: str | None = None) -> Path:
+    """Write the run report as markdown (plots embedded by relative path) or JSON; returns the path."""
+    if fmt not in REPORT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(REPORT_FORMATS)}, got {fmt!r}")
+    out = Path(output) if output else Path(summary["dir"]) / f"report.{fmt}"
+    if fmt == "json":
+        write_json(out, summary)
+        return out
+    text = to_markdown(summary, out.parent)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, out)
+    return out
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def to_markdown(s: dict[str, Any], where: Path) -> str:
+    """The run report as markdown; image links are relative to `where`, the markdown file's folder."""
+    lines = [f"# Run {s['run']}", ""]
+    cfg = s["config"]
+    lines += [f"- model: `{cfg.get('model')}`" + (" (from scratch, " + cfg.get("config_overrides", "") + ")"
+                                                   if cfg.get("from_scratch") else ""),
+              f"- lr {cfg.get('lr')}, batch {cfg.get('batch_size')}, epochs {cfg.get('epochs')}, "
+              f"max steps {cfg.get('max_steps')}, loss {cfg.get('loss')}, precision {cfg.get('precision')}, seed {cfg.get('seed')}",
+              f"- status: {'finished, model in `' + s['model'] + '`' if s['finished'] else 'not finished (no exported model)'}"]
+    best, training, cal = s["best"] or {}, s["training"] or {}, s["calibration"] or {}
+    if best:
+        lines.append(f"- best checkpoint: step {best.get('step')}, validation accuracy {_fmt(best.get('validation_accuracy'))}")
+    if training:
+        lines.append(f"- training: {training.get('steps')} steps in {_fmt(training.get('seconds'), 1)} s "
+                     f"({_fmt(training.get('train_examples_per_s'), 1)} examples/s)")
+    if cal:
+        lines.append(f"- temperature {_fmt(cal.get('temperature'))} fitted on {cal.get('fitted_on')}: "
+                     f"NLL {_fmt(cal.get('nll_before'))} → {_fmt(cal.get('nll_after'))}")
+    prep = s["prepared"]
+    lines += ["", f"## Data (prepared `{prep.get('fingerprint')}`, max_len {prep.get('max_len')})", ""]
+    if prep.get("splits"):
+        lines += ["| split | rows | truncated | skipped empty | tokens mean | tokens max |", "| --- | --: | --: | --: | --: | --: |"]
+        for name, sp in prep["splits"].items():
+            length = sp.get("length", {})
+            lines.append(f"| {name} | {sp.get('rows')} | {sp.get('truncated')} | {sp.get('skipped_empty')} | "
+                         f"{length.get('mean')} | {length.get('max')} |")
+    if s["evaluations"]:
+        lines += ["", "## Evaluations", "", "| split | examples | accuracy | macro F1 | ECE | NLL | ECE before T |",
+                  "| --- | --: | --: | --: | --: | --: | --: |"]
+        for split, e in s["evaluations"].items():
+            before = ((e.get("temperature") or {}).get("before") or {}).get("ece")
+            lines.append(f"| {split} | {e['examples']} | {_fmt(e['accuracy'])} | {_fmt(e['macro_f1'])} | "
+                         f"{_fmt(e['ece'])} | {_fmt(e.get('nll'))} | {_fmt(before)} |")
+    if s["plots"]:
+        lines += ["", "## Plots", ""]
+        for plot in s["plots"]:
+            rel = os.path.relpath(plot, where)
+            lines += [f"![{Path(plot).stem}]({rel})", ""]
+    return "\n".join(lines).rstrip() + "\n"
