@@ -14,8 +14,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from rtsent.config import (DEFAULT_DATA, DEFAULT_LABEL_WORDS, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, PredictConfig,
-                           PrepareConfig, PromptConfig, TrainConfig, split_list, unescape)
+from rtsent.config import (DEFAULT_DATA, DEFAULT_LABEL_WORDS, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, ExportConfig,
+                           PredictConfig, PrepareConfig, PromptConfig, TrainConfig, split_list, unescape)
 from rtsent.errors import RtsentError
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -58,6 +58,8 @@ app = typer.Typer(
 WORKDIR_HELP = "Workspace folder for prepared data and runs (default: ./data)."
 TEMPLATE_HELP = "Prompt template with {text} where the review goes (\\n understood)."
 WORDS_HELP = "Comma-separated label words, one per class in class-id order, each one token (\\n understood)."
+ENGINE_HELP = "auto (the ONNX graph when the model folder has one, else torch), torch or onnx."
+SCORING_PRECISION_HELP = "auto, fp32, bf16 or fp16 (torch); auto, fp32 or int8 (onnx; auto is int8 when exported)."
 
 
 def _stderr():
@@ -239,6 +241,7 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue a run (--run-name, default the latest) from its last checkpoint."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights from the model's config instead of its weights."),
     config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64."),
+    onnx: bool = typer.Option(TrainConfig.onnx, "--onnx/--no-onnx", help="Also export an ONNX graph of the model (the fast predict engine)."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Fine-tune on the prepared data; keep the best checkpoint by validation accuracy and export it."""
@@ -247,7 +250,7 @@ def train(
                       eval_every=eval_every, save_every=save_every, save_limit=save_limit, seed=seed, loss=loss,
                       precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
                       run_name=run_name, resume=resume, from_scratch=from_scratch,
-                      config_overrides=config_overrides)
+                      config_overrides=config_overrides, onnx=onnx)
     from rtsent import train as stage
     from rtsent.report import print_trained
 
@@ -267,14 +270,15 @@ def evaluate(
     label_words: Optional[str] = typer.Option(None, help="Zero-shot: " + WORDS_HELP),
     label_names: Optional[str] = typer.Option(None, help="Zero-shot: comma-separated class names."),
     batch_size: int = typer.Option(EvaluateConfig.batch_size, help="Examples per batch."),
-    precision: str = typer.Option(EvaluateConfig.precision, help="auto, fp32, bf16 or fp16."),
+    precision: str = typer.Option(EvaluateConfig.precision, help=SCORING_PRECISION_HELP),
+    engine: str = typer.Option(EvaluateConfig.engine, help=ENGINE_HELP),
     output: Optional[str] = typer.Option(None, help="Where to write the JSON report (default: next to the model)."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Accuracy, macro-F1, per-class precision/recall, confusion matrix and calibration on a split."""
     prompt = _prompt(template, label_words, label_names, required=zero_shot)
     cfg = EvaluateConfig(model=model, split=split, prepared=prepared, prompt=prompt, batch_size=batch_size,
-                         precision=precision, output=output)
+                         precision=precision, engine=engine, output=output)
     from rtsent import evaluate as stage
     from rtsent.report import print_evaluation
 
@@ -290,7 +294,8 @@ def predict(
     model: Optional[str] = typer.Option(None, help="Exported model folder (default: the latest run's model)."),
     output_format: str = typer.Option(PredictConfig.format, "--format", help="auto (table for arguments, jsonl for files), table, json, jsonl or csv."),
     batch_size: int = typer.Option(PredictConfig.batch_size, help="Reviews per batch."),
-    precision: str = typer.Option(PredictConfig.precision, help="auto, fp32, bf16 or fp16."),
+    precision: str = typer.Option(PredictConfig.precision, help=SCORING_PRECISION_HELP),
+    engine: str = typer.Option(PredictConfig.engine, help=ENGINE_HELP),
     max_len: Optional[int] = typer.Option(None, help="Longest prompt in tokens (default: the model's training max-len)."),
     template: Optional[str] = typer.Option(None, help="Zero-shot base model only: " + TEMPLATE_HELP),
     label_words: Optional[str] = typer.Option(None, help="Zero-shot base model only: " + WORDS_HELP),
@@ -301,13 +306,28 @@ def predict(
     if texts == ["-"]:
         texts, file = [], "-"
     cfg = PredictConfig(model=model, texts=tuple(texts), file=file, text_column=text_column, format=output_format,
-                        batch_size=batch_size, precision=precision, max_len=max_len)
+                        batch_size=batch_size, precision=precision, engine=engine, max_len=max_len)
     from rtsent import predict as stage
 
     stats = stage.run(cfg, _workspace(workdir), prompt=_prompt(template, label_words, None, required=False))
     if cfg.file:
         _log(f"{stats.count} reviews in {stats.seconds:.1f} s ({stats.per_second:.0f} reviews/s; "
              f"model loaded in {stats.load_seconds:.1f} s)")
+
+
+@app.command("export")
+@handled
+def export_(
+    model: Optional[str] = typer.Argument(None, help="Model folder written by `rtsent train` (default: the latest run's model)."),
+    int8: bool = typer.Option(ExportConfig.int8, "--int8", help="Also write a dynamically quantized int8 graph."),
+    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
+) -> None:
+    """Add an ONNX graph and tokenizer.json to a model folder: predict without torch or transformers."""
+    cfg = ExportConfig(model=model, int8=int8)
+    from rtsent import export as stage
+
+    folder, record = stage.run(cfg, _workspace(workdir), _log)
+    _log(f"wrote {', '.join(record['graphs'].values())} to {folder}; evaluate and predict now use the onnx engine")
 
 
 def main() -> None:

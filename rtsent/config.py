@@ -15,6 +15,10 @@ DEFAULT_LABEL_WORDS = (" negative", " positive")
 TEXT_SLOT = "{text}"
 SPLITS = ("train", "validation", "test")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("auto", "torch", "onnx")
+"""auto: the ONNX graph when the model folder has one (`rtsent export`), else torch."""
+SCORING_PRECISIONS = PRECISIONS + ("int8",)
+"""int8 exists only as an exported ONNX graph (`rtsent export --int8`)."""
 LOSSES = ("lm", "label")
 FORMATS = ("auto", "table", "json", "jsonl", "csv")
 
@@ -146,6 +150,8 @@ class TrainConfig:
     from_scratch: bool = False
     config_overrides: str = ""
     """Comma-separated key=value overrides of the model config, used with from_scratch."""
+    onnx: bool = True
+    """Also export the model as an ONNX graph (the fast engine of evaluate/predict)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -189,6 +195,7 @@ class EvaluateConfig:
     """Prompt for a base model that has no rtsent.json (zero-shot)."""
     batch_size: int = 64
     precision: str = "auto"
+    engine: str = "auto"
     output: str | None = None
     bins: int = 15
     """Bins of the expected calibration error."""
@@ -197,8 +204,7 @@ class EvaluateConfig:
         problems = []
         if self.split not in SPLITS:
             problems.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        problems += _scoring_problems(self.precision, self.engine)
         if self.batch_size <= 0 or self.bins <= 0:
             problems.append("--batch-size and --bins must be positive")
         _check(problems)
@@ -217,6 +223,7 @@ class PredictConfig:
     """auto: a table for texts given as arguments, jsonl for files and stdin."""
     batch_size: int = 64
     precision: str = "auto"
+    engine: str = "auto"
     max_len: int | None = None
     """Longest prompt; default: the max-len the model was trained with."""
 
@@ -231,11 +238,29 @@ class PredictConfig:
                 problems.append(f"text {i} is not valid UTF-8; pass UTF-8 text (or --file with UTF-8 content)")
         if self.format not in FORMATS:
             problems.append(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        problems += _scoring_problems(self.precision, self.engine)
         if self.batch_size <= 0:
             problems.append("--batch-size must be positive")
         _check(problems)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of `rtsent export`."""
+
+    model: str | None = None
+    """Model folder written by `rtsent train`; default: the latest run's model."""
+    int8: bool = False
+    """Also write a dynamically quantized int8 graph (smaller, faster on CPU)."""
+
+
+def _scoring_problems(precision: str, engine: str) -> list[str]:
+    problems = []
+    if precision not in SCORING_PRECISIONS:
+        problems.append(f"--precision must be one of {', '.join(SCORING_PRECISIONS)}, got {precision!r}")
+    if engine not in ENGINES:
+        problems.append(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    return problems
 
 
 def _is_utf8(text: str) -> bool:

@@ -14,7 +14,8 @@ from rtsent.cache import clean_stale, write_json
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError
 from rtsent.engines import open_classifier
-from rtsent.modeling import softmax, tokenizer_fingerprint
+from rtsent.engines.base import softmax
+from rtsent.modeling import tokenizer_fingerprint
 from rtsent.workspace import MANIFEST, Workspace
 
 
@@ -65,7 +66,7 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     """
     clean_stale(ws)
     model = cfg.model or str(ws.latest_model())
-    clf = open_classifier(model, cfg.prompt, precision=cfg.precision)
+    clf = open_classifier(model, cfg.prompt, precision=cfg.precision, engine=cfg.engine)
     path = _prepared_for(clf, cfg, ws)
     dd, manifest = prepare.load(path, ws)
     _check_compatible(clf, manifest, path)
@@ -82,7 +83,8 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
         "split": cfg.split,
         "prepared": manifest["fingerprint"],
         "prompt": to_dict(clf.prompt),
-        "precision": clf.scorer.precision,
+        "engine": clf.engine,
+        "precision": clf.precision,
         "seconds": round(seconds, 3),
         "examples_per_s": round(len(rows) / seconds, 2) if seconds else None,
         **classification_report(scores, labels, clf.label_names, cfg.bins),

@@ -328,7 +328,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     state = trainer.state
     best_step = state.best_global_step
     if is_main_process():
-        _export(trainer, tok, ws, paths, cfg, manifest, state)
+        _export(trainer, tok, ws, paths, cfg, manifest, state, log)
     return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
                        output.metrics.get("train_samples_per_second", 0.0))
 
@@ -403,8 +403,8 @@ def _last_complete_checkpoint(folder: Path) -> Path | None:
 
 
 def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: TrainConfig,
-            manifest: dict[str, Any], state: Any) -> None:
-    """Write the (best) model as a standalone HF folder plus rtsent.json, atomically."""
+            manifest: dict[str, Any], state: Any, log: Callable[[str], None]) -> None:
+    """Write the (best) model as a standalone HF folder plus rtsent.json (and its ONNX graph), atomically."""
     with staging(ws, f"export-{paths.name}") as tmp:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
@@ -422,4 +422,8 @@ def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: Tra
             "train": to_dict(cfg),
             "best": {"step": state.best_global_step, "validation_accuracy": state.best_metric},
         })
+        if cfg.onnx:
+            from rtsent.export import after_training
+
+            after_training(tmp, log)
         publish(tmp, paths.model)

@@ -64,7 +64,7 @@ def test_untruncated_prompt_is_the_review_between_prefix_and_suffix(tokenizer, t
 
 @pytest.fixture(scope="module")
 def classifier(trained):
-    from rtsent.modeling import open_classifier
+    from rtsent.engines import open_classifier
 
     return open_classifier(str(trained[1].model_dir), precision="fp32")
 
