@@ -162,6 +162,20 @@ def test_missing_graph_is_one_line_with_the_fix(plain_model):
     assert result.exit_code == 1 and "rtsent export" in result.output and "--int8" in result.output
 
 
+@pytest.mark.parametrize("damage, expected", [
+    (lambda f: f.joinpath("model.onnx").write_bytes(f.joinpath("model.onnx").read_bytes()[:5000]), "cannot load"),
+    (lambda f: f.joinpath("tokenizer.json").write_text('{"version": "1.0", "mod'), "cannot read"),
+])
+def test_damaged_graph_or_tokenizer_is_one_line(trained, tmp_path, damage, expected):
+    folder = tmp_path / "model"
+    shutil.copytree(trained[1].model_dir, folder)
+    damage(folder)
+    result = runner.invoke(app, ["predict", "great movie", "--model", str(folder)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1, result.output
+    assert expected in lines[0] and "rtsent export" in lines[0]
+
+
 def test_a_failed_export_keeps_the_folder_as_it_was(plain_model, tmp_path, monkeypatch):
     from rtsent import export
 
