@@ -327,7 +327,7 @@ def export_(
     from rtsent import export as stage
 
     folder, record = stage.run(cfg, _workspace(workdir), _log)
-    _log(f"wrote {', '.join(record['graphs'].values())} to {folder}; evaluate and predict now use the onnx engine")
+    _log(f"wrote {', '.join(record['graphs'].values())} in {folder} (the onnx engine)")
 
 
 def main() -> None:

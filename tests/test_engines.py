@@ -19,7 +19,7 @@ from rtsent.cli import app
 from rtsent.config import PromptConfig
 
 # Both engines compute the same fp32 function; they differ only in the order of floating-point
-# operations (ORT fuses LayerNorm/GELU and picks other matmul kernels). Over a 2-layer, width-32 model
+# operations (the exported graph has fused LayerNorm/GELU kernels, ORT picks other matmul kernels). Over a 2-layer, width-32 model
 # that moves a score by ~1e-6 (measured 3e-7); 1e-4 is far above that and far below any wrong graph
 # (another position or another label row changes scores by ~1e-1).
 ATOL = 1e-4
@@ -80,6 +80,7 @@ def test_export_command_on_an_existing_folder(exported, plain_model):
     meta = json.loads((exported / "rtsent.json").read_text())
     assert meta["onnx"]["graphs"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
     assert meta["onnx"]["label_ids"] == meta["label_ids"]
+    assert "SkipLayerNormalization" in meta["onnx"]["fused_fp32"]  # GPT-2's fp32 graph is fused (the agreement test runs it)
     assert not [p.name for p in exported.iterdir() if p.name.startswith(".export-")]  # temp folder gone
     assert open_classifier(str(exported)).precision == "int8"  # auto prefers the int8 graph when exported
     assert open_classifier(str(exported), precision="fp32").precision == "fp32"
