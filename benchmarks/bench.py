@@ -107,14 +107,14 @@ def worker_predict_split(args) -> None:
     import rtsent.predict  # noqa: F401  (pulls torch, transformers)
 
     t2 = time.perf_counter()
-    from rtsent.modeling import open_classifier
+    from rtsent.engines import open_classifier
 
-    clf = open_classifier(args.model)
+    clf = open_classifier(args.model, engine="torch")
     t3 = time.perf_counter()
     clf.probabilities(["great movie"])
     t4 = time.perf_counter()
     emit({"import_cli_s": round(t1 - t0, 3), "import_torch_transformers_s": round(t2 - t1, 3),
-          "open_classifier_s": round(t3 - t2, 3), "score_one_s": round(t4 - t3, 3), "precision": clf.scorer.precision})
+          "open_classifier_s": round(t3 - t2, 3), "score_one_s": round(t4 - t3, 3), "precision": clf.precision})
 
 
 WORKERS = {"rtsent-train": worker_rtsent_train, "floor": worker_floor, "predict-split": worker_predict_split}

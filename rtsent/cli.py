@@ -14,8 +14,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from rtsent.config import (DEFAULT_DATA, DEFAULT_LABEL_WORDS, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, PredictConfig,
-                           PrepareConfig, PromptConfig, TrainConfig, split_list, unescape)
+from rtsent.config import (DEFAULT_DATA, DEFAULT_LABEL_WORDS, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, ExportConfig,
+                           PredictConfig, PrepareConfig, PromptConfig, TrainConfig, split_list, unescape)
 from rtsent.errors import RtsentError
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -58,6 +58,8 @@ app = typer.Typer(
 WORKDIR_HELP = "Workspace folder for prepared data and runs (default: ./data)."
 TEMPLATE_HELP = "Prompt template with {text} where the review goes (\\n understood)."
 WORDS_HELP = "Comma-separated label words, one per class in class-id order, each one token (\\n understood)."
+ENGINE_HELP = "auto (the ONNX graph when the model folder has one, else torch), torch or onnx."
+SCORING_PRECISION_HELP = "auto, fp32, bf16 or fp16 (torch); auto, fp32 or int8 (onnx; auto is int8 when exported)."
 
 
 def _stderr():
@@ -248,6 +250,7 @@ def train(
     class_weights: str = typer.Option(TrainConfig.class_weights, help="auto: weight each class's loss by its inverse frequency in train (imbalanced data); none."),
     report_to: str = typer.Option(TrainConfig.report_to, help="Also log to these Trainer integrations: tensorboard (events in runs/<name>/tensorboard), wandb, mlflow, ... (comma-separated, installed ones), or none."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the training-curves PNG (runs/<name>/plots/)."),
+    onnx: bool = typer.Option(TrainConfig.onnx, "--onnx/--no-onnx", help="Also export an ONNX graph of the model (the fast predict engine)."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Fine-tune on the prepared data; keep the best checkpoint by validation accuracy and export it."""
@@ -257,7 +260,7 @@ def train(
                       precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
                       run_name=run_name, resume=resume, from_scratch=from_scratch,
                       config_overrides=config_overrides, early_stopping=early_stopping, class_weights=class_weights,
-                      report_to=report_to, plots=not no_plots)
+                      report_to=report_to, plots=not no_plots, onnx=onnx)
     from rtsent import train as stage
     from rtsent.report import print_trained
 
@@ -283,7 +286,8 @@ def evaluate(
     errors: Optional[int] = typer.Option(None, help="Print the N most confident mistakes; write every mistake to <report>-errors.jsonl."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures written next to the report."),
     batch_size: int = typer.Option(EvaluateConfig.batch_size, help="Examples per batch."),
-    precision: str = typer.Option(EvaluateConfig.precision, help="auto, fp32, bf16 or fp16."),
+    precision: str = typer.Option(EvaluateConfig.precision, help=SCORING_PRECISION_HELP),
+    engine: str = typer.Option(EvaluateConfig.engine, help=ENGINE_HELP),
     output: Optional[str] = typer.Option(None, help="Where to write the JSON report (default: next to the model)."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
@@ -291,7 +295,7 @@ def evaluate(
     prompt = _prompt(template, label_words, label_names, required=zero_shot)
     models = list(model or [])
     cfg = EvaluateConfig(model=models[0] if len(models) == 1 else None, split=split, prepared=prepared, prompt=prompt,
-                         batch_size=batch_size, precision=precision, output=output, data=data, text_column=text_column,
+                         batch_size=batch_size, precision=precision, engine=engine, output=output, data=data, text_column=text_column,
                          label_column=label_column, calibrate=calibrate, errors=errors, plots=not no_plots)
     from rtsent import evaluate as stage
     from rtsent import report
@@ -312,7 +316,8 @@ def predict(
     model: Optional[str] = typer.Option(None, help="Exported model folder (default: the latest run's model)."),
     output_format: str = typer.Option(PredictConfig.format, "--format", help="auto (table for arguments, jsonl for files), table, json, jsonl or csv."),
     batch_size: int = typer.Option(PredictConfig.batch_size, help="Reviews per batch."),
-    precision: str = typer.Option(PredictConfig.precision, help="auto, fp32, bf16 or fp16."),
+    precision: str = typer.Option(PredictConfig.precision, help=SCORING_PRECISION_HELP),
+    engine: str = typer.Option(PredictConfig.engine, help=ENGINE_HELP),
     max_len: Optional[int] = typer.Option(None, help="Longest prompt in tokens (default: the model's training max-len)."),
     template: Optional[str] = typer.Option(None, help="Zero-shot base model only: " + TEMPLATE_HELP),
     label_words: Optional[str] = typer.Option(None, help="Zero-shot base model only: " + WORDS_HELP),
@@ -323,7 +328,7 @@ def predict(
     if texts == ["-"]:
         texts, file = [], "-"
     cfg = PredictConfig(model=model, texts=tuple(texts), file=file, text_column=text_column, format=output_format,
-                        batch_size=batch_size, precision=precision, max_len=max_len,
+                        batch_size=batch_size, precision=precision, engine=engine, max_len=max_len,
                         keep_columns=tuple(c.strip() for c in keep_columns.split(",") if c.strip()) if keep_columns else ())
     from rtsent import predict as stage
 
@@ -371,6 +376,21 @@ def runs_(
         typer.echo(json.dumps(listed, indent=2))
     else:
         print_runs(listed)
+
+
+@app.command("export")
+@handled
+def export_(
+    model: Optional[str] = typer.Argument(None, help="Model folder written by `rtsent train` (default: the latest run's model)."),
+    int8: bool = typer.Option(ExportConfig.int8, "--int8", help="Also write a dynamically quantized int8 graph."),
+    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
+) -> None:
+    """Add an ONNX graph and tokenizer.json to a model folder: predict without torch or transformers."""
+    cfg = ExportConfig(model=model, int8=int8)
+    from rtsent import export as stage
+
+    folder, record = stage.run(cfg, _workspace(workdir), _log)
+    _log(f"wrote {', '.join(record['graphs'].values())} in {folder} (the onnx engine)")
 
 
 def main() -> None:

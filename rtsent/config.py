@@ -15,6 +15,10 @@ DEFAULT_LABEL_WORDS = (" negative", " positive")
 TEXT_SLOT = "{text}"
 SPLITS = ("train", "validation", "test")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+ENGINES = ("auto", "torch", "onnx")
+"""auto: the ONNX graph when the model folder has one (`rtsent export`), else torch."""
+SCORING_PRECISIONS = PRECISIONS + ("int8",)
+"""int8 exists only as an exported ONNX graph (`rtsent export --int8`)."""
 LOSSES = ("lm", "label")
 FORMATS = ("auto", "table", "json", "jsonl", "csv")
 CLASS_WEIGHTS = ("none", "auto")
@@ -184,6 +188,8 @@ class TrainConfig:
     """Comma-separated Trainer integrations to log to (tensorboard, wandb, mlflow, ...), or none."""
     plots: bool = True
     """Draw the training curves to runs/<name>/plots/training.png at the end."""
+    onnx: bool = True
+    """Also export the model as an ONNX graph (the fast engine of evaluate/predict)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -235,6 +241,7 @@ class EvaluateConfig:
     """Prompt for a base model that has no rtsent.json (zero-shot)."""
     batch_size: int = 64
     precision: str = "auto"
+    engine: str = "auto"
     output: str | None = None
     bins: int = 15
     """Bins of the expected calibration error."""
@@ -257,8 +264,7 @@ class EvaluateConfig:
             problems.append(f"--errors must be 0 or more, got {self.errors}")
         if self.split not in SPLITS:
             problems.append(f"--split must be one of {', '.join(SPLITS)}, got {self.split!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        problems += _scoring_problems(self.precision, self.engine)
         if self.batch_size <= 0 or self.bins <= 0:
             problems.append("--batch-size and --bins must be positive")
         _check(problems)
@@ -277,6 +283,7 @@ class PredictConfig:
     """auto: a table for texts given as arguments, jsonl for files and stdin."""
     batch_size: int = 64
     precision: str = "auto"
+    engine: str = "auto"
     max_len: int | None = None
     """Longest prompt; default: the max-len the model was trained with."""
     keep_columns: tuple[str, ...] = ()
@@ -293,11 +300,29 @@ class PredictConfig:
                 problems.append(f"text {i} is not valid UTF-8; pass UTF-8 text (or --file with UTF-8 content)")
         if self.format not in FORMATS:
             problems.append(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.precision not in PRECISIONS:
-            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        problems += _scoring_problems(self.precision, self.engine)
         if self.batch_size <= 0:
             problems.append("--batch-size must be positive")
         _check(problems)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of `rtsent export`."""
+
+    model: str | None = None
+    """Model folder written by `rtsent train`; default: the latest run's model."""
+    int8: bool = False
+    """Also write a dynamically quantized int8 graph (smaller, faster on CPU)."""
+
+
+def _scoring_problems(precision: str, engine: str) -> list[str]:
+    problems = []
+    if precision not in SCORING_PRECISIONS:
+        problems.append(f"--precision must be one of {', '.join(SCORING_PRECISIONS)}, got {precision!r}")
+    if engine not in ENGINES:
+        problems.append(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    return problems
 
 
 def _is_utf8(text: str) -> bool:

@@ -24,7 +24,8 @@ from rtsent.cache import _umask, clean_stale, write_json
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier
-from rtsent.modeling import softmax, tokenizer_fingerprint
+from rtsent.engines.base import softmax
+from rtsent.prompts import tokenizer_fingerprint
 from rtsent.workspace import MANIFEST, MODEL_META, Workspace
 
 
@@ -95,7 +96,7 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     """
     clean_stale(ws)
     model = cfg.model or str(ws.latest_model())
-    clf = open_classifier(model, cfg.prompt, precision=cfg.precision)
+    clf = open_classifier(model, cfg.prompt, precision=cfg.precision, engine=cfg.engine)
     examples = _from_file(clf, cfg) if cfg.data else _from_prepared(clf, cfg, ws)
     out = Path(cfg.output) if cfg.output else _report_path(model, examples.split, ws)
     _check_writable(out)  # before the scoring, not after it
@@ -110,7 +111,8 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
         "prepared": examples.source.get("prepared"),
         "source": examples.source,
         "prompt": to_dict(clf.prompt),
-        "precision": clf.scorer.precision,
+        "engine": clf.engine,
+        "precision": clf.precision,
         "seconds": round(seconds, 3),
         "examples_per_s": round(len(examples.rows) / seconds, 2) if seconds else None,
         "probabilities": calibrated["applied"],

@@ -7,15 +7,13 @@ state per example, either in full (the seed recipe's LM loss) or only to the lab
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-import numpy as np
 import torch
 
 from rtsent.errors import ArtifactError, UsageError
+from rtsent.prompts import tokenizer_fingerprint  # noqa: F401  (re-exported: the loaders' callers use it)
 
 
 def _load_error(kind: str, name: str, exc: Exception) -> Exception:
@@ -54,24 +52,6 @@ def load_tokenizer(name: str) -> Any:
         tok.pad_token = tok.eos_token
     tok.padding_side = "right"
     return tok
-
-
-def tokenizer_fingerprint(tok: Any) -> str:
-    """Identity of everything that decides a tokenizer's ids: vocabulary, merges, normalizer,
-    pre-tokenizer, post-processor (BOS/EOS templates) and added tokens.
-
-    Takes a transformers tokenizer or a `tokenizers.Tokenizer`; both hash the same serialized pipeline,
-    minus run-time padding/truncation settings, so the torch and ONNX engines agree.
-    """
-    backend = getattr(tok, "backend_tokenizer", tok)
-    if not hasattr(backend, "to_str"):  # a slow (Python) tokenizer: fall back to what it exposes
-        blob = {"vocab": sorted(tok.get_vocab().items()), "class": type(tok).__name__,
-                "special": sorted(map(str, tok.all_special_tokens))}
-    else:
-        blob = json.loads(backend.to_str())
-        blob.pop("truncation", None)
-        blob.pop("padding", None)
-    return hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=True).encode()).hexdigest()[:16]
 
 
 def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype: torch.dtype | None = None,
@@ -195,37 +175,6 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> 
     return {"input_ids": ids, "attention_mask": mask}
 
 
-class Scorer:
-    """Batched inference: prompt id lists -> label-word scores [n, classes] as float32 numpy."""
-
-    def __init__(self, model: Any, label_ids: Sequence[int], pad_id: int, precision: str = "auto",
-                 device: torch.device | None = None):
-        self.device = device or default_device()
-        self.precision = resolve_precision(precision, self.device)
-        # Inference needs no fp32 master weights: cast once instead of autocasting every matmul.
-        self.model = model.to(self.device, dtype=DTYPES[self.precision]).eval()
-        self.label_ids = torch.as_tensor(list(label_ids), device=self.device)
-        self.pad_id = pad_id
-
-    def scores(self, rows: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
-        """Scores in input order; batches are formed from length-sorted rows to minimise padding."""
-        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
-        out = np.empty((len(rows), len(self.label_ids)), dtype=np.float32)
-        with torch.inference_mode():
-            for start in range(0, len(order), batch_size):
-                idx = order[start : start + batch_size]
-                batch = {k: v.to(self.device) for k, v in pad_batch([rows[i] for i in idx], self.pad_id).items()}
-                hidden = last_token_hidden(self.model, **batch)
-                out[idx] = label_logits(self.model, hidden.float(), self.label_ids).float().cpu().numpy()
-        return out
-
-
-def softmax(scores: np.ndarray) -> np.ndarray:
-    shifted = scores - scores.max(axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
-
-
 @contextlib.contextmanager
 def quiet_transformers() -> Iterator[None]:
     """Silence transformers' info/warning chatter for the duration (errors still raise)."""
@@ -237,72 +186,3 @@ def quiet_transformers() -> Iterator[None]:
         yield
     finally:
         hf_logging.set_verbosity(before)
-
-
-class Classifier:
-    """A model ready to score reviews: tokenizer, prompt encoder and batched scorer together."""
-
-    def __init__(self, name: str, meta: dict[str, Any], prompt: Any, max_len: int, precision: str = "auto"):
-        from rtsent.prompts import PromptEncoder
-
-        self.name = name
-        self.meta = meta
-        self.prompt = prompt
-        self.tokenizer = load_tokenizer(name)
-        self.encoder = PromptEncoder(prompt, self.tokenizer, max_len)
-        device = default_device()
-        precision = resolve_precision(precision, device)
-        with quiet_transformers():
-            model = load_model(name, dtype=DTYPES[precision], compute=precision)
-        self.scorer = Scorer(model, self.encoder.label_ids, self.tokenizer.pad_token_id, precision, device)
-
-    @property
-    def label_names(self) -> tuple[str, ...]:
-        return self.prompt.label_names
-
-    def scores(self, rows: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
-        return self.scorer.scores(rows, batch_size)
-
-    @property
-    def engine(self) -> str:
-        return "torch"
-
-    @property
-    def temperature(self) -> float:
-        """Temperature fitted on validation (rtsent.json "calibration"), 1.0 when the model has none."""
-        return float((self.meta.get("calibration") or {}).get("temperature", 1.0))
-
-    def probabilities(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        """Softmax over the label words' scores divided by the model's temperature, one row per text."""
-        return softmax(self.scores(self.encoder.encode(texts).input_ids, batch_size) / self.temperature)
-
-
-def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, precision: str = "auto") -> Classifier:
-    """An exported rtsent model (its rtsent.json gives the prompt), or a base model with an explicit prompt.
-
-    Raises ArtifactError for a folder without rtsent.json when no prompt is given, UsageError when a
-    given prompt contradicts the one the model was trained with.
-    """
-    from rtsent.config import prompt_from_dict
-    from rtsent.workspace import MODEL_META, read_json
-
-    meta_path = Path(model).expanduser() / MODEL_META
-    if meta_path.is_file():
-        hint = f"re-export the model with `rtsent train --resume --run-name <its run>` (or delete {meta_path})"
-        meta = read_json(meta_path, hint)
-        try:
-            trained = prompt_from_dict(meta["prompt"])
-        except (KeyError, TypeError, UsageError) as exc:
-            raise ArtifactError(f"{meta_path} has no valid prompt ({exc}); {hint}") from None
-        if prompt is not None and (prompt.template, prompt.label_words) != (trained.template, trained.label_words):
-            raise UsageError(
-                f"{model} was trained with template {trained.template!r} and label words "
-                f"{list(trained.label_words)!r}; drop --template/--label-words to use them"
-            )
-        return Classifier(model, meta, trained, max_len or meta.get("max_len", 128), precision)
-    if prompt is None:
-        raise ArtifactError(
-            f"{model} has no {MODEL_META}, so it was not exported by `rtsent train`; pass a run's model folder, "
-            f"or score it as a base model zero-shot with --zero-shot (evaluate) or --template/--label-words"
-        )
-    return Classifier(model, {}, prompt, max_len or 128, precision)

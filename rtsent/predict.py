@@ -76,7 +76,7 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
     fmt = cfg.format if cfg.format != "auto" else ("table" if cfg.texts else "jsonl")
     started = time.perf_counter()
     clean_stale(ws)
-    clf = open_classifier(cfg.model or str(ws.latest_model()), prompt, cfg.max_len, cfg.precision)
+    clf = open_classifier(cfg.model or str(ws.latest_model()), prompt, cfg.max_len, cfg.precision, cfg.engine)
     loaded = time.perf_counter()
     count = skipped = 0
     writer = WRITERS[fmt](out, console, clf.label_names)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -68,3 +70,21 @@ class PromptEncoder:
         bodies = self.tokenizer([prefix + t[:chars] for t in texts], add_special_tokens=False)["input_ids"]
         ids = [body[:budget] + self.suffix_ids for body in bodies]
         return EncodedBatch(ids, [len(body) > budget or len(t) > chars for body, t in zip(bodies, texts)])
+
+
+def tokenizer_fingerprint(tok: Any) -> str:
+    """Identity of everything that decides a tokenizer's ids: vocabulary, merges, normalizer,
+    pre-tokenizer, post-processor (BOS/EOS templates) and added tokens.
+
+    Takes a transformers tokenizer or a `tokenizers.Tokenizer`; both hash the same serialized pipeline,
+    minus run-time padding/truncation settings, so the torch and ONNX engines agree.
+    """
+    backend = getattr(tok, "backend_tokenizer", tok)
+    if not hasattr(backend, "to_str"):  # a slow (Python) tokenizer: fall back to what it exposes
+        blob = {"vocab": sorted(tok.get_vocab().items()), "class": type(tok).__name__,
+                "special": sorted(map(str, tok.all_special_tokens))}
+    else:
+        blob = json.loads(backend.to_str())
+        blob.pop("truncation", None)
+        blob.pop("padding", None)
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, ensure_ascii=True).encode()).hexdigest()[:16]

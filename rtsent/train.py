@@ -370,7 +370,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
               "train_examples_per_s": round(output.metrics.get("train_samples_per_second", 0.0), 2)}
     plots: tuple[Path, ...] = ()
     if is_main_process():
-        _export(trainer, tok, ws, paths, cfg, manifest, state, calibration, timing)
+        _export(trainer, tok, ws, paths, cfg, manifest, state, calibration, timing, log)
         if cfg.plots:
             from rtsent.plots import training_curves
 
@@ -468,8 +468,9 @@ def _complete_checkpoints(folder: Path, remove_incomplete: bool) -> list[tuple[i
 
 
 def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: TrainConfig,
-            manifest: dict[str, Any], state: Any, calibration: dict[str, Any], timing: dict[str, Any]) -> None:
-    """Write the (best) model as a standalone HF folder plus rtsent.json, atomically."""
+            manifest: dict[str, Any], state: Any, calibration: dict[str, Any], timing: dict[str, Any],
+            log: Callable[[str], None]) -> None:
+    """Write the (best) model as a standalone HF folder plus rtsent.json (and its ONNX graph), atomically."""
     with staging(ws, f"export-{paths.name}") as tmp:
         trainer.model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
@@ -489,4 +490,8 @@ def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: Tra
             "calibration": calibration,
             "training": timing,
         })
+        if cfg.onnx:
+            from rtsent.export import after_training
+
+            after_training(tmp, log)
         publish(tmp, paths.model)

@@ -122,7 +122,7 @@ def test_pad_batch_masks_and_rounds_up():
 
 
 def test_scorer_order_and_batching_do_not_change_scores(tiny_model_dir):
-    from rtsent.modeling import Scorer
+    from rtsent.engines.torch import Scorer
 
     scorer = Scorer(load_model(str(tiny_model_dir)), [3, 4], pad_id=0, precision="fp32")
     rows = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14], [15, 16]]

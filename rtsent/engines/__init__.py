@@ -1,8 +1,9 @@
 """Scoring engines behind one interface: evaluate, predict and serve score reviews through open_classifier().
 
 A classifier has `name`, `meta` (its rtsent.json), `prompt`, `label_names`, `engine` ("torch" or "onnx"),
-`encoder` (PromptEncoder), `scores(rows, batch_size)` -> raw label-word scores [n, classes] and
-`probabilities(texts, batch_size)` -> calibrated softmax over the label words [n, classes].
+`precision`, `encoder` (PromptEncoder), `scores(rows, batch_size)` -> raw label-word scores [n, classes],
+`temperature` and `probabilities(texts, batch_size)` -> calibrated softmax over the label words [n, classes].
+Nothing heavy is imported here: the onnx engine never loads torch or transformers.
 """
 
 from __future__ import annotations
@@ -12,7 +13,30 @@ from typing import Any
 
 def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, precision: str = "auto",
                     engine: str = "auto") -> Any:
-    """An exported rtsent model (its rtsent.json gives the prompt), or a base model with an explicit prompt."""
-    from rtsent.modeling import open_classifier as open_torch
+    """An exported rtsent model (its rtsent.json gives the prompt), or a base model with an explicit prompt.
 
-    return open_torch(model, prompt, max_len, precision)
+    engine "auto" runs the folder's ONNX graph when `rtsent export` wrote one and the precision is
+    auto, fp32 or int8 (int8 exists only as a graph), else torch. Raises ArtifactError for a folder without rtsent.json when no
+    prompt is given or without the graph an explicit onnx engine needs, UsageError when a given prompt
+    contradicts the model's or the precision does not exist for the engine.
+    """
+    from rtsent.engines.base import DEFAULT_MAX_LEN, ONNX_PRECISIONS, onnx_graph, read_model_meta
+    from rtsent.errors import ArtifactError, UsageError
+
+    meta, prompt = read_model_meta(model, prompt)
+    max_len = max_len or meta.get("max_len", DEFAULT_MAX_LEN)
+    graph = onnx_graph(model, meta, precision)
+    wants_onnx = precision == "int8" or (graph is not None and precision in ONNX_PRECISIONS)
+    if engine == "onnx" or (engine == "auto" and wants_onnx):
+        if precision not in ONNX_PRECISIONS:
+            raise UsageError(f"the onnx engine runs fp32 or int8 graphs, not {precision}; use --engine torch for {precision}")
+        if graph is None:
+            which = "an int8 ONNX graph" if precision == "int8" else "an ONNX graph"
+            flag = " --int8" if precision == "int8" else ""
+            raise ArtifactError(f"{model} has no {which}; run `rtsent export {model}{flag}` first (or use --engine torch)")
+        from rtsent.engines.onnx import OnnxClassifier
+
+        return OnnxClassifier(model, meta, prompt, max_len, graph[1], graph[0])
+    from rtsent.engines.torch import TorchClassifier
+
+    return TorchClassifier(model, meta, prompt, max_len, precision)

@@ -1,0 +1,201 @@
+"""rtsent export: an exported model folder gains an ONNX graph of the classifier and a tokenizer.json.
+
+The graph maps input_ids + attention_mask [batch, length] (right-padded) to the label words' scores
+[batch, classes] at each row's last real token, in fp32, for any batch size and length; `--int8` adds a
+dynamically quantized copy. The onnx engine (rtsent/engines/onnx.py) runs it without torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from rtsent.cache import write_json
+from rtsent.config import ExportConfig
+from rtsent.engines.base import ONNX_FILES, TOKENIZER_FILE
+from rtsent.errors import ArtifactError
+from rtsent.workspace import MODEL_META, Workspace, read_json
+
+OPSET = 20
+
+
+def run(cfg: ExportConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None) -> tuple[Path, dict[str, Any]]:
+    """Export cfg.model (default: the latest run's model); returns the folder and its rtsent.json "onnx" entry."""
+    folder = Path(cfg.model).expanduser() if cfg.model else ws.latest_model()
+    return folder, export_folder(folder, cfg.int8, log)
+
+
+def export_folder(folder: Path, int8: bool = False, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    """Export the graph(s) of a model folder made by `rtsent train`; returns its rtsent.json "onnx" entry.
+
+    Files are built in a temporary folder inside the model folder and renamed into place; rtsent.json,
+    which tells the engines what exists, is updated last. Raises ArtifactError for a folder that is not
+    an rtsent model.
+    """
+    meta_path = folder / MODEL_META
+    if not meta_path.is_file():
+        raise ArtifactError(f"{folder} has no {MODEL_META}; `rtsent export` takes a model folder written by `rtsent train`")
+    meta = read_json(meta_path, f"re-export the model with `rtsent train --resume --run-name {meta_path.parent.parent.name}`")
+    with _temp_folder(folder) as tmp:
+        record = _build(folder, meta, tmp, int8, log)
+        for name in [TOKENIZER_FILE, *record["graphs"].values()]:
+            os.replace(tmp / name, folder / name)
+    write_json(meta_path, {**meta, "onnx": record})
+    if not int8:  # a stale int8 graph would no longer be listed; remove it with the entry
+        (folder / ONNX_FILES["int8"]).unlink(missing_ok=True)
+    return record
+
+
+def after_training(folder: Path, log: Callable[[str], None]) -> None:
+    """Export inside train's staging folder; a model family that does not export keeps the torch engine."""
+    try:
+        export_folder(folder, log=log)
+    except Exception as exc:  # any exporter failure: the model itself is fine, only the fast engine is missing
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        log(f"ONNX export failed ({type(exc).__name__}: {first}); predict will use the torch engine")
+
+
+@contextlib.contextmanager
+def _temp_folder(folder: Path) -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".export-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _build(folder: Path, meta: dict[str, Any], tmp: Path, int8: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    from rtsent.config import prompt_from_dict
+    from rtsent.modeling import load_tokenizer
+    from rtsent.prompts import PromptEncoder
+
+    tok = load_tokenizer(str(folder))
+    label_ids = PromptEncoder(prompt_from_dict(meta["prompt"]), tok, meta.get("max_len", 128)).label_ids
+    write_tokenizer_json(tok, tmp / TOKENIZER_FILE)
+    graphs = {"fp32": ONNX_FILES["fp32"]}
+    log(f"exporting {folder} to ONNX (fp32)")
+    plain = tmp / "plain.onnx"
+    config = _export_fp32(str(folder), label_ids, plain)
+    if int8:
+        log("quantizing to int8 (dynamic)")
+        _quantize(plain, tmp / ONNX_FILES["int8"])
+        graphs["int8"] = ONNX_FILES["int8"]
+    try:
+        fused = _fuse(plain, tmp / graphs["fp32"], config)
+    except Exception as exc:  # the fuser's pattern matching is best effort; the plain graph is correct
+        log(f"kept the unfused fp32 graph ({type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:120]})")
+        fused = []
+    if not fused:
+        os.replace(plain, tmp / graphs["fp32"])
+    import torch
+
+    return {"graphs": graphs, "tokenizer": TOKENIZER_FILE, "opset": OPSET, "label_ids": list(label_ids),
+            "pad_id": int(tok.pad_token_id), "inputs": ["input_ids", "attention_mask"], "output": "scores",
+            "fused_fp32": fused, "exporter": f"torch.onnx dynamo (torch {torch.__version__.split('+')[0]})"}
+
+
+def write_tokenizer_json(tok: Any, path: Path) -> None:
+    """The Rust tokenizer exactly as transformers configured it (post-processor included): the onnx
+    engine encodes with this file, so both engines produce the same ids."""
+    tok.backend_tokenizer.save(str(path))
+
+
+def _export_fp32(model: str, label_ids: list[int], path: Path) -> Any:
+    """Write the fp32 graph to path; returns the model's config."""
+    import torch
+
+    from rtsent.modeling import label_logits, last_token_hidden, load_model, pad_batch, quiet_transformers
+
+    class LabelScores(torch.nn.Module):
+        """input_ids, attention_mask -> label-word scores at each row's last real token."""
+
+        def __init__(self, lm: Any):
+            super().__init__()
+            self.lm = lm
+            self.register_buffer("label_ids", torch.tensor(label_ids, dtype=torch.long))
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            return label_logits(self.lm, last_token_hidden(self.lm, input_ids, attention_mask), self.label_ids)
+
+    with quiet_transformers():
+        # Eager attention: plain matmuls and a softmax, which every ONNX runtime runs and fuses.
+        lm = load_model(model, compute="fp32", attn="eager").float().eval()
+    sample = pad_batch([[0, 1, 2], [3, 4]], pad_id=0)
+    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
+    with _quiet_exporter(), torch.no_grad():
+        program = torch.onnx.export(
+            LabelScores(lm).eval(), (sample["input_ids"], sample["attention_mask"]), dynamo=True,
+            input_names=["input_ids", "attention_mask"], output_names=["scores"], opset_version=OPSET,
+            dynamic_shapes={"input_ids": {0: batch, 1: length}, "attention_mask": {0: batch, 1: length}},
+            optimize=True, verbose=False,
+        )
+        program.save(str(path), external_data=False)
+    return lm.config
+
+
+# onnxruntime.transformers' fuser for each config.json model_type. benchmarks/engines.py measured, side
+# by side, the fused fp32 graph 1.25-1.6x faster than the plain one and the fused int8 graph 0.75-0.8x
+# as fast as the plain int8 one (docs/benchmarks.md), so fp32 is fused and int8 is quantized unfused.
+FUSERS = {"gpt2": "gpt2"}
+
+
+def _fuse(source: Path, dest: Path, config: Any) -> list[str]:
+    """Write source with GELU/LayerNorm (and attention, where its pattern matches) fused to dest;
+    returns the fused op kinds, [] (and no file) when the family has no fuser or nothing fused."""
+    kind = FUSERS.get(getattr(config, "model_type", ""))
+    if kind is None:
+        return []
+    import onnx
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+    base = MODEL_TYPES[kind][0]
+
+    class Fuser(base):  # type: ignore[misc, valid-type]
+        def postprocess(self) -> None:
+            # GPT-2's own post-processing assumes every Gemm has a bias; the label projection has none.
+            super(base, self).postprocess()
+
+    with _quiet_exporter():
+        fuser = Fuser(onnx.load(str(source)), config.num_attention_heads, config.hidden_size)
+        fuser.optimize(FusionOptions(kind))
+        fuser.topological_sort()
+    fused = sorted(k for k, v in fuser.get_fused_operator_statistics().items() if v)
+    if fused:
+        fuser.save_model_to_file(str(dest))
+    return fused
+
+
+def _quantize(source: Path, dest: Path) -> None:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing through the root logger
+    try:
+        quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8)
+    finally:
+        root.setLevel(level)
+
+
+@contextlib.contextmanager
+def _quiet_exporter() -> Iterator[None]:
+    """The exporter logs and warns at length about things that do not matter here (torchvision ops,
+    axis names); errors still raise."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
