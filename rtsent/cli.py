@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from rtsent.config import (DEFAULT_DATA, DEFAULT_LABEL_WORDS, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, PredictConfig,
-                           PrepareConfig, PromptConfig, TrainConfig, split_list, unescape)
+                           PrepareConfig, PromptConfig, PushConfig, TrainConfig, split_list, unescape)
 from rtsent.errors import RtsentError
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -238,7 +238,13 @@ def train(
     run_name: Optional[str] = typer.Option(None, help="Name of the run folder (default: run-<date>-<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run (--run-name, default the latest) from its last checkpoint."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights from the model's config instead of its weights."),
-    config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64."),
+    config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64,n_head=2 (the config's own key names)."),
+    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) instead of every weight."),
+    lora_r: int = typer.Option(TrainConfig.lora_r, help="LoRA rank."),
+    lora_alpha: float = typer.Option(TrainConfig.lora_alpha, help="LoRA alpha (the update is scaled by alpha/r)."),
+    lora_dropout: float = typer.Option(TrainConfig.lora_dropout, help="Dropout on the LoRA input."),
+    lora_targets: Optional[str] = typer.Option(None, help="Comma-separated layer names to adapt (default: the model family's, e.g. c_attn for GPT-2, q_proj,v_proj for Llama)."),
+    lora_export: str = typer.Option(TrainConfig.lora_export, help="merged: a plain model folder (no peft needed to load); adapter: the adapter alone, loaded with its base model."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Fine-tune on the prepared data; keep the best checkpoint by validation accuracy and export it."""
@@ -247,7 +253,8 @@ def train(
                       eval_every=eval_every, save_every=save_every, save_limit=save_limit, seed=seed, loss=loss,
                       precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
                       run_name=run_name, resume=resume, from_scratch=from_scratch,
-                      config_overrides=config_overrides)
+                      config_overrides=config_overrides, lora=lora, lora_r=lora_r, lora_alpha=lora_alpha,
+                      lora_dropout=lora_dropout, lora_targets=lora_targets, lora_export=lora_export)
     from rtsent import train as stage
     from rtsent.report import print_trained
 
@@ -308,6 +315,21 @@ def predict(
     if cfg.file:
         _log(f"{stats.count} reviews in {stats.seconds:.1f} s ({stats.per_second:.0f} reviews/s; "
              f"model loaded in {stats.load_seconds:.1f} s)")
+
+
+@app.command()
+@handled
+def push(
+    run: str = typer.Argument(..., help="Run name (its exported model) or an exported model folder."),
+    repo_id: str = typer.Option(..., help="Hub repository to upload to: user/name or org/name."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
+) -> None:
+    """Upload an exported model (weights, tokenizer, rtsent.json, model card) to the Hugging Face hub."""
+    cfg = PushConfig(run=run, repo_id=repo_id, private=private)
+    from rtsent import push as stage
+
+    typer.echo(stage.run(cfg, _workspace(workdir), _log))
 
 
 def main() -> None:

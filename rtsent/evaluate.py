@@ -9,7 +9,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rtsent import __version__, prepare
+from rtsent import __version__, card, prepare
 from rtsent.cache import clean_stale, write_json
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError
@@ -89,6 +89,7 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     }
     out = Path(cfg.output) if cfg.output else _report_path(model, cfg.split, ws)
     write_json(out, report)
+    card.refresh(out.parent)  # a report next to an exported model joins its model card
     report["written_to"] = str(out)
     return report
 

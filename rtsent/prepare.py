@@ -14,7 +14,8 @@ from rtsent.config import PrepareConfig, to_dict
 from rtsent.data import build_split, open_source
 from rtsent.errors import ArtifactError
 from rtsent.faults import crash_point
-from rtsent.modeling import load_tokenizer, tokenizer_fingerprint
+from rtsent.families import check_max_len
+from rtsent.modeling import load_config, load_tokenizer, tokenizer_fingerprint
 from rtsent.prompts import PromptEncoder
 from rtsent.workspace import MANIFEST, Workspace, read_json
 
@@ -35,6 +36,9 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
     """
     ws.ensure()
     tok = load_tokenizer(cfg.model)
+    config = load_config(cfg.model)
+    if config is not None:
+        check_max_len(config, cfg.max_len, cfg.model, "pass --max-len {tokens} or less")
     encoder = PromptEncoder(cfg.prompt, tok, cfg.max_len)
     source = open_source(cfg.data)
     key = {

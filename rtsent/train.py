@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from rtsent import __version__, prepare
+from rtsent import __version__, card, lora, prepare
 from rtsent.cache import clean_stale, locked, publish, staging, write_json
 from rtsent.config import TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point, interrupt_point
+from rtsent.families import check_max_len
 from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, pad_batch,
-                             quiet_transformers, resolve_precision, tokenizer_fingerprint)
+                             quiet_transformers, resolve_precision, saved_config, tokenizer_fingerprint)
 from rtsent.workspace import MODEL_META, RunPaths, Workspace, read_json
 
 
@@ -38,6 +39,8 @@ class TrainResult:
     steps: int
     seconds: float
     train_examples_per_s: float
+    trainable_params: int = 0
+    total_params: int = 0
 
 
 class LabelCollator:
@@ -273,9 +276,16 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     # On CPU, SDPA's flash-attention backward is the slowest op of a step (a quarter of it, measured);
     # the eager attention's plain matmuls train 1.4x faster. GPUs keep SDPA.
     attn = "eager" if device.type == "cpu" else None
-    model = load_model(cfg.model, cfg.from_scratch, cfg.config_overrides, compute=precision, dropout=cfg.dropout,
-                       attn=attn)
+    # fp32 master weights whatever the stored dtype (most hub models store bf16); autocast does the rest.
+    model = load_model(cfg.model, cfg.from_scratch, cfg.config_overrides, dtype=torch.float32, compute=precision,
+                       dropout=cfg.dropout, attn=attn)
+    check_max_len(model.config, manifest["max_len"], cfg.model,
+                  f"prepared data {prepared_path.name} is too long for it: re-run `rtsent prepare --model {cfg.model}` "
+                  "--max-len {tokens} or less")
     model.config.pad_token_id = tok.pad_token_id
+    if cfg.lora:
+        model = lora.wrap(model, cfg)
+    trainable, total = lora.parameter_counts(model)
     vocab = model.get_output_embeddings().weight.shape[0]
     if max(manifest["label_ids"]) >= vocab:
         raise ArtifactError(f"model {cfg.model} has {vocab} output tokens, fewer than the tokenizer's; use a matching model")
@@ -294,7 +304,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     # (datasets' own sort() writes one even with keep_in_memory=True.)
     order = np.argsort(np.asarray(dd["validation"]["length"]), kind="stable")
     eval_ds = dd["validation"].select(order, keep_in_memory=True)
-    args, total = _training_arguments(cfg, paths, device, precision, len(train_ds))
+    args, steps = _training_arguments(cfg, paths, device, precision, len(train_ds))
     stopper = StopOnSignal()
     trainer = LabelPositionTrainer(
         model=model,
@@ -312,7 +322,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    log(f"training {paths.name}: {len(train_ds)} examples, {total} steps, {precision} on {device.type}")
+    log(f"training {paths.name}: {len(train_ds)} examples, {steps} steps, {precision} on {device.type}")
     started = time.perf_counter()
     stopper.install()
     try:
@@ -330,7 +340,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     if is_main_process():
         _export(trainer, tok, ws, paths, cfg, manifest, state)
     return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
-                       output.metrics.get("train_samples_per_second", 0.0))
+                       output.metrics.get("train_samples_per_second", 0.0), trainable, total)
 
 
 def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device, precision: str,
@@ -406,7 +416,10 @@ def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: Tra
             manifest: dict[str, Any], state: Any) -> None:
     """Write the (best) model as a standalone HF folder plus rtsent.json, atomically."""
     with staging(ws, f"export-{paths.name}") as tmp:
-        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        trainable = lora.parameter_counts(trainer.model)[0]
+        model = lora.for_export(trainer.model, cfg.lora_export, lora.base_reference(cfg.model))
+        with saved_config(model):  # the base architecture, not rtsent's run-time training choices
+            model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         crash_point("export:before-meta")
         write_json(tmp / MODEL_META, {
@@ -421,5 +434,8 @@ def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: Tra
             "run": paths.name,
             "train": to_dict(cfg),
             "best": {"step": state.best_global_step, "validation_accuracy": state.best_metric},
+            **({"lora": {"export": cfg.lora_export, "base_model": lora.base_reference(cfg.model),
+                         "trainable_params": trainable}} if cfg.lora else {}),
         })
+        card.write(tmp)
         publish(tmp, paths.model)
