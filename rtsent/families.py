@@ -115,7 +115,8 @@ def swap_kernels(model: Any, compute: str) -> int:
 
 def final_logits(model: Any, logits: Any) -> Any:
     """Apply what the family's forward does to lm_head's output (transformers 5): Cohere multiplies by
-    `logit_scale`, Granite divides by `logits_scaling`, Gemma 2/3 soft-cap with `final_logit_softcapping`.
+    `logit_scale`, Granite and MiniCPM divide by `logits_scaling`, Gemma 2/3 soft-cap with
+    `final_logit_softcapping`.
     GPT-2, OPT, GPT-NeoX, Llama, Mistral and Qwen2 use the head's output as it is."""
     import torch
 
@@ -124,7 +125,7 @@ def final_logits(model: Any, logits: Any) -> Any:
     if isinstance(scale, (int, float)):
         logits = logits * scale
     scaling = getattr(config, "logits_scaling", None)
-    if isinstance(scaling, (int, float)) and getattr(config, "model_type", "").startswith("granite"):
+    if isinstance(scaling, (int, float)):  # MiniCPM divides the hidden state instead: the same, the head being linear
         logits = logits / scaling
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:

@@ -260,21 +260,23 @@ def quiet_transformers() -> Iterator[None]:
 class Classifier:
     """A model ready to score reviews: tokenizer, prompt encoder and batched scorer together."""
 
-    def __init__(self, name: str, meta: dict[str, Any], prompt: Any, max_len: int, precision: str = "auto"):
+    def __init__(self, name: str, meta: dict[str, Any], prompt: Any, max_len: int | None, precision: str = "auto",
+                 default_max_len: int = 128):
+        from rtsent.families import check_max_len, context_length
         from rtsent.prompts import PromptEncoder
 
         self.name = name
         self.meta = meta
         self.prompt = prompt
         self.tokenizer = load_tokenizer(name)
-        self.encoder = PromptEncoder(prompt, self.tokenizer, max_len)
         device = default_device()
         precision = resolve_precision(precision, device)
         with quiet_transformers():
             model = load_model(name, dtype=DTYPES[precision], compute=precision)
-        from rtsent.families import check_max_len
-
+        if max_len is None:  # not asked for: the default, unless the model's context is shorter
+            max_len = min(default_max_len, (context_length(model.config) or ("", default_max_len))[1])
         check_max_len(model.config, max_len, name, "pass --max-len {tokens} or less")
+        self.encoder = PromptEncoder(prompt, self.tokenizer, max_len)
         self.scorer = Scorer(model, self.encoder.label_ids, self.tokenizer.pad_token_id, precision, device)
 
     @property
@@ -320,10 +322,10 @@ def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, 
                 f"{model} was trained with template {trained.template!r} and label words "
                 f"{list(trained.label_words)!r}; drop --template/--label-words to use them"
             )
-        return Classifier(model, meta, trained, max_len or meta.get("max_len", 128), precision)
+        return Classifier(model, meta, trained, max_len, precision, default_max_len=meta.get("max_len", 128))
     if prompt is None:
         raise ArtifactError(
             f"{model} has no {MODEL_META}, so it was not exported by `rtsent train`; pass a run's model folder, "
             f"or score it as a base model zero-shot with --zero-shot (evaluate) or --template/--label-words"
         )
-    return Classifier(model, {}, prompt, max_len or 128, precision)
+    return Classifier(model, {}, prompt, max_len, precision)
