@@ -16,7 +16,7 @@ from rtsent.errors import ArtifactError
 from rtsent.faults import crash_point
 from rtsent.families import check_max_len
 from rtsent.modeling import load_config, load_tokenizer, tokenizer_fingerprint
-from rtsent.prompts import PromptEncoder
+from rtsent.prompts import ENCODING_VERSION, PromptEncoder
 from rtsent.workspace import MANIFEST, Workspace, read_json
 
 TOKENIZE_CHUNK = 2048
@@ -47,6 +47,7 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
         "prompt": to_dict(cfg.prompt),
         "max_len": cfg.max_len,
         "columns": [cfg.text_column, cfg.label_column],
+        "encoding": ENCODING_VERSION,
     }
     fp = fingerprint({"stage": "prepare", **key})
     dest = ws.prepared(fp)

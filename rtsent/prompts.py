@@ -10,6 +10,9 @@ from rtsent.errors import UsageError
 
 
 CHARS_PER_TOKEN = 32
+# Bumped whenever the same tokenizer and prompt give other ids (2: BOS and in-context suffix/label words),
+# so that prepared datasets tokenized the old way are rebuilt, not reused.
+ENCODING_VERSION = 2
 
 
 @dataclass(frozen=True)
