@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,22 +62,16 @@ def test_merged_export_is_a_plain_folder_that_loads_without_peft(lora_runs):
     assert not (merged.model_dir / "adapter_config.json").exists()
     clf = open_classifier(str(merged.model_dir), precision="fp32")
     prompt = clf.prompt.template.format(text="a brilliant film")
-    code = (
-        "import json, sys; sys.modules['peft'] = None\n"  # importing peft now fails: the folder must not need it
-        "from transformers import pipeline\n"
-        "g = pipeline('text-generation', model=sys.argv[1], device='cpu')\n"
-        "text = g(sys.argv[2], max_new_tokens=1, do_sample=False, return_full_text=False)[0]['generated_text']\n"
-        "ids = g.tokenizer(sys.argv[2], return_tensors='pt')\n"
-        "logits = g.model(**ids).logits[0, -1, json.loads(sys.argv[3])]\n"
-        "print(json.dumps([text, logits.tolist()]))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code, str(merged.model_dir), prompt, json.dumps(clf.encoder.label_ids)],
-                          capture_output=True, text=True, env={**os.environ, "TRANSFORMERS_VERBOSITY": "error"},
-                          timeout=300)
-    assert done.returncode == 0, done.stderr
-    text, logits = json.loads(done.stdout.strip().splitlines()[-1])
+    # No adapter_config.json: transformers loads it as a plain model, never asking peft.
+    from transformers import pipeline
+
+    generate = pipeline("text-generation", model=str(merged.model_dir), device="cpu")
+    assert type(generate.model).__module__.startswith("transformers.")
+    text = generate(prompt, max_new_tokens=1, do_sample=False, return_full_text=False)[0]["generated_text"]
     assert isinstance(text, str) and text
-    np.testing.assert_allclose(clf.scores(clf.encoder.encode(["a brilliant film"]).input_ids)[0], logits, atol=1e-4)
+    with torch.no_grad():
+        logits = generate.model(**generate.tokenizer(prompt, return_tensors="pt")).logits[0, -1, clf.encoder.label_ids]
+    np.testing.assert_allclose(clf.scores(clf.encoder.encode(["a brilliant film"]).input_ids)[0], logits.numpy(), atol=1e-4)
 
 
 def test_adapter_export_records_its_base_and_scores_like_the_merged_export(lora_runs, tiny_model_dir):
