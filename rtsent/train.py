@@ -285,7 +285,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     model.config.pad_token_id = tok.pad_token_id
     if cfg.lora:
         model = lora.wrap(model, cfg)
-    trainable, total = lora.parameter_counts(model)
+    trainable, params = lora.parameter_counts(model)
     vocab = model.get_output_embeddings().weight.shape[0]
     if max(manifest["label_ids"]) >= vocab:
         raise ArtifactError(f"model {cfg.model} has {vocab} output tokens, fewer than the tokenizer's; use a matching model")
@@ -304,7 +304,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     # (datasets' own sort() writes one even with keep_in_memory=True.)
     order = np.argsort(np.asarray(dd["validation"]["length"]), kind="stable")
     eval_ds = dd["validation"].select(order, keep_in_memory=True)
-    args, steps = _training_arguments(cfg, paths, device, precision, len(train_ds))
+    args, total = _training_arguments(cfg, paths, device, precision, len(train_ds))
     stopper = StopOnSignal()
     trainer = LabelPositionTrainer(
         model=model,
@@ -322,7 +322,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
-    log(f"training {paths.name}: {len(train_ds)} examples, {steps} steps, {precision} on {device.type}")
+    log(f"training {paths.name}: {len(train_ds)} examples, {total} steps, {precision} on {device.type}")
     started = time.perf_counter()
     stopper.install()
     try:
@@ -340,7 +340,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     if is_main_process():
         _export(trainer, tok, ws, paths, cfg, manifest, state)
     return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
-                       output.metrics.get("train_samples_per_second", 0.0), trainable, total)
+                       output.metrics.get("train_samples_per_second", 0.0), trainable, params)
 
 
 def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device, precision: str,
