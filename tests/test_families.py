@@ -263,3 +263,27 @@ def test_dropout_on_a_config_without_dropout_says_so():
     assert families.set_dropout(type("C", (), {"to_dict": lambda self: {}, "model_type": "x"})(), 0.0) == {}
     with pytest.raises(UsageError, match="no dropout setting"):
         families.set_dropout(type("C", (), {"to_dict": lambda self: {"hidden_size": 8}, "model_type": "x"})(), 0.1)
+
+
+class _OnlyTwoMethods:
+    """A tokenizer offering nothing but the two calls PromptEncoder may use (as a torch-free adapter does)."""
+
+    def __init__(self, tok):
+        self._tok = tok
+
+    def __call__(self, texts, add_special_tokens):
+        return {"input_ids": self._tok(texts, add_special_tokens=add_special_tokens)["input_ids"]}
+
+    def convert_ids_to_tokens(self, ids):
+        return self._tok.convert_ids_to_tokens(ids)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt"])
+def test_prompt_encoder_needs_only_calling_the_tokenizer_and_naming_its_tokens(family_dirs, family):
+    tok = load_tokenizer(str(family_dirs[family]))
+    texts = ["a charming story", "dull"]
+    full = PromptEncoder(PromptConfig(), tok, 24)
+    minimal = PromptEncoder(PromptConfig(), _OnlyTwoMethods(tok), 24)
+    assert (minimal.label_ids, minimal.encode(texts)) == (full.label_ids, full.encode(texts))
+    with pytest.raises(UsageError, match="not one"):
+        PromptEncoder(PromptConfig(label_words=(" negative", " wonderfully")), _OnlyTwoMethods(tok), 24)
