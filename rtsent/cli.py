@@ -15,7 +15,7 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from rtsent.config import (DEFAULT_DATA, DEFAULT_LABEL_WORDS, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, ExportConfig,
-                           PredictConfig, PrepareConfig, PromptConfig, TrainConfig, split_list, unescape)
+                           PredictConfig, PrepareConfig, PromptConfig, PushConfig, TrainConfig, split_list, unescape)
 from rtsent.errors import RtsentError
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -245,12 +245,18 @@ def train(
     run_name: Optional[str] = typer.Option(None, help="Name of the run folder (default: run-<date>-<time>)."),
     resume: bool = typer.Option(False, "--resume", help="Continue a run (--run-name, default the latest) from its last checkpoint."),
     from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights from the model's config instead of its weights."),
-    config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64,n_head=2."),
+    config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64,n_head=2 (the config's own key names)."),
     early_stopping: Optional[int] = typer.Option(None, help="Stop after N evaluations without a better validation accuracy."),
     class_weights: str = typer.Option(TrainConfig.class_weights, help="auto: weight each class's loss by its inverse frequency in train (imbalanced data); none."),
     report_to: str = typer.Option(TrainConfig.report_to, help="Also log to these Trainer integrations: tensorboard (events in runs/<name>/tensorboard), wandb, mlflow, ... (comma-separated, installed ones), or none."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the training-curves PNG (runs/<name>/plots/)."),
     onnx: bool = typer.Option(TrainConfig.onnx, "--onnx/--no-onnx", help="Also export an ONNX graph of the model (the fast predict engine)."),
+    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) instead of every weight."),
+    lora_r: int = typer.Option(TrainConfig.lora_r, help="LoRA rank."),
+    lora_alpha: float = typer.Option(TrainConfig.lora_alpha, help="LoRA alpha (the update is scaled by alpha/r)."),
+    lora_dropout: float = typer.Option(TrainConfig.lora_dropout, help="Dropout on the LoRA input."),
+    lora_targets: Optional[str] = typer.Option(None, help="Comma-separated layer names to adapt (default: the model family's, e.g. c_attn for GPT-2, q_proj,v_proj for Llama)."),
+    lora_export: str = typer.Option(TrainConfig.lora_export, help="merged: a plain model folder (no peft needed to load); adapter: the adapter alone, loaded with its base model."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Fine-tune on the prepared data; keep the best checkpoint by validation accuracy and export it."""
@@ -260,7 +266,9 @@ def train(
                       precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
                       run_name=run_name, resume=resume, from_scratch=from_scratch,
                       config_overrides=config_overrides, early_stopping=early_stopping, class_weights=class_weights,
-                      report_to=report_to, plots=not no_plots, onnx=onnx)
+                      report_to=report_to, plots=not no_plots, onnx=onnx, lora=lora, lora_r=lora_r,
+                      lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
+                      lora_export=lora_export)
     from rtsent import train as stage
     from rtsent.report import print_trained
 
@@ -391,6 +399,21 @@ def export_(
 
     folder, record = stage.run(cfg, _workspace(workdir), _log)
     _log(f"wrote {', '.join(record['graphs'].values())} in {folder} (the onnx engine)")
+
+
+@app.command()
+@handled
+def push(
+    run: str = typer.Argument(..., help="Run name (its exported model) or an exported model folder."),
+    repo_id: str = typer.Option(..., help="Hub repository to upload to: user/name or org/name."),
+    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
+    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
+) -> None:
+    """Upload an exported model (weights, tokenizer, rtsent.json, model card) to the Hugging Face hub."""
+    cfg = PushConfig(run=run, repo_id=repo_id, private=private)
+    from rtsent import push as stage
+
+    typer.echo(stage.run(cfg, _workspace(workdir), _log))
 
 
 def main() -> None:

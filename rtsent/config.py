@@ -190,6 +190,17 @@ class TrainConfig:
     """Draw the training curves to runs/<name>/plots/training.png at the end."""
     onnx: bool = True
     """Also export the model as an ONNX graph (the fast engine of evaluate/predict)."""
+    lora: bool = False
+    """Train LoRA adapters (peft) instead of every weight."""
+    lora_r: int = 8
+    """Rank of the LoRA update matrices."""
+    lora_alpha: float = 16.0
+    """LoRA scaling: the update is multiplied by alpha / r."""
+    lora_dropout: float = 0.0
+    lora_targets: str | None = None
+    """Comma-separated layer names LoRA adapts; default: the family's (GPT-2: c_attn, Llama: q_proj,v_proj)."""
+    lora_export: str = "merged"
+    """merged: a plain model folder (adapter merged into the weights); adapter: the adapter alone."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -226,7 +237,24 @@ class TrainConfig:
             problems.append("--config-overrides only applies with --from-scratch")
         if self.run_name is not None and not _safe_name(self.run_name):
             problems.append(f"--run-name may use letters, digits, '.', '_' and '-' only, got {self.run_name!r}")
+        problems += self._lora_problems()
         _check(problems)
+
+    def _lora_problems(self) -> list[str]:
+        if not self.lora:
+            fields = [f for f in dataclasses.fields(self) if f.name.startswith("lora_")]
+            changed = [f.name for f in fields if getattr(self, f.name) != f.default]
+            return [f"--{k.replace('_', '-')} needs --lora" for k in changed]
+        problems = []
+        if self.lora_r <= 0 or self.lora_alpha <= 0:
+            problems.append("--lora-r and --lora-alpha must be positive")
+        if not 0 <= self.lora_dropout < 1:
+            problems.append(f"--lora-dropout must be in [0, 1), got {self.lora_dropout}")
+        if self.lora_export not in ("merged", "adapter"):
+            problems.append(f"--lora-export must be merged or adapter, got {self.lora_export!r}")
+        elif self.lora_export == "adapter" and self.from_scratch:
+            problems.append("--lora-export adapter needs saved base weights; with --from-scratch use --lora-export merged")
+        return problems
 
 
 @dataclass(frozen=True)
@@ -323,6 +351,20 @@ def _scoring_problems(precision: str, engine: str) -> list[str]:
     if engine not in ENGINES:
         problems.append(f"--engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     return problems
+
+
+@dataclass(frozen=True)
+class PushConfig:
+    """Options of `rtsent push`."""
+
+    run: str
+    """Run name (its exported model) or an exported model folder."""
+    repo_id: str
+    """Hub repository, "user/name" or "org/name"."""
+    private: bool = False
+
+    def __post_init__(self) -> None:
+        _check([] if self.repo_id.strip() else ["--repo-id must not be empty"])
 
 
 def _is_utf8(text: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rtsent import __version__, calibration, prepare
+from rtsent import __version__, calibration, card, prepare
 from rtsent.cache import _umask, clean_stale, write_json
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
@@ -126,6 +126,8 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
 
         report["plots"] = [str(p.path) for p in evaluation_plots(report, out.parent / "plots", out.stem)]
     write_json(out, report)  # last: a report on disk means its plots and errors file are complete
+    if _is_run_export(out.parent, ws):
+        card.refresh(out.parent)  # a report next to a run's exported model joins its model card
     report["written_to"] = str(out)
     return report
 

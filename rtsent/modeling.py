@@ -54,33 +54,52 @@ def load_tokenizer(name: str) -> Any:
     return tok
 
 
+def load_config(name: str) -> Any | None:
+    """The model's config, or None where there is none to read (a tokenizer-only folder)."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(_source(name))
+    except (OSError, ValueError):
+        return None
+
+
 def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype: torch.dtype | None = None,
                compute: str = "fp32", dropout: float | None = None, attn: str | None = None) -> Any:
     """A causal LM from a folder or hub name; with from_scratch, random weights from its config.
 
-    `compute` is the precision the model will run in (see tune_config); `dropout`, when given,
-    replaces the config's dropout rates; `attn` picks the attention implementation (default: the
-    library's, SDPA). Weights load only from safetensors, never with remote code.
+    `dtype` is the dtype of the weights in memory (training passes float32 for fp32 master weights
+    whatever the stored dtype; None keeps the stored one); `compute` is the precision the model will
+    run in (fast kernels are swapped in for it at run time, see families.swap_kernels); `dropout`, when
+    given, replaces every dropout rate of the config; `attn` picks the attention implementation
+    (default: the library's, SDPA). A folder holding a LoRA adapter (adapter_config.json) loads its
+    base model and merges the adapter. Weights load only from safetensors, never with remote code.
+
+    The config as loaded is kept in `model.rtsent_restore`, so that a saved model describes the same
+    architecture as the one it came from, whatever was changed for training (see saved_config).
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from rtsent import families
+
     source = _source(name)
+    if (Path(source) / ADAPTER_CONFIG).is_file():
+        from rtsent.lora import load_adapter
+
+        return load_adapter(source, dtype=dtype, compute=compute, attn=attn)
     try:
         config = AutoConfig.from_pretrained(source)
         if from_scratch and overrides:
-            try:
-                config.update_from_string(overrides)
-            except (ValueError, AttributeError) as exc:
-                raise UsageError(f"--config-overrides {overrides!r}: {exc}") from None
-            width, heads = getattr(config, "n_embd", None), getattr(config, "n_head", None)
-            if width and heads and width % heads:
-                raise UsageError(f"--config-overrides: n_embd={width} is not divisible by n_head={heads}; "
-                                 f"add n_head=..., e.g. n_head=2")
-        tune_config(config, compute, dropout)
+            config = families.apply_overrides(config, overrides)
+        loaded = config.to_dict()
+        if dropout is not None:
+            families.set_dropout(config, dropout)
         extra = {"attn_implementation": attn} if attn else {}
         if from_scratch:
-            return AutoModelForCausalLM.from_config(config, **extra)
-        return AutoModelForCausalLM.from_pretrained(source, config=config, use_safetensors=True, dtype=dtype, **extra)
+            model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32, **extra)
+        else:
+            model = AutoModelForCausalLM.from_pretrained(source, config=config, use_safetensors=True, dtype=dtype,
+                                                         **extra)
     except UsageError:
         raise
     except (OSError, ValueError, RuntimeError) as exc:
@@ -89,24 +108,33 @@ def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype
         if type(exc).__name__ == "SafetensorError":
             raise ArtifactError(f"the weights in {source} are unreadable ({exc}); re-export or re-train the model") from None
         raise
+    families.swap_kernels(model, compute)
+    model.rtsent_restore = loaded
+    return model
 
 
-DROPOUT_KEYS = ("resid_pdrop", "embd_pdrop", "attn_pdrop")
+ADAPTER_CONFIG = "adapter_config.json"
 
 
-def tune_config(config: Any, compute: str, dropout: float | None) -> None:
-    """Pick the fastest kernels that compute the same function at the precision the model runs in.
+# Config keys a training run may change on purpose and saves: pad_token_id (generation needs one).
+KEPT_CONFIG_KEYS = ("pad_token_id", "dtype", "torch_dtype", "transformers_version")
 
-    GPT-2's "gelu_new" is tanh-GELU written as a chain of elementwise ops. In fp32 it becomes the same
-    function as one fused kernel; in bf16/fp16 it becomes exact (erf) GELU, 4x cheaper on CPU, whose
-    largest difference from tanh-GELU (5e-4) is below bf16's own rounding of the activations.
-    """
-    if getattr(config, "activation_function", None) == "gelu_new":
-        config.activation_function = "gelu_pytorch_tanh" if compute == "fp32" else "gelu"
-    if dropout is not None:
-        for key in DROPOUT_KEYS:
-            if hasattr(config, key):
-                setattr(config, key, dropout)
+
+@contextlib.contextmanager
+def saved_config(model: Any) -> Iterator[None]:
+    """Within the block the model's config holds the values it was loaded with (not the dropout rtsent
+    trained with, nor the Trainer's use_cache=False), so save_pretrained writes the base architecture."""
+    loaded = getattr(model, "rtsent_restore", None) or {}
+    config = model.config
+    changed = {key: getattr(config, key) for key, value in loaded.items()
+               if key not in KEPT_CONFIG_KEYS and hasattr(config, key) and getattr(config, key) != value}
+    for key in changed:
+        setattr(config, key, loaded[key])
+    try:
+        yield
+    finally:
+        for key, value in changed.items():
+            setattr(config, key, value)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -155,12 +183,15 @@ def next_token_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch
 
 
 def label_logits(model: Any, hidden: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
-    """Next-token logits of the label words only: [batch, classes]."""
+    """Next-token logits of the label words only: [batch, classes], as the model's own forward computes
+    them (including a family's final logit scaling or soft-capping)."""
+    from rtsent.families import final_logits
+
     head = model.get_output_embeddings()
     scores = hidden @ head.weight[label_ids].to(hidden.dtype).T
     if getattr(head, "bias", None) is not None:
         scores = scores + head.bias[label_ids].to(hidden.dtype)
-    return scores
+    return final_logits(model, scores)
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:

@@ -14,8 +14,9 @@ from rtsent.config import PrepareConfig, to_dict
 from rtsent.data import Source, Split, SplitPlan, build_splits, open_source, plan_splits, source_id
 from rtsent.errors import ArtifactError
 from rtsent.faults import crash_point
-from rtsent.modeling import load_tokenizer, tokenizer_fingerprint
-from rtsent.prompts import PromptEncoder
+from rtsent.families import check_max_len
+from rtsent.modeling import load_config, load_tokenizer, tokenizer_fingerprint
+from rtsent.prompts import ENCODING_VERSION, PromptEncoder
 from rtsent.workspace import MANIFEST, Workspace, read_json
 
 TOKENIZE_CHUNK = 2048
@@ -35,6 +36,9 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
     """
     ws.ensure()
     tok = load_tokenizer(cfg.model)
+    config = load_config(cfg.model)
+    if config is not None:
+        check_max_len(config, cfg.max_len, cfg.model, "pass --max-len {tokens} or less")
     encoder = PromptEncoder(cfg.prompt, tok, cfg.max_len)
     source = open_source(cfg.data, cfg.subset)
     plan = plan_splits(source, cfg.split_map, cfg.validation_fraction, cfg.seed)
@@ -89,6 +93,7 @@ def _cache_key(cfg: PrepareConfig, tok: Any, source: Source, plan: SplitPlan) ->
         "prompt": to_dict(cfg.prompt),
         "max_len": cfg.max_len,
         "columns": [cfg.text_column, cfg.label_column],
+        "encoding": ENCODING_VERSION,
     }
 
 

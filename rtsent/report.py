@@ -35,6 +35,9 @@ def print_trained(result: Any) -> None:
         f"run {result.run.name}: {result.steps} steps in {result.seconds:.1f} s "
         f"({result.train_examples_per_s:.1f} examples/s); best validation accuracy {acc} at step {result.best_step}"
     ))
+    if result.total_params:
+        share = 100 * result.trainable_params / result.total_params
+        console.print(Text(f"trainable parameters: {result.trainable_params:,} of {result.total_params:,} ({share:.2f} %)"))
     console.print(Text(f"model exported to {result.model_dir}"))
     cal = getattr(result, "calibration", None)
     if cal:

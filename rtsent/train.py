@@ -18,15 +18,16 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from rtsent import __version__, distributed, prepare
+from rtsent import __version__, card, distributed, lora, prepare
 from rtsent.cache import clean_stale, locked, publish, staging, write_json
 from rtsent.config import TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point, interrupt_point
 from rtsent.train_options import (class_weights, early_stopping_callbacks, early_stopping_record, label_position_loss,
                                   record, tracker_setup, trackers)
+from rtsent.families import check_max_len
 from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, pad_batch,
-                             quiet_transformers, resolve_precision, tokenizer_fingerprint)
+                             quiet_transformers, resolve_precision, saved_config, tokenizer_fingerprint)
 from rtsent.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
 
 
@@ -41,6 +42,8 @@ class TrainResult:
     train_examples_per_s: float
     calibration: dict[str, Any] | None = None
     plots: tuple[Path, ...] = ()
+    trainable_params: int = 0
+    total_params: int = 0
 
 
 class LabelCollator:
@@ -302,9 +305,16 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     # On CPU, SDPA's flash-attention backward is the slowest op of a step (a quarter of it, measured);
     # the eager attention's plain matmuls train 1.4x faster. GPUs keep SDPA.
     attn = "eager" if device.type == "cpu" else None
-    model = load_model(cfg.model, cfg.from_scratch, cfg.config_overrides, compute=precision, dropout=cfg.dropout,
-                       attn=attn)
+    # fp32 master weights whatever the stored dtype (most hub models store bf16); autocast does the rest.
+    model = load_model(cfg.model, cfg.from_scratch, cfg.config_overrides, dtype=torch.float32, compute=precision,
+                       dropout=cfg.dropout, attn=attn)
+    check_max_len(model.config, manifest["max_len"], cfg.model,
+                  f"prepared data {prepared_path.name} is too long for it: re-run `rtsent prepare --model {cfg.model}` "
+                  "--max-len {tokens} or less")
     model.config.pad_token_id = tok.pad_token_id
+    if cfg.lora:
+        model = lora.wrap(model, cfg)
+    trainable, params = lora.parameter_counts(model)
     vocab = model.get_output_embeddings().weight.shape[0]
     if max(manifest["label_ids"]) >= vocab:
         raise ArtifactError(f"model {cfg.model} has {vocab} output tokens, fewer than the tokenizer's; use a matching model")
@@ -376,7 +386,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 
             plots = (training_curves(paths.metrics, paths.dir / "plots" / "training.png", best_step).path,)
     return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
-                       timing["train_examples_per_s"], calibration, plots)
+                       timing["train_examples_per_s"], calibration, plots, trainable, params)
 
 
 def _fit_temperature(trainer: Trainer, eval_ds: Any) -> dict[str, Any]:
@@ -472,7 +482,10 @@ def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: Tra
             log: Callable[[str], None]) -> None:
     """Write the (best) model as a standalone HF folder plus rtsent.json (and its ONNX graph), atomically."""
     with staging(ws, f"export-{paths.name}") as tmp:
-        trainer.model.save_pretrained(str(tmp), safe_serialization=True)
+        trainable = lora.parameter_counts(trainer.model)[0]
+        model = lora.for_export(trainer.model, cfg.lora_export, lora.base_reference(cfg.model))
+        with saved_config(model):  # the base architecture, not rtsent's run-time training choices
+            model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         crash_point("export:before-meta")
         write_json(tmp / MODEL_META, {
@@ -489,7 +502,10 @@ def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: Tra
             "best": {"step": state.best_global_step, "validation_accuracy": state.best_metric},
             "calibration": calibration,
             "training": timing,
+            **({"lora": {"export": cfg.lora_export, "base_model": lora.base_reference(cfg.model),
+                         "trainable_params": trainable}} if cfg.lora else {}),
         })
+        card.write(tmp)
         if cfg.onnx:
             from rtsent.export import after_training
 

@@ -202,17 +202,16 @@ def test_ece_zero_when_confidence_matches_accuracy_and_large_when_overconfident(
     assert expected_calibration_error(sure, np.array([1, 1, 0, 1]), 10) == pytest.approx(0.99 - 0.25)
 
 
-def test_tune_config_swaps_gelu_for_an_equal_or_finer_than_bf16_kernel_and_sets_dropout():
-    from transformers import GPT2Config
+def test_fast_kernels_are_swapped_at_run_time_and_the_config_keeps_gelu_new(tiny_model_dir):
     from transformers.activations import ACT2FN
 
-    from rtsent.modeling import tune_config
-
-    fp32, bf16 = GPT2Config(), GPT2Config()
-    tune_config(fp32, "fp32", None)
-    tune_config(bf16, "bf16", 0.0)
-    assert fp32.activation_function == "gelu_pytorch_tanh" and fp32.resid_pdrop == 0.1
-    assert bf16.activation_function == "gelu" and (bf16.resid_pdrop, bf16.embd_pdrop, bf16.attn_pdrop) == (0, 0, 0)
+    fp32 = load_model(str(tiny_model_dir), compute="fp32", dropout=0.0)
+    bf16 = load_model(str(tiny_model_dir), compute="bf16", dropout=None)
+    assert fp32.config.activation_function == bf16.config.activation_function == "gelu_new"
+    assert type(fp32.transformer.h[0].mlp.act) is type(ACT2FN["gelu_pytorch_tanh"])
+    assert type(bf16.transformer.h[0].mlp.act) is type(ACT2FN["gelu"])
+    assert fp32.config.resid_pdrop == 0.0 and bf16.config.resid_pdrop == 0.1
+    assert fp32.rtsent_restore["resid_pdrop"] == 0.1  # put back before the model is saved
     x = torch.linspace(-8, 8, 20001)
     reference = ACT2FN["gelu_new"](x)
     torch.testing.assert_close(ACT2FN["gelu_pytorch_tanh"](x), reference, rtol=1e-6, atol=1e-6)  # same function

@@ -24,7 +24,7 @@ def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, 
     from rtsent.errors import ArtifactError, UsageError
 
     meta, prompt = read_model_meta(model, prompt)
-    max_len = max_len or meta.get("max_len", DEFAULT_MAX_LEN)
+    max_len = fitting_max_len(model, max_len or meta.get("max_len"), DEFAULT_MAX_LEN)
     graph = onnx_graph(model, meta, precision)
     wants_onnx = precision == "int8" or (graph is not None and precision in ONNX_PRECISIONS)
     if engine == "onnx" or (engine == "auto" and wants_onnx):
@@ -40,3 +40,36 @@ def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, 
     from rtsent.engines.torch import TorchClassifier
 
     return TorchClassifier(model, meta, prompt, max_len, precision)
+
+
+def fitting_max_len(model: str, max_len: int | None, default: int) -> int:
+    """The prompt length to score with: the one asked for (or trained with), refused with one line when
+    it exceeds the model's context; when none was asked for, the default cut to the context."""
+    from rtsent.families import check_max_len, context_length
+
+    config = _config(model)
+    if config is None:
+        return max_len or default
+    if max_len is None:
+        return min(default, (context_length(config) or ("", default))[1])
+    check_max_len(config, max_len, model, "pass --max-len {tokens} or less")
+    return max_len
+
+
+def _config(model: str) -> Any:
+    """The model's config: config.json read as JSON (no transformers), or through transformers for a hub name."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    path = Path(model).expanduser() / "config.json"
+    if path.is_file():
+        try:
+            return SimpleNamespace(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError):
+            return None
+    if Path(model).expanduser().exists():
+        return None
+    from rtsent.modeling import load_config
+
+    return load_config(model)

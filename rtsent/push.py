@@ -1,0 +1,66 @@
+"""Upload an exported model folder (weights, tokenizer, rtsent.json, model card) to the Hugging Face hub."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+from rtsent import card
+from rtsent.config import PushConfig
+from rtsent.errors import ArtifactError, HubError, UsageError
+from rtsent.workspace import MODEL_META, Workspace
+
+AUTH_HINT = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
+
+
+def model_folder(ref: str, ws: Workspace) -> Path:
+    """An exported model folder given as a path, or the model of the run named `ref`."""
+    path = Path(ref).expanduser()
+    if (path / MODEL_META).is_file():
+        return path
+    run = ws.run(ref).model if "/" not in ref else path
+    if (run / MODEL_META).is_file():
+        return run
+    raise ArtifactError(f"{ref} is neither a run with an exported model in {ws.runs_dir} nor a model folder with "
+                        f"{MODEL_META}; finish the run with `rtsent train` (or pass its model folder)")
+
+
+def run(cfg: PushConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None) -> str:
+    """Create the repository if needed (private when asked) and upload the folder; returns its URL.
+
+    Raises UsageError for a malformed repo id or missing login, HubError when the hub refuses or is
+    unreachable, ArtifactError when there is no exported model to push.
+    """
+    folder = model_folder(cfg.run, ws)
+    if not (folder / card.CARD).is_file():
+        card.write(folder)
+    from huggingface_hub import HfApi
+    from huggingface_hub import errors as hub_errors
+
+    try:
+        api = HfApi()
+        url = api.create_repo(cfg.repo_id, private=cfg.private, exist_ok=True, repo_type="model")
+        log(f"uploading {folder} to {cfg.repo_id}")
+        api.upload_folder(repo_id=cfg.repo_id, folder_path=str(folder), repo_type="model",
+                          commit_message=f"Upload {folder.parent.name if folder.name == 'model' else folder.name} (rtsent)")
+    except hub_errors.HFValidationError as exc:
+        raise UsageError(f"--repo-id {cfg.repo_id!r} is not a valid repository name ({_first(exc)}); "
+                         f"use user/name or org/name") from None
+    except hub_errors.LocalTokenNotFoundError:
+        raise UsageError(f"not logged in to the Hugging Face hub; {AUTH_HINT}") from None
+    except hub_errors.OfflineModeIsEnabled:
+        raise HubError("HF_HUB_OFFLINE is set, so nothing can be uploaded; unset it and push again") from None
+    except hub_errors.HfHubHTTPError as exc:
+        status = getattr(exc.response, "status_code", None)
+        if status in (401, 403):
+            raise HubError(f"the hub refused to write {cfg.repo_id} (HTTP {status}); {AUTH_HINT}") from None
+        raise HubError(f"the hub could not take {cfg.repo_id}: {_first(exc)}; try again later") from None
+    except (hub_errors.HTTPError, OSError) as exc:
+        raise HubError(f"cannot reach the Hugging Face hub ({_first(exc)}); check the network (or HF_ENDPOINT "
+                       f"and proxy settings) and push again") from None
+    return str(url)
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
