@@ -248,6 +248,13 @@ def test_port_in_use_and_missing_model_are_one_line_errors(model, tmp_path):
                              capture_output=True, text=True, timeout=60)
     assert missing.returncode == 1 and "no trained model" in missing.stderr
     assert missing.stderr.strip().count("\n") == 0
+    broken = tmp_path / "broken-model"  # found, but fails while loading (after the server started)
+    broken.mkdir()
+    (broken / "rtsent.json").write_text("{")
+    failed = subprocess.run([sys.executable, "-m", "rtsent", "serve", "--model", str(broken), "--port", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert failed.returncode == 1 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().splitlines()[-1].startswith("error:") and "rtsent.json is unreadable" in failed.stderr
     bad = subprocess.run([sys.executable, "-m", "rtsent", "serve", "--model", str(model), "--max-batch-size", "0",
                           "--engine", "tpu"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--max-batch-size" in bad.stderr and "--engine" in bad.stderr
