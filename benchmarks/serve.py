@@ -57,8 +57,8 @@ def rtsent(*args: str, **kwargs) -> subprocess.Popen:
                             env={**os.environ, **ENV, "PYTHONPATH": str(ROOT)}, **kwargs)
 
 
-def predict_rate(model: Path, file: Path) -> float:
-    proc = rtsent("predict", "--file", str(file), "--model", str(model), "--format", "jsonl",
+def predict_rate(model: Path, file: Path, batch_size: int) -> float:
+    proc = rtsent("predict", "--file", str(file), "--model", str(model), "--format", "jsonl", "--batch-size", str(batch_size),
                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate()
     found = re.search(r"(\d+) reviews in ([\d.]+) s", err)  # the command's own timing, model load excluded
@@ -141,6 +141,8 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=1, help="predict, serve alternated this many times")
     ap.add_argument("--time-limit", type=float, default=600, help="seconds a load may take before it is cut off")
+    ap.add_argument("--predict-batch-sizes", default="64",
+                    help="predict --batch-size values timed each round; the first (64, predict's default) is the baseline")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     model = servable_model()
@@ -151,21 +153,25 @@ def main() -> None:
 
     pq.write_table(pa.table({"text": items}), file)
     rounds = []
+    sizes = [int(b) for b in args.predict_batch_sizes.split(",")]
     for r in range(args.rounds):
-        predict = predict_rate(model, file)
+        predict = {b: predict_rate(model, file, b) for b in sizes}
         served = serve_round(model, items, args.concurrency, args.time_limit)
-        served["predict_per_second"] = predict
-        served["ratio"] = served["per_second"] / predict
+        served["predict_per_second"] = predict[sizes[0]]
+        served["predict_by_batch_size"] = predict
+        served["ratio"] = served["per_second"] / predict[sizes[0]]
         rounds.append(served)
         print(json.dumps(served), flush=True)
     load_avg = os.getloadavg()  # other jobs share the cores: the ratio of each round is the figure to read
     summary = {"model": str(model), "requests": args.requests, "concurrency": args.concurrency,
                "rounds": rounds, "load_average": load_avg}
     (OUT / "serve.json").write_text(json.dumps(summary, indent=2))
-    lines = ["| round | predict --file reviews/s | serve requests/s | serve / predict | errors | p50 ms | p99 ms | mean batch |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    others = "".join(f" predict --batch-size {b} |" for b in sizes[1:])
+    lines = [f"| round | predict --file reviews/s |{others} serve requests/s | serve / predict | errors | p50 ms | p99 ms | mean batch |",
+             "| --- " * (8 + len(sizes) - 1) + "|"]
     for i, r in enumerate(rounds, 1):
-        lines.append(f"| {i} | {r['predict_per_second']:.0f} | {r['per_second']:.0f} | {r['ratio']:.0%} | {r['errors']} | "
+        extra = "".join(f" {r['predict_by_batch_size'][b]:.1f} |" for b in sizes[1:])
+        lines.append(f"| {i} | {r['predict_per_second']:.1f} |{extra} {r['per_second']:.1f} | {r['ratio']:.0%} | {r['errors']} | "
                      f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.1f} |")
     (OUT / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -225,7 +225,7 @@ class Batcher:
     async def close(self) -> None:
         """Stop after the queue is empty (uvicorn has already waited for in-flight requests)."""
         if self.task is not None:
-            while not self.queue.empty():
+            while not self.queue.empty() and not self.task.done():
                 await asyncio.sleep(0.01)
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -301,7 +301,8 @@ def _eval_reports(folder: Path) -> dict[str, Any]:
     for path in sorted(folder.glob("eval-*.json")):
         with contextlib.suppress(OSError, ValueError):
             report = json.loads(path.read_text(encoding="utf-8"))
-            out[path.stem] = {k: report.get(k) for k in ("examples", "accuracy", "macro_f1", "ece")}
+            if isinstance(report, dict):
+                out[path.stem] = {k: report.get(k) for k in ("examples", "accuracy", "macro_f1", "ece")}
     return out
 
 
