@@ -8,8 +8,9 @@ exported model; speed depends on the architecture only. Texts: the Rotten Tomato
 cycled to `--requests` texts. The server listens on 127.0.0.1 only; `--concurrency` httpx async clients
 send one review per request until all are answered (bounded by `--time-limit`).
 
-Each round times `predict --file` (reviews/s after the model is loaded, as the command reports) and the
-server (requests answered / wall time of the load, after /health is 200), so the ratio is side by side.
+Each round times `predict --file` (reviews/s after the model is loaded, as the command reports), then the
+server (requests answered / wall time of the load, after /health is 200), then `predict --file` again;
+the ratio is the server's rate over the mean of the two predict rates around it.
 Results: benchmarks/out/serve.json and serve.md.
 """
 
@@ -155,8 +156,12 @@ def main() -> None:
     rounds = []
     sizes = [int(b) for b in args.predict_batch_sizes.split(",")]
     for r in range(args.rounds):
-        predict = {b: predict_rate(model, file, b) for b in sizes}
+        # predict before and after the server (A-B-A): load from other jobs drifts over minutes
+        before = {b: predict_rate(model, file, b) for b in sizes}
         served = serve_round(model, items, args.concurrency, args.time_limit)
+        after = {b: predict_rate(model, file, b) for b in sizes}
+        predict = {b: (before[b] + after[b]) / 2 for b in sizes}
+        served["predict_before_after"] = [before[sizes[0]], after[sizes[0]]]
         served["predict_per_second"] = predict[sizes[0]]
         served["predict_by_batch_size"] = predict
         served["ratio"] = served["per_second"] / predict[sizes[0]]
@@ -167,11 +172,11 @@ def main() -> None:
                "rounds": rounds, "load_average": load_avg}
     (OUT / "serve.json").write_text(json.dumps(summary, indent=2))
     others = "".join(f" predict --batch-size {b} |" for b in sizes[1:])
-    lines = [f"| round | predict --file reviews/s |{others} serve requests/s | serve / predict | errors | p50 ms | p99 ms | mean batch |",
+    lines = [f"| round | predict --file reviews/s (before, after) |{others} serve requests/s | serve / predict | errors | p50 ms | p99 ms | mean batch |",
              "| --- " * (8 + len(sizes) - 1) + "|"]
     for i, r in enumerate(rounds, 1):
         extra = "".join(f" {r['predict_by_batch_size'][b]:.1f} |" for b in sizes[1:])
-        lines.append(f"| {i} | {r['predict_per_second']:.1f} |{extra} {r['per_second']:.1f} | {r['ratio']:.0%} | {r['errors']} | "
+        lines.append(f"| {i} | {r['predict_per_second']:.1f} ({r['predict_before_after'][0]:.1f}, {r['predict_before_after'][1]:.1f}) |{extra} {r['per_second']:.1f} | {r['ratio']:.0%} | {r['errors']} | "
                      f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.1f} |")
     (OUT / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
