@@ -1,6 +1,7 @@
 """`rtsent serve` under load against `rtsent predict --file` on the same texts and model, in the same run.
 
     python benchmarks/serve.py [--requests 2000] [--concurrency 32] [--rounds 1] [--time-limit 600]
+        [--server-options ';--max-wait-ms 20']
 
 Model: a GPT-2-small-shaped folder with random weights (benchmarks/make_gpt2_small.py; 124 M parameters,
 the real GPT-2 tokenizer) plus an rtsent.json with the default prompt, so that both commands load it as an
@@ -9,8 +10,8 @@ cycled to `--requests` texts. The server listens on 127.0.0.1 only; `--concurren
 send one review per request until all are answered (bounded by `--time-limit`).
 
 Each round times `predict --file` (reviews/s after the model is loaded, as the command reports), then the
-server (requests answered / wall time of the load, after /health is 200), then `predict --file` again;
-the ratio is the server's rate over the mean of the two predict rates around it.
+server once per option set (requests answered / wall time of the load, after /health is 200), then
+`predict --file` again; the ratio is the server's rate over the mean of the two predict rates around it.
 Results: benchmarks/out/serve.json and serve.md.
 """
 
@@ -58,8 +59,8 @@ def rtsent(*args: str, **kwargs) -> subprocess.Popen:
                             env={**os.environ, **ENV, "PYTHONPATH": str(ROOT)}, **kwargs)
 
 
-def predict_rate(model: Path, file: Path, batch_size: int) -> float:
-    proc = rtsent("predict", "--file", str(file), "--model", str(model), "--format", "jsonl", "--batch-size", str(batch_size),
+def predict_rate(model: Path, file: Path) -> float:
+    proc = rtsent("predict", "--file", str(file), "--model", str(model), "--format", "jsonl",
                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate()
     found = re.search(r"(\d+) reviews in ([\d.]+) s", err)  # the command's own timing, model load excluded
@@ -107,12 +108,12 @@ async def load(url: str, items: list[str], concurrency: int, time_limit: float) 
             "p99_ms": 1000 * ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]}
 
 
-def serve_round(model: Path, items: list[str], concurrency: int, time_limit: float) -> dict:
+def serve_round(model: Path, items: list[str], concurrency: int, time_limit: float, options: list[str]) -> dict:
     import httpx
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    server = rtsent("serve", "--model", str(model), "--port", str(port), stderr=subprocess.PIPE, text=True)
+    server = rtsent("serve", "--model", str(model), "--port", str(port), *options, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 300
         while True:
@@ -140,10 +141,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--requests", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=32)
-    ap.add_argument("--rounds", type=int, default=1, help="predict, serve alternated this many times")
+    ap.add_argument("--rounds", type=int, default=1, help="predict, the server(s), predict: this many times")
     ap.add_argument("--time-limit", type=float, default=600, help="seconds a load may take before it is cut off")
-    ap.add_argument("--predict-batch-sizes", default="64",
-                    help="predict --batch-size values timed each round; the first (64, predict's default) is the baseline")
+    ap.add_argument("--server-options", default="",
+                    help="';'-separated serve option sets, each timed in every round ('' = the defaults), "
+                         "e.g. ';--max-wait-ms 20'")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     model = servable_model()
@@ -153,31 +155,28 @@ def main() -> None:
     import pyarrow.parquet as pq
 
     pq.write_table(pa.table({"text": items}), file)
-    rounds = []
-    sizes = [int(b) for b in args.predict_batch_sizes.split(",")]
-    for r in range(args.rounds):
+    variants = [v.strip() for v in args.server_options.split(";")]
+    rows = []
+    for r in range(1, args.rounds + 1):
         # predict before and after the server (A-B-A): load from other jobs drifts over minutes
-        before = {b: predict_rate(model, file, b) for b in sizes}
-        served = serve_round(model, items, args.concurrency, args.time_limit)
-        after = {b: predict_rate(model, file, b) for b in sizes}
-        predict = {b: (before[b] + after[b]) / 2 for b in sizes}
-        served["predict_before_after"] = [before[sizes[0]], after[sizes[0]]]
-        served["predict_per_second"] = predict[sizes[0]]
-        served["predict_by_batch_size"] = predict
-        served["ratio"] = served["per_second"] / predict[sizes[0]]
-        rounds.append(served)
-        print(json.dumps(served), flush=True)
+        before = predict_rate(model, file)
+        served = [serve_round(model, items, args.concurrency, args.time_limit, v.split()) for v in variants]
+        after = predict_rate(model, file)
+        for options, result in zip(variants, served):
+            result.update(round=r, options=options or "defaults", predict_before_after=[before, after],
+                          predict_per_second=(before + after) / 2, ratio=result["per_second"] / ((before + after) / 2))
+            rows.append(result)
+            print(json.dumps(result), flush=True)
     load_avg = os.getloadavg()  # other jobs share the cores: the ratio of each round is the figure to read
-    summary = {"model": str(model), "requests": args.requests, "concurrency": args.concurrency,
-               "rounds": rounds, "load_average": load_avg}
-    (OUT / "serve.json").write_text(json.dumps(summary, indent=2))
-    others = "".join(f" predict --batch-size {b} |" for b in sizes[1:])
-    lines = [f"| round | predict --file reviews/s (before, after) |{others} serve requests/s | serve / predict | errors | p50 ms | p99 ms | mean batch |",
-             "| --- " * (8 + len(sizes) - 1) + "|"]
-    for i, r in enumerate(rounds, 1):
-        extra = "".join(f" {r['predict_by_batch_size'][b]:.1f} |" for b in sizes[1:])
-        lines.append(f"| {i} | {r['predict_per_second']:.1f} ({r['predict_before_after'][0]:.1f}, {r['predict_before_after'][1]:.1f}) |{extra} {r['per_second']:.1f} | {r['ratio']:.0%} | {r['errors']} | "
-                     f"{r['p50_ms']:.0f} | {r['p99_ms']:.0f} | {r['mean_batch']:.1f} |")
+    (OUT / "serve.json").write_text(json.dumps({"model": str(model), "requests": args.requests, "concurrency":
+                                                args.concurrency, "rows": rows, "load_average": load_avg}, indent=2))
+    lines = ["| round | serve options | predict --file reviews/s (before, after) | serve requests/s | serve / predict "
+             "| errors | p50 ms | p99 ms | mean batch |", "| --- " * 9 + "|"]
+    for x in rows:
+        b, a = x["predict_before_after"]
+        lines.append(f"| {x['round']} | {x['options']} | {x['predict_per_second']:.1f} ({b:.1f}, {a:.1f}) | "
+                     f"{x['per_second']:.1f} | {x['ratio']:.0%} | {x['errors']} | {x['p50_ms']:.0f} | "
+                     f"{x['p99_ms']:.0f} | {x['mean_batch']:.1f} |")
     (OUT / "serve.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"load average {load_avg[0]:.1f}")
