@@ -317,6 +317,7 @@ def serve(
     host: str = typer.Option(ServeConfig.host, help="Interface to listen on (0.0.0.0 opens it to the network)."),
     port: int = typer.Option(ServeConfig.port, help="TCP port (0 picks a free one)."),
     engine: str = typer.Option(ServeConfig.engine, help="auto (the fastest the model folder supports), torch or onnx."),
+    precision: str = typer.Option(ServeConfig.precision, help="auto, fp32, bf16 or fp16."),
     max_batch_size: int = typer.Option(ServeConfig.max_batch_size, help="Most texts scored together in one forward pass."),
     max_wait_ms: float = typer.Option(ServeConfig.max_wait_ms, help="How long a request waits for others to join its batch."),
     max_queue: int = typer.Option(ServeConfig.max_queue, help="Requests waiting for the model before new ones get 429."),
@@ -326,7 +327,7 @@ def serve(
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Serve the classifier over HTTP: POST /predict (batched), GET /health, /info, /metrics, /docs."""
-    cfg = ServeConfig(model=model, host=host, port=port, engine=engine, max_batch_size=max_batch_size,
+    cfg = ServeConfig(model=model, host=host, port=port, engine=engine, precision=precision, max_batch_size=max_batch_size,
                       max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts,
                       max_body_bytes=max_body_bytes, timeout_s=timeout_s)
     from rtsent import serve as stage

@@ -252,6 +252,7 @@ class ServeConfig:
     port: int = 8000
     engine: str = "auto"
     """auto (the fastest the folder supports), torch or onnx."""
+    precision: str = "auto"
     max_batch_size: int = 32
     """Most texts scored in one forward pass; concurrent requests are gathered up to this."""
     max_wait_ms: float = 5.0
@@ -271,6 +272,8 @@ class ServeConfig:
             problems.append(f"--port must be in 0..65535, got {self.port}")
         if self.engine not in ENGINES:
             problems.append(f"--engine must be one of {', '.join(ENGINES)}, got {self.engine!r}")
+        if self.precision not in PRECISIONS:
+            problems.append(f"--precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("max_batch_size", "max_queue", "max_texts", "max_body_bytes", "timeout_s"):
             if getattr(self, name) <= 0:
                 problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

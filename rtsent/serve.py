@@ -271,7 +271,7 @@ class State:
     def _open(self) -> Any:
         from rtsent.engines import open_classifier
 
-        clf = open_classifier(self.model, engine=self.cfg.engine)
+        clf = open_classifier(self.model, precision=self.cfg.precision, engine=self.cfg.engine)
         clf.probabilities(["warm-up"], 1)  # first-call costs (allocator, kernels) before the first client
         return clf
 
@@ -290,6 +290,7 @@ class State:
             "metrics": {"best": meta.get("best"), "calibration": meta.get("calibration"),
                         **_eval_reports(Path(self.model))},
             "run": meta.get("run"),
+            "precision": self.cfg.precision,
             "limits": {k: getattr(self.cfg, k) for k in ("max_batch_size", "max_wait_ms", "max_queue", "max_texts",
                                                         "max_body_bytes", "timeout_s")},
         }

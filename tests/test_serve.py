@@ -259,5 +259,5 @@ def test_port_in_use_and_missing_model_are_one_line_errors(model, tmp_path):
     assert failed.returncode == 1 and "Traceback" not in failed.stderr
     assert failed.stderr.strip().splitlines()[-1].startswith("error:") and "rtsent.json is unreadable" in failed.stderr
     bad = subprocess.run([sys.executable, "-m", "rtsent", "serve", "--model", str(model), "--max-batch-size", "0",
-                          "--engine", "tpu"], capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2 and "--max-batch-size" in bad.stderr and "--engine" in bad.stderr
+                          "--engine", "tpu", "--precision", "fp8"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and all(f in bad.stderr for f in ("--max-batch-size", "--engine", "--precision"))
