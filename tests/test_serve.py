@@ -124,7 +124,8 @@ def test_health_info_metrics_docs(server, model):
     info = httpx.get(server.url + "/info").json()
     meta = json.loads((model / "rtsent.json").read_text())
     assert info["label_names"] == meta["prompt"]["label_names"] and info["template"] == meta["prompt"]["template"]
-    assert info["engine"] == "torch" and info["metrics"]["best"] == meta["best"]
+    exported_graph = bool((meta.get("onnx") or {}).get("graphs"))  # `--engine auto` prefers an exported ONNX graph
+    assert info["engine"] == ("onnx" if exported_graph else "torch") and info["metrics"]["best"] == meta["best"]
     assert info["limits"]["max_texts"] == 8
     assert httpx.get(server.url + "/docs").status_code == 200
     assert "/predict" in httpx.get(server.url + "/openapi.json").json()["paths"]
