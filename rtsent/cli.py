@@ -15,7 +15,8 @@ from typing import Any, Callable, List, Optional
 import typer
 
 from rtsent.config import (DEFAULT_DATA, DEFAULT_LABEL_WORDS, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, ExportConfig,
-                           PredictConfig, PrepareConfig, PromptConfig, PushConfig, TrainConfig, split_list, unescape)
+                           PredictConfig, PrepareConfig, PromptConfig, PushConfig, ServeConfig, TrainConfig, split_list,
+                           unescape)
 from rtsent.errors import RtsentError
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -414,6 +415,31 @@ def push(
     from rtsent import push as stage
 
     typer.echo(stage.run(cfg, _workspace(workdir), _log))
+
+
+@app.command()
+@handled
+def serve(
+    model: Optional[str] = typer.Option(None, help="Exported model folder (default: the latest run's model)."),
+    host: str = typer.Option(ServeConfig.host, help="Interface to listen on (0.0.0.0 opens it to the network)."),
+    port: int = typer.Option(ServeConfig.port, help="TCP port (0 picks a free one)."),
+    engine: str = typer.Option(ServeConfig.engine, help="auto (the fastest the model folder supports), torch or onnx."),
+    precision: str = typer.Option(ServeConfig.precision, help="auto, fp32, bf16, fp16 or int8 (the onnx engine's int8 graph)."),
+    max_batch_size: int = typer.Option(ServeConfig.max_batch_size, help="Most texts scored together in one forward pass."),
+    max_wait_ms: float = typer.Option(ServeConfig.max_wait_ms, help="How long a request waits for others to join its batch."),
+    max_queue: int = typer.Option(ServeConfig.max_queue, help="Requests waiting for the model before new ones get 429."),
+    max_texts: int = typer.Option(ServeConfig.max_texts, help="Most texts in one request (413 beyond)."),
+    max_body_bytes: int = typer.Option(ServeConfig.max_body_bytes, help="Largest request body in bytes (413 beyond)."),
+    timeout_s: float = typer.Option(ServeConfig.timeout_s, help="Seconds before a request is answered 504."),
+    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
+) -> None:
+    """Serve the classifier over HTTP: POST /predict (batched), GET /health, /info, /metrics, /docs."""
+    cfg = ServeConfig(model=model, host=host, port=port, engine=engine, precision=precision, max_batch_size=max_batch_size,
+                      max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts,
+                      max_body_bytes=max_body_bytes, timeout_s=timeout_s)
+    from rtsent import serve as stage
+
+    stage.run(cfg, _workspace(workdir), _log)
 
 
 def main() -> None:

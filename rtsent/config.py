@@ -367,6 +367,44 @@ class PushConfig:
         _check([] if self.repo_id.strip() else ["--repo-id must not be empty"])
 
 
+@dataclass(frozen=True)
+class ServeConfig:
+    """Options of `rtsent serve`."""
+
+    model: str | None = None
+    """Exported model folder; default: the latest run's model."""
+    host: str = "127.0.0.1"
+    """Interface to listen on; loopback unless the user opens it on purpose (e.g. 0.0.0.0)."""
+    port: int = 8000
+    engine: str = "auto"
+    """auto (the fastest the folder supports), torch or onnx."""
+    precision: str = "auto"
+    max_batch_size: int = 32
+    """Most texts scored in one forward pass; concurrent requests are gathered up to this."""
+    max_wait_ms: float = 5.0
+    """How long the first queued request waits for others to join its batch."""
+    max_queue: int = 256
+    """Requests waiting for the model; beyond this a request is answered 429 with Retry-After."""
+    max_texts: int = 64
+    """Most texts in one request (413 beyond)."""
+    max_body_bytes: int = 1_000_000
+    """Largest request body in bytes (413 beyond)."""
+    timeout_s: float = 30.0
+    """A request not answered within this many seconds gets 504."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not 0 <= self.port <= 65535:
+            problems.append(f"--port must be in 0..65535, got {self.port}")
+        problems += _scoring_problems(self.precision, self.engine)
+        for name in ("max_batch_size", "max_queue", "max_texts", "max_body_bytes", "timeout_s"):
+            if getattr(self, name) <= 0:
+                problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
+        if self.max_wait_ms < 0:
+            problems.append(f"--max-wait-ms must not be negative, got {self.max_wait_ms}")
+        _check(problems)
+
+
 def _is_utf8(text: str) -> bool:
     try:
         text.encode("utf-8")

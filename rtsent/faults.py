@@ -32,3 +32,20 @@ def interrupt_point(step: int) -> None:
     if os.environ.get(STOP_ENV) == str(step):
         name = os.environ.get(SIGNAL_ENV, "INT").upper().removeprefix("SIG")
         os.kill(os.getpid(), signal.SIGTERM if name == "TERM" else signal.SIGINT)
+
+
+DELAY_ENV = "RTSENT_SERVE_DELAY_S"
+FAIL_ENV = "RTSENT_SERVE_FAIL_ON"
+
+
+def scoring_point(texts: list[str]) -> None:
+    """Make `rtsent serve` slow or failing on purpose, for its tests: RTSENT_SERVE_DELAY_S=<s> sleeps before
+    each batch, RTSENT_SERVE_FAIL_ON=<text> raises when a batch holds that exact text."""
+    delay = os.environ.get(DELAY_ENV)
+    if delay:
+        import time
+
+        time.sleep(float(delay))
+    poison = os.environ.get(FAIL_ENV)
+    if poison and poison in texts:
+        raise RuntimeError(f"injected scoring failure ({FAIL_ENV})")
