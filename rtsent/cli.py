@@ -50,7 +50,7 @@ _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "Clic
 app = typer.Typer(
     cls=_OneLineErrors,
     name="rtsent",
-    help="Fine-tune GPT-2 as a causal-LM sentiment classifier: prepare -> train -> evaluate -> predict.",
+    help="Fine-tune a causal LM (GPT-2 by default) as a label-word sentiment classifier: prepare -> train -> evaluate -> predict, then serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
