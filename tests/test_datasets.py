@@ -16,7 +16,7 @@ from rtsent import prepare
 from rtsent.cli import app
 from rtsent.config import PrepareConfig
 from rtsent.errors import DataError, UsageError
-from tests.conftest import synthetic_review
+from conftest import synthetic_review
 
 runner = CliRunner()
 SUFFIX = "\nSentiment:"

@@ -19,7 +19,7 @@ from rtsent.cli import app
 from rtsent.config import PrepareConfig, TrainConfig
 from rtsent.errors import UsageError
 from rtsent.train_options import class_weights, label_position_loss
-from tests.conftest import synthetic_review
+from conftest import synthetic_review
 
 runner = CliRunner()
 # Small enough that no float32 weight moves (their ulp is ~1e-9): validation accuracy can never improve.
