@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 from rtsent.cache import hash_files
 from rtsent.errors import DataError, UsageError
@@ -65,7 +65,7 @@ class FolderSource(Source):
         return "file:" + hash_files([self.files[split]])[:16]
 
     def read(self, split: str) -> RawSplit:
-        table = _read_file(self.files[split])
+        table = read_table_file(self.files[split])
         return RawSplit(table, _class_names_in_schema(table.schema))
 
 
@@ -293,7 +293,8 @@ def carve(train: Split, plan: Carve, where: str) -> tuple[Split, Split]:
     return subset(~held, train.skipped_empty), subset(held, 0)
 
 
-def _read_file(path: Path) -> Any:
+def read_table_file(path: Path) -> Any:
+    """A parquet, csv or jsonl file as an Arrow table; an unreadable one is a DataError naming why."""
     import pyarrow as pa
 
     kind = FORMATS[path.suffix]

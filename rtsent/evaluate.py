@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from rtsent import __version__, calibration, card, prepare
-from rtsent.cache import _umask, clean_stale, write_json
+from rtsent.cache import clean_stale, write_json, write_jsonl
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier
@@ -170,10 +168,10 @@ def _from_prepared(clf: Any, cfg: EvaluateConfig, ws: Workspace) -> Examples:
 def _from_file(clf: Any, cfg: EvaluateConfig) -> Examples:
     """A labelled csv/jsonl/parquet file (or a folder's <split> file) tokenized with the model's own prompt."""
     from rtsent.cache import hash_files
-    from rtsent.data import FORMATS, _read_file, build_split
+    from rtsent.data import FORMATS, read_table_file, build_split
 
     path = _labelled_file(Path(cfg.data).expanduser(), cfg.split, FORMATS)
-    split = build_split(_read_file(path), path.stem, cfg.text_column, cfg.label_column, clf.label_names, str(path))
+    split = build_split(read_table_file(path), path.stem, cfg.text_column, cfg.label_column, clf.label_names, str(path))
     rows, truncated = [], 0
     for start in range(0, len(split.texts), prepare.TOKENIZE_CHUNK):
         batch = clf.encoder.encode(split.texts[start : start + prepare.TOKENIZE_CHUNK])
@@ -239,7 +237,7 @@ def _errors(clf: Any, examples: Examples, probs: np.ndarray, top: int, path: Pat
     rows = [{"index": int(i), "text": _text_of(clf, examples, int(i)), "true": names[labels[i]],
              "predicted": names[pred[i]], "probability": float(probs[i, pred[i]]),
              "probabilities": {n: float(p) for n, p in zip(names, probs[i])}} for i in wrong]
-    _write_jsonl(path, rows)
+    write_jsonl(path, rows)
     return {"count": len(rows), "written_to": str(path), "top": rows[:top]}
 
 
@@ -251,20 +249,6 @@ def _text_of(clf: Any, examples: Examples, i: int) -> str:
     text = clf.tokenizer.decode(body)
     prefix = clf.prompt.prefix
     return text[len(prefix):] if prefix and text.startswith(prefix) else text
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for row in rows:
-                fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _prepared_for(clf: Any, cfg: EvaluateConfig, ws: Workspace) -> Path:

@@ -13,7 +13,6 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from rtsent.errors import ArtifactError, UsageError
-from rtsent.prompts import tokenizer_fingerprint  # noqa: F401  (re-exported: the loaders' callers use it)
 
 
 def _load_error(kind: str, name: str, exc: Exception) -> Exception:

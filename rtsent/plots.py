@@ -8,13 +8,11 @@ the numbers it drew, read back from the figure's own artists, so tests can hold 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtsent.cache import _umask
+from rtsent.cache import atomic_file
 from rtsent.errors import ArtifactError
 
 
@@ -38,16 +36,9 @@ def _pyplot():
 def _save(fig: Any, path: Path) -> Path:
     """Write the PNG atomically (a temp file renamed into place) and close the figure."""
     plt = _pyplot()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_file(path, "wb") as fh:
             fig.savefig(fh, format="png", dpi=100, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a plot is as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     finally:
         plt.close(fig)
     return path

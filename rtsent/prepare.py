@@ -15,7 +15,8 @@ from rtsent.data import Source, Split, SplitPlan, build_splits, open_source, pla
 from rtsent.errors import ArtifactError
 from rtsent.faults import crash_point
 from rtsent.families import check_max_len
-from rtsent.modeling import load_config, load_tokenizer, tokenizer_fingerprint
+from rtsent.modeling import load_config, load_tokenizer
+from rtsent.prompts import tokenizer_fingerprint
 from rtsent.prompts import ENCODING_VERSION, PromptEncoder
 from rtsent.workspace import MANIFEST, Workspace, read_json
 

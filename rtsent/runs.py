@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rtsent.cache import write_json
+from rtsent.cache import atomic_file, write_json
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
 
@@ -137,10 +137,8 @@ def write_report(summary: dict[str, Any], fmt: str, output: str | None = None) -
         write_json(out, summary)
         return out
     text = to_markdown(summary, out.parent)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, out)
+    with atomic_file(out) as fh:
+        fh.write(text)
     return out
 
 

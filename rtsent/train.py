@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import shutil
 import signal
 import time
@@ -27,7 +26,8 @@ from rtsent.train_options import (class_weights, early_stopping_callbacks, early
                                   record, tracker_setup, trackers)
 from rtsent.families import check_max_len
 from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, pad_batch,
-                             quiet_transformers, resolve_precision, saved_config, tokenizer_fingerprint)
+                             quiet_transformers, resolve_precision, saved_config)
+from rtsent.prompts import tokenizer_fingerprint
 from rtsent.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
 
 

@@ -117,7 +117,8 @@ def test_predict_csv_output_has_a_row_for_a_blank_line(trained, tmp_path):
 # 7. the tokenizer fingerprint covers what decides the ids ------------------------------------------
 
 def test_same_vocabulary_other_merges_is_another_tokenizer(tokenizer_dir, tmp_path):
-    from rtsent.modeling import load_tokenizer, tokenizer_fingerprint
+    from rtsent.modeling import load_tokenizer
+    from rtsent.prompts import tokenizer_fingerprint
 
     other = tmp_path / "fewer-merges"
     shutil.copytree(tokenizer_dir, other)
