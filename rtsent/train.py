@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from rtsent import __version__, card, distributed, lora, prepare
+from rtsent import __version__, card, distributed, lora, prepare, speed
 from rtsent.cache import clean_stale, locked, publish, staging, write_json
 from rtsent.config import TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
@@ -100,11 +100,44 @@ class LabelPositionTrainer(Trainer):
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         # Our loss is already a per-example mean; let Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
+        # Validation scores of each evaluation by step, so the best model's need not be computed again.
+        self.validation_scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
 
     def _get_train_sampler(self, train_dataset: Any = None) -> SeededLengthSampler:
         dataset = train_dataset if train_dataset is not None else self.train_dataset
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return SeededLengthSampler(list(dataset[self.args.length_column_name]), batch, self.args.data_seed)
+
+    def _clip_grad_norm(self, model):
+        # The same clipping, with the division done inside fused AdamW's pass (rtsent.speed).
+        if (self.is_fsdp_enabled or self.is_deepspeed_enabled or self._has_mixed_mesh_grads(model)
+                or not speed.can_fold_clipping(self.optimizer, self.accelerator.scaler)):
+            return super()._clip_grad_norm(model)
+        return speed.fold_clipping_into_adamw(self.optimizer, model.parameters(), self.args.max_grad_norm)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        if metric_key_prefix == "eval" and output.predictions is not None:
+            self.validation_scores[self.state.global_step] = (output.predictions, output.label_ids)
+        return output
+
+    def _load_best_model(self) -> None:
+        # The best checkpoint is the last step's: the model in memory holds exactly its weights already.
+        if self.state.best_global_step != self.state.global_step:
+            super()._load_best_model()
+
+    def release_optimizer(self) -> None:
+        """After training only the model is needed: free AdamW's state (twice the weights) before export."""
+        self.accelerator.free_memory()
+        self.optimizer = self.lr_scheduler = None
+        self.callback_handler.optimizer = self.callback_handler.lr_scheduler = None
+        speed.release_free_memory()
+
+    def release_model(self) -> None:
+        """Once the model folder is written, the ONNX exporter (which loads that folder) has the memory."""
+        self.model = self.model_wrapped = self.callback_handler.model = None
+        speed.release_free_memory()
 
     def _save_rng_state(self, output_dir: str) -> None:
         super()._save_rng_state(output_dir)
@@ -314,6 +347,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     model.config.pad_token_id = tok.pad_token_id
     if cfg.lora:
         model = lora.wrap(model, cfg)
+    if distributed.world_size() == 1 and not cfg.compile:  # DDP's reducer expects a sparse Embedding's grad sparse
+        speed.sparse_tied_embedding_grad(model)
     trainable, params = lora.parameter_counts(model)
     vocab = model.get_output_embeddings().weight.shape[0]
     if max(manifest["label_ids"]) >= vocab:
@@ -353,6 +388,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         loss_kind=cfg.loss,
         class_weights=weights,
     )
+    del model  # the trainer's from here on; released before the ONNX export
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     trainer.remove_callback(ProgressCallback)
@@ -362,7 +398,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     started = time.perf_counter()
     stopper.install()
     try:
-        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+        with speed.reused_heap() if device.type == "cpu" else contextlib.nullcontext():
+            output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         stopper.uninstall()
     seconds = time.perf_counter() - started
@@ -376,6 +413,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     if is_main_process() and cfg.early_stopping:
         record(paths.config, early_stopping=early_stopping_record(cfg.early_stopping, state, total))
     calibration = _fit_temperature(trainer, eval_ds)  # every rank: predict() is collective under DDP
+    trainer.release_optimizer()
     timing = {"seconds": round(seconds, 3), "steps": output.global_step, "train_examples": len(train_ds),
               "train_examples_per_s": round(output.metrics.get("train_samples_per_second", 0.0), 2)}
     plots: tuple[Path, ...] = ()
@@ -393,8 +431,13 @@ def _fit_temperature(trainer: Trainer, eval_ds: Any) -> dict[str, Any]:
     """Temperature of the best model's label-word scores, fitted on validation (its NLL, one scalar)."""
     from rtsent.calibration import temperature_record
 
-    out = trainer.predict(eval_ds)
-    return temperature_record(np.asarray(out.predictions, dtype=np.float64), np.asarray(out.label_ids))
+    best = trainer.state.best_global_step
+    if best in trainer.validation_scores:  # scored by this process at that step: the same model, the same batches
+        scores, labels = trainer.validation_scores[best]
+    else:  # the best evaluation happened before a resume
+        out = trainer.predict(eval_ds)
+        scores, labels = out.predictions, out.label_ids
+    return temperature_record(np.asarray(scores, dtype=np.float64), np.asarray(labels))
 
 
 def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device, precision: str,
@@ -509,5 +552,6 @@ def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: Tra
         if cfg.onnx:
             from rtsent.export import after_training
 
+            trainer.release_model()
             after_training(tmp, log)
         publish(tmp, paths.model)

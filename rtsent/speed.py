@@ -1,0 +1,119 @@
+"""Training-step levers that change how fast a step runs, never what it computes.
+
+Each was kept on an interleaved side-by-side measurement (benchmarks/steps.py, docs/benchmarks.md):
+
+* reused_heap: on glibc, freed memory is reused instead of returned to the kernel, so the 150 MB
+  gradient buffers of a step do not page-fault again on every step.
+* sparse_tied_embedding_grad: with tied input/output embeddings, the input embedding's gradient (a
+  few hundred rows) is added in place into the output layer's dense one, instead of first being
+  scattered into a zeroed 50,257-row matrix and then summed with it.
+* fold_clipping_into_adamw: gradient-norm clipping through fused AdamW's grad_scale, so the
+  gradients are divided inside the optimizer's one pass instead of in a separate pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import sys
+from typing import Any, Iterator
+
+import torch
+
+# glibc's mallopt parameters (malloc.h) and its defaults for 64-bit Linux.
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
+
+
+def _glibc() -> Any | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # glibc only: musl has mallopt's name but ignores these parameters
+        return libc if hasattr(libc, "mallopt") else None
+    except (OSError, AttributeError):
+        return None
+
+
+@contextlib.contextmanager
+def reused_heap() -> Iterator[bool]:
+    """Within the block, glibc serves large allocations from its heap and keeps freed memory there.
+
+    glibc hands every allocation over 32 MB out as a fresh mmap and unmaps it on free, so a step's
+    gradient-sized tensors page-fault (the kernel zeroes each 4 KB page) on every step. Inside the
+    block the same memory is reused; peak memory is unchanged, and on exit the defaults come back and
+    the unused heap is returned to the system (malloc_trim).
+    Yields whether the setting could be applied (glibc on Linux); elsewhere it does nothing.
+    """
+    applied = heap_reuse(True)
+    try:
+        yield applied
+    finally:
+        if applied:
+            heap_reuse(False)
+            release_free_memory()
+
+
+def heap_reuse(on: bool) -> bool:
+    """Switch glibc's large-allocation reuse on or off (see reused_heap); False where not glibc."""
+    libc = _glibc()
+    if libc is None:
+        return False
+    mmap_max, trim = (0, 2**31 - 1) if on else (DEFAULT_MMAP_MAX, DEFAULT_TRIM_THRESHOLD)
+    return bool(libc.mallopt(M_MMAP_MAX, mmap_max) and libc.mallopt(M_TRIM_THRESHOLD, trim))
+
+
+def sparse_tied_embedding_grad(model: Any) -> bool:
+    """Make the input embedding return a sparse gradient when it shares its weight with the output layer.
+
+    The output layer's gradient of that weight is dense; autograd adds the sparse rows into it in place
+    (the same sum). Untied or frozen embeddings are left alone (an optimizer would then receive a sparse
+    gradient, which fused AdamW does not take). Returns whether it was switched on.
+    """
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    if not isinstance(emb, torch.nn.Embedding) or head is None or emb.weight is not head.weight:
+        return False
+    if not emb.weight.requires_grad:
+        return False
+    emb.sparse = True
+    return True
+
+
+def unwrap_optimizer(optimizer: Any) -> Any:
+    """The torch optimizer inside accelerate's AcceleratedOptimizer (or the optimizer itself)."""
+    return getattr(optimizer, "optimizer", optimizer)
+
+
+def can_fold_clipping(optimizer: Any, scaler: Any) -> bool:
+    """Fused torch AdamW/Adam without an AMP grad scaler (which uses grad_scale for itself)."""
+    inner = unwrap_optimizer(optimizer)
+    return (scaler is None and isinstance(inner, torch.optim.Adam | torch.optim.AdamW)
+            and all(group.get("fused") for group in inner.param_groups))
+
+
+def fold_clipping_into_adamw(optimizer: Any, parameters: Any, max_norm: float) -> torch.Tensor:
+    """clip_grad_norm_(parameters, max_norm), with the division left to fused AdamW's next step.
+
+    torch's clip multiplies every gradient by min(1, max_norm / (norm + 1e-6)); fused AdamW divides
+    every gradient by its `grad_scale` tensor as it reads it. Returns the total norm, as clip_grad_norm_.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    inner = unwrap_optimizer(optimizer)
+    if not getattr(inner, "_rtsent_clears_grad_scale", False):  # the division applies to one step only
+        inner.register_step_post_hook(lambda opt, args, kwargs: setattr(opt, "grad_scale", None))
+        inner._rtsent_clears_grad_scale = True
+    inner.grad_scale = (1.0 / torch.clamp(max_norm / (norm.float() + 1e-6), max=1.0)).reshape(())
+    return norm
+
+
+def release_free_memory() -> None:
+    """Collect garbage and hand the heap's free pages back to the system (glibc), before a big allocation."""
+    import gc
+
+    gc.collect()
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)
