@@ -2,6 +2,10 @@
 
     reference  --precision fp32 with the model config's dropout (GPT-2: 0.1) and tanh-GELU
     defaults   --precision auto (bf16 on this CPU), dropout 0, exact GELU in bf16
+    no-speed   the defaults with rtsent.speed's step levers switched off (#12: reused heap, sparse tied
+               embedding gradient, clipping folded into fused AdamW), i.e. the step as before them
+
+    python benchmarks/accuracy.py --variants reference,defaults,no-speed
 
     python benchmarks/accuracy.py [--seeds 1,2,3] [--epochs 2] [--lr 5e-5]
 
@@ -23,6 +27,23 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, OUT  # noqa: E402
+
+
+def levers_off(off: bool, _saved: dict = {}) -> None:
+    """Switch rtsent.speed's levers off (or back on) for the runs that follow, in this process."""
+    import contextlib
+
+    from rtsent import speed
+
+    if not _saved:
+        _saved.update({k: getattr(speed, k) for k in ("reused_heap", "sparse_tied_embedding_grad", "can_fold_clipping")})
+    if off:
+        speed.reused_heap = lambda: contextlib.nullcontext(False)
+        speed.sparse_tied_embedding_grad = lambda model: False
+        speed.can_fold_clipping = lambda optimizer, scaler: False
+    else:
+        for k, v in _saved.items():
+            setattr(speed, k, v)
 
 
 def main() -> None:
@@ -50,6 +71,7 @@ def main() -> None:
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in args.variants.split(","):
             precision, dropout = ("fp32", None) if variant == "reference" else ("auto", TrainConfig.dropout)
+            levers_off(variant == "no-speed")
             resolved = f"{variant} ({resolve_precision(precision, default_device())}, dropout {'config' if dropout is None else dropout})"
             cfg = TrainConfig(model=args.model, prepared=str(prep.path), from_scratch=True,
                               config_overrides=args.overrides, seed=seed, precision=precision, dropout=dropout,
@@ -80,10 +102,14 @@ def main() -> None:
                  for pr in summary]
         lines.append(f"| {seed} | " + " | ".join(cells) + " |")
     lines.append("| mean ± std | " + " | ".join(f"{s['mean']:.4f} ± {s['std']:.4f}" for s in summary.values()) + " |")
-    if len(summary) == 2:
-        a, b = summary.values()
-        lines.append(f"\ndifference of means {abs(a['mean'] - b['mean']):.4f}; seed-to-seed std "
-                     f"{max(a['std'], b['std']):.4f}; binomial standard error of one run on 1066 examples {binomial_se:.4f}.")
+    names = list(summary)
+    lines.append("")
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            sa, sb = summary[a], summary[b]
+            lines.append(f"- {a} vs {b}: difference of means {abs(sa['mean'] - sb['mean']):.4f}; seed-to-seed std "
+                         f"{max(sa['std'], sb['std']):.4f}")
+    lines.append(f"- binomial standard error of one run on 1066 examples: {binomial_se:.4f}")
     md = "\n".join(lines) + "\n"
     (OUT / "accuracy.md").write_text(md)
     print(md)

@@ -2,6 +2,7 @@
 
     python benchmarks/bench.py --mode small     # ~9 minutes on 2 shared cores (streaming check ~4 of them)
     python benchmarks/bench.py --mode full      # one rtsent epoch, 1M-line stream check: ~50-90 minutes
+    python benchmarks/bench.py --mode train     # training only (issue #12): baseline steps vs one rtsent epoch, ~7 min
 
 Every measured program runs as its own subprocess, so each peak RSS (os.wait4's ru_maxrss) is that
 program's alone. Writes benchmarks/out/bench-<mode>.json and a ready-to-paste bench-<mode>.md.
@@ -43,6 +44,7 @@ MODES = {
     "full": dict(bl_steps=5, bl_warmup=2, bl_eval=(32, 64), rt_steps=None, rt_epochs=1.0, rt_warmup=3,
                  stream_lines=10_000, mem_lines=(100_000, 1_000_000), repeats=5),
 }
+MODES["train"] = dict(bl_steps=5, bl_warmup=2, rt_epochs=1.0, rt_warmup=3)
 VALIDATION_ROWS = 1066
 VOCAB, MAX_LEN = 50257, 128
 
@@ -161,15 +163,66 @@ def parse_predict_log(stderr: str) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- benchmark
+def bench_train(args) -> dict:
+    """--mode train: the seed recipe's steady-state steps against one whole `rtsent train` epoch (defaults),
+    each in its own process; the rtsent process's wall time covers everything a user waits for: start-up,
+    the steps, the validation pass, the checkpoint, the temperature fit and the export (model + ONNX)."""
+    p = MODES["train"]
+    model = _gpt2_small(args)
+    ws = Path(args.workspace or OUT / "bench-ws-train")
+    res: dict = {"mode": "train", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": cpu_description(),
+                 "model": str(model), "data": str(DATA), "params": p, "load_average_start": os.getloadavg()}
+    log("rtsent prepare")
+    check(run_child(rtsent_cmd("prepare", "--data", str(DATA), "--model", str(model)), env={"RTSENT_HOME": str(ws)}),
+          "prepare")
+    log(f"baseline train: {p['bl_warmup']} warm-up + {p['bl_steps']} timed steps of 8")
+    bt = check(run_child([PY, str(HERE / "baseline.py"), "train", "--model", str(model), "--steps", str(p["bl_steps"]),
+                          "--warmup-steps", str(p["bl_warmup"])]), "baseline train")
+    res["baseline_train"] = {**bt["result"], "peak_rss_mb": round(bt["peak_rss_mb"]), "process_wall_s": round(bt["wall_s"], 1)}
+    log("rtsent train: one epoch, defaults")
+    rt = check(run_child([PY, __file__, "--worker", "rtsent-train", "--model", str(model), "--workspace", str(ws),
+                          "--run-name", f"bench-train-{int(time.time())}", "--epochs", "1", "--warmup", str(p["rt_warmup"])],
+                         env={"RTSENT_HOME": str(ws)}), "rtsent train")
+    res["rtsent_train"] = {**rt["result"], "peak_rss_mb": round(rt["peak_rss_mb"]), "process_wall_s": round(rt["wall_s"], 1)}
+    res["load_average_end"] = os.getloadavg()
+    b, r = res["baseline_train"], res["rtsent_train"]
+    res["ratios"] = {"train_steady": round(r["steady_examples_per_s"] / b["examples_per_s"], 1)}
+    return res
+
+
+def markdown_train(r: dict) -> str:
+    b, t, m = r["baseline_train"], r["rtsent_train"], r["machine"]
+    return "\n".join([
+        f"**train mode**, {r['date']}: {m.get('model', '?')}, {m.get('cores')} cores, AMX "
+        f"{'yes' if m.get('amx_bf16') else 'no'}, {m.get('ram_gb')} GB RAM; load average at start "
+        f"{r['load_average_start'][0]:.1f}, at end {r['load_average_end'][0]:.1f}.",
+        "",
+        "| | baseline (seed recipe) | rtsent (defaults) | rtsent / baseline | goal |",
+        "|---|---:|---:|---:|---|",
+        f"| train examples/s, steady state | {b['examples_per_s']:.2f} ({b['steps_timed']} steps of 8 after "
+        f"{b['warmup_steps']} warm-up) | {t['steady_examples_per_s']:.1f} (median of {t['steady_steps_timed']} steps of "
+        f"{t['batch_size']}, {t['precision']}) | **{r['ratios']['train_steady']}x** | >= 30x |",
+        f"| one RT epoch of GPT-2 small, whole `train` process (start-up, {t['steps']} steps, validation, checkpoint, "
+        f"temperature, export + ONNX) | hours (not run) | **{t['process_wall_s'] / 60:.0f} min {t['process_wall_s'] % 60:.0f} s** "
+        f"({t['train_seconds']:.0f} s in Trainer.train) | | < 5 min |",
+        f"| peak RSS | {b['peak_rss_mb']} MB | {t['peak_rss_mb']} MB | | <= 5.2 GB |",
+    ]) + "\n"
+
+
+def _gpt2_small(args) -> Path:
+    model = Path(args.model)
+    if not (model / "model.safetensors").is_file():
+        log(f"building a random-weight GPT-2 small in {model}")
+        check(run_child([PY, str(HERE / "make_gpt2_small.py"), "--out", str(model)]), "make_gpt2_small")
+    return model
+
+
 def bench(args) -> dict:
     p = dict(MODES[args.mode])
     if args.mem_lines:
         p["mem_lines"] = tuple(int(x) for x in args.mem_lines.split(","))
     OUT.mkdir(parents=True, exist_ok=True)
-    model = Path(args.model)
-    if not (model / "model.safetensors").is_file():
-        log(f"building a random-weight GPT-2 small in {model}")
-        check(run_child([PY, str(HERE / "make_gpt2_small.py"), "--out", str(model)]), "make_gpt2_small")
+    model = _gpt2_small(args)
     ws = Path(args.workspace or OUT / f"bench-ws-{args.mode}")
     env = {"RTSENT_HOME": str(ws)}
     res: dict = {"mode": args.mode, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": cpu_description(),
@@ -368,10 +421,11 @@ def main() -> None:
         WORKERS[args.worker](args)
         return
     started = time.perf_counter()
-    r = bench(args)
+    OUT.mkdir(parents=True, exist_ok=True)
+    r = bench_train(args) if args.mode == "train" else bench(args)
     r["bench_wall_s"] = round(time.perf_counter() - started, 1)
     (OUT / f"bench-{args.mode}.json").write_text(json.dumps(r, indent=2))
-    md = markdown(r)
+    md = markdown_train(r) if args.mode == "train" else markdown(r)
     (OUT / f"bench-{args.mode}.md").write_text(md)
     print(md)
     print(f"wrote {OUT / f'bench-{args.mode}.json'} and {OUT / f'bench-{args.mode}.md'} in {r['bench_wall_s']:.0f} s")
