@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import resource
-import sys
-
 import pytest
 import torch
 
@@ -105,45 +102,3 @@ def test_clipping_is_not_folded_with_a_grad_scaler_or_an_unfused_optimizer():
     assert not can_fold_clipping(torch.optim.AdamW(params, foreach=True), scaler=None)
     assert not can_fold_clipping(torch.optim.SGD(params, lr=0.1), scaler=None)
     assert not can_fold_clipping(torch.optim.AdamW(params, fused=True), scaler=object())
-
-
-# --- reused heap -----------------------------------------------------------------------------------
-
-HEAP_PROBE = """
-import resource, sys, torch
-from rtsent import speed
-
-def second_allocation_faults(mb=96):
-    # minor page faults of allocating and writing a tensor of mb MB right after freeing one
-    x = torch.empty(mb * 2**20, dtype=torch.uint8).fill_(1)
-    del x
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    y = torch.empty(mb * 2**20, dtype=torch.uint8).fill_(2)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-    del y
-    return faults
-
-outside = second_allocation_faults()
-with speed.reused_heap() as applied:
-    inside = second_allocation_faults()
-print(applied, outside, inside, second_allocation_faults())
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_reused_heap_stops_big_allocations_faulting_again():
-    import subprocess
-
-    from rtsent import speed
-
-    if speed._glibc() is None:
-        pytest.skip("not glibc")
-    # A fresh process, as `rtsent train` is: this test process's heap holds whatever earlier tests left.
-    out = subprocess.run([sys.executable, "-c", HEAP_PROBE], capture_output=True, text=True, check=True).stdout
-    applied, outside, inside, after = out.split()
-    outside, inside, after = int(outside), int(inside), int(after)
-    if outside < 1000:
-        pytest.skip(f"this kernel maps big allocations with few faults ({outside}): nothing to save")
-    assert applied == "True"
-    assert inside * 10 < outside, (inside, outside)
-    assert after * 2 > outside, (after, outside)  # the defaults are back once the block ends
