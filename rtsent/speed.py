@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import sys
 from typing import Any, Iterator
 
@@ -26,15 +26,14 @@ M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
 
 
+@functools.cache
 def _glibc() -> Any | None:
+    """The process's own C library when it is glibc (no ctypes.util.find_library: it forks ldconfig)."""
     if not sys.platform.startswith("linux"):
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # glibc only: musl has mallopt's name but ignores these parameters
-        return libc if hasattr(libc, "mallopt") else None
-    except (OSError, AttributeError):
-        return None
+    libc = ctypes.CDLL(None)
+    # glibc only: musl has mallopt's name but ignores these parameters.
+    return libc if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt") else None
 
 
 @contextlib.contextmanager
@@ -43,8 +42,10 @@ def reused_heap() -> Iterator[bool]:
 
     glibc hands every allocation over 32 MB out as a fresh mmap and unmaps it on free, so a step's
     gradient-sized tensors page-fault (the kernel zeroes each 4 KB page) on every step. Inside the
-    block the same memory is reused; peak memory is unchanged, and on exit the defaults come back and
-    the unused heap is returned to the system (malloc_trim).
+    block freed memory stays in the heap for the next allocation; on exit the defaults come back and
+    the unused heap is returned to the system (malloc_trim). torch allocates with posix_memalign, whose
+    request is a few bytes larger than the block it freed, so not every allocation finds its old
+    block; over a training run the faults still fall about fivefold (docs/benchmarks.md).
     Yields whether the setting could be applied (glibc on Linux); elsewhere it does nothing.
     """
     applied = heap_reuse(True)

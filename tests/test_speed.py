@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
+import resource
+import sys
+
 import pytest
 import torch
 
@@ -102,3 +106,38 @@ def test_clipping_is_not_folded_with_a_grad_scaler_or_an_unfused_optimizer():
     assert not can_fold_clipping(torch.optim.AdamW(params, foreach=True), scaler=None)
     assert not can_fold_clipping(torch.optim.SGD(params, lr=0.1), scaler=None)
     assert not can_fold_clipping(torch.optim.AdamW(params, fused=True), scaler=object())
+
+
+# --- reused heap -----------------------------------------------------------------------------------
+
+def faults_of_a_reallocation(libc, size: int = 96 * 2**20) -> int:
+    """Minor page faults of malloc + writing `size` bytes right after the same malloc + write + free."""
+    libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
+    first = libc.malloc(size)
+    ctypes.memset(first, 1, size)
+    libc.free(first)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    second = libc.malloc(size)
+    ctypes.memset(second, 2, size)
+    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+    libc.free(second)
+    return faults
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_reused_heap_makes_glibc_reuse_a_freed_big_block():
+    from rtsent import speed
+
+    libc = speed._glibc()
+    if libc is None:
+        pytest.skip("not glibc")
+    # Plain malloc, not torch: torch's posix_memalign asks for a few bytes more than it freed, so whether
+    # its block is reused depends on where the heap happens to start (see speed.reused_heap).
+    outside = faults_of_a_reallocation(libc)
+    with speed.reused_heap() as applied:
+        inside = faults_of_a_reallocation(libc)
+    after = faults_of_a_reallocation(libc)
+    assert applied
+    assert outside >= 96 * 2**20 // 4096 // 2, outside  # by default: a fresh mmap, every page faults again
+    assert inside < outside // 100, (inside, outside)
+    assert after >= outside // 2, (after, outside)  # the defaults are back once the block ends
