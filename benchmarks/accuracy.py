@@ -29,21 +29,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, OUT  # noqa: E402
 
 
-def levers_off(off: bool, _saved: dict = {}) -> None:
+def levers_off(off: bool) -> None:
     """Switch rtsent.speed's levers off (or back on) for the runs that follow, in this process."""
     import contextlib
 
     from rtsent import speed
 
-    if not _saved:
-        _saved.update({k: getattr(speed, k) for k in ("reused_heap", "sparse_tied_embedding_grad", "can_fold_clipping")})
     if off:
         speed.reused_heap = lambda: contextlib.nullcontext(False)
         speed.sparse_tied_embedding_grad = lambda model: False
         speed.can_fold_clipping = lambda optimizer, scaler: False
     else:
-        for k, v in _saved.items():
-            setattr(speed, k, v)
+        import importlib
+
+        importlib.reload(speed)  # train.py reads them as speed.<name> at each call
 
 
 def main() -> None:

@@ -12,7 +12,6 @@ rounds; the first round is warm-up. Reports the median step per variant (example
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -99,8 +98,6 @@ class Variant:
         return F.cross_entropy(logits, self.label_ids[batch["labels"]])
 
     def step(self, batch) -> float:
-        import contextlib
-
         from rtsent import speed
 
         # rtsent holds reused_heap over the whole training; here it is switched per variant without the
