@@ -132,10 +132,10 @@ class LabelPositionTrainer(Trainer):
         self.accelerator.free_memory()
         self.optimizer = self.lr_scheduler = None
         self.callback_handler.optimizer = self.callback_handler.lr_scheduler = None
-        speed.release_free_memory()
 
     def release_model(self) -> None:
-        """Once the model folder is written, the ONNX exporter (which loads that folder) has the memory."""
+        """Once the model folder is written, the ONNX exporter (which loads that folder) has the memory:
+        the model's and, released just before, AdamW's."""
         self.model = self.model_wrapped = self.callback_handler.model = None
         speed.release_free_memory()
 
