@@ -65,8 +65,7 @@ class FolderSource(Source):
         return "file:" + hash_files([self.files[split]])[:16]
 
     def read(self, split: str) -> RawSplit:
-        table = read_table_file(self.files[split])
-        return RawSplit(table, _class_names_in_schema(table.schema))
+        return read_raw_file(self.files[split])
 
 
 class DictSource(Source):
@@ -227,9 +226,7 @@ def build_splits(source: Source, plan: SplitPlan, text_column: str, label_column
         name = getattr(plan, role)
         if not isinstance(name, str):
             continue
-        raw = source.read(name)
-        ids = class_label_ids(raw.class_names.get(label_column), label_names, f"{source.name} ({name})")
-        splits[role] = build_split(raw.table, name, text_column, label_column, label_names, source.name, ids)
+        splits[role] = build_raw_split(source.read(name), name, text_column, label_column, label_names, source.name)
     if isinstance(plan.validation, Carve):
         splits["train"], splits["validation"] = carve(splits["train"], plan.validation, source.name)
         log(f"validation: carved {len(splits['validation'].texts)} rows ({plan.validation.fraction:g} of each class, "
@@ -327,6 +324,19 @@ def column(table: Any, name: str, role: str, where: str) -> list[Any]:
             f"pass --{role}-column"
         )
     return table.column(name).to_pylist()
+
+
+def read_raw_file(path: Path) -> RawSplit:
+    """A parquet/csv/jsonl file as a RawSplit: its table and the ClassLabel names its schema keeps."""
+    table = read_table_file(path)
+    return RawSplit(table, _class_names_in_schema(table.schema))
+
+
+def build_raw_split(raw: RawSplit, split: str, text_column: str, label_column: str, label_names: Sequence[str],
+                    where: str) -> Split:
+    """build_split for a split as read, with a ClassLabel label column matched to label_names by name."""
+    ids = class_label_ids(raw.class_names.get(label_column), label_names, f"{where} ({split})")
+    return build_split(raw.table, split, text_column, label_column, label_names, where, ids)
 
 
 def build_split(table: Any, split: str, text_column: str, label_column: str,

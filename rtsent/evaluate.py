@@ -168,10 +168,12 @@ def _from_prepared(clf: Any, cfg: EvaluateConfig, ws: Workspace) -> Examples:
 def _from_file(clf: Any, cfg: EvaluateConfig) -> Examples:
     """A labelled csv/jsonl/parquet file (or a folder's <split> file) tokenized with the model's own prompt."""
     from rtsent.cache import hash_files
-    from rtsent.data import FORMATS, read_table_file, build_split
+    from rtsent.data import FORMATS, build_raw_split, read_raw_file
 
     path = _labelled_file(Path(cfg.data).expanduser(), cfg.split, FORMATS)
-    split = build_split(read_table_file(path), path.stem, cfg.text_column, cfg.label_column, clf.label_names, str(path))
+    # A ClassLabel column is matched to the model's label names by name, as prepare matches it.
+    split = build_raw_split(read_raw_file(path), path.stem, cfg.text_column, cfg.label_column, clf.label_names,
+                            str(path))
     rows, truncated = [], 0
     for start in range(0, len(split.texts), prepare.TOKENIZE_CHUNK):
         batch = clf.encoder.encode(split.texts[start : start + prepare.TOKENIZE_CHUNK])

@@ -1,0 +1,60 @@
+"""The wrong results found in the pretrained-model review, each with a test that fails on the old code."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_split
+from rtsent import evaluate, prepare, train
+from rtsent.config import EvaluateConfig, PrepareConfig, TrainConfig
+
+
+# 1. evaluate --data matches a ClassLabel column to the label names by name, as prepare does ------------
+
+def test_evaluate_data_reads_a_classlabel_column_by_name_not_by_position(trained, tmp_path):
+    import datasets
+
+    space, result = trained
+    rows = synthetic_split(64, seed=11)
+    names = ["negative", "positive"]
+    # The same reviews twice: labels as plain names (matched by name, no ClassLabel), and as a ClassLabel
+    # whose class order is the reverse of the model's label words.
+    plain = tmp_path / "plain.parquet"
+    datasets.Dataset.from_dict({"text": rows["text"], "label": [names[y] for y in rows["label"]]}).to_parquet(plain)
+    reversed_names = ["positive", "negative"]
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=reversed_names)})
+    labelled = tmp_path / "classlabel.parquet"
+    datasets.Dataset.from_dict({"text": rows["text"], "label": [1 - y for y in rows["label"]]},
+                               features=features).to_parquet(labelled)
+
+    def accuracy(path):
+        cfg = EvaluateConfig(model=str(result.model_dir), data=str(path), precision="fp32", plots=False,
+                             output=str(tmp_path / f"{path.stem}.json"))
+        return evaluate.run(cfg, space)["accuracy"]
+
+    by_name = accuracy(plain)
+    assert by_name > 0.75  # far from 0.5, so a swap (1 - accuracy) cannot pass for it
+    assert accuracy(labelled) == by_name
+
+
+# 2. --save-every a multiple of --eval-every: the best evaluation is always saved -----------------------
+
+def test_the_best_evaluation_is_saved_and_exported_when_save_every_skips_its_step(ws, tiny_model_dir, data_dir,
+                                                                                  monkeypatch):
+    from safetensors.torch import load_file
+
+    falling = iter([0.9, 0.8, 0.7])  # evaluations at steps 2, 4, 6: the best is step 2, which --save-every 4 skips
+    monkeypatch.setattr(train, "accuracy_metrics", lambda pred: {"accuracy": next(falling)})
+    prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=32), ws)
+    result = train.run(TrainConfig(model=str(tiny_model_dir), lr=1e-2, batch_size=16, max_steps=6, eval_every=2,
+                                   save_every=4, precision="fp32", warmup=0.0, run_name="sparse-saves"), ws)
+    meta = json.loads((result.model_dir / "rtsent.json").read_text())
+    assert result.best_step == 2 and meta["best"] == {"step": 2, "validation_accuracy": 0.9}
+    best = load_file(result.run.checkpoints / "checkpoint-2" / "model.safetensors")
+    last = load_file(result.run.checkpoints / "checkpoint-6" / "model.safetensors")
+    exported = load_file(result.model_dir / "model.safetensors")
+    assert all(np.array_equal(exported[k].numpy(), best[k].numpy()) for k in best)
+    assert any(not np.array_equal(exported[k].numpy(), last[k].numpy()) for k in last)
