@@ -235,7 +235,7 @@ def train(
     warmup: float = typer.Option(TrainConfig.warmup, help="Warm-up: a ratio of all steps when < 1, else steps."),
     weight_decay: float = typer.Option(TrainConfig.weight_decay, help="AdamW weight decay."),
     eval_every: Optional[int] = typer.Option(None, help="Evaluate on validation every N steps (default: once per epoch)."),
-    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps, a multiple of --eval-every (default: at each evaluation)."),
+    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps, a multiple of --eval-every, and at every new best evaluation (default: at each evaluation)."),
     save_limit: int = typer.Option(TrainConfig.save_limit, help="Checkpoints kept on disk (best and latest included)."),
     seed: int = typer.Option(TrainConfig.seed, help="Random seed (weights init, data order)."),
     loss: str = typer.Option(TrainConfig.loss, help="lm: cross-entropy over the vocabulary (seed recipe); label: over the label words only."),

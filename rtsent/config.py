@@ -163,7 +163,7 @@ class TrainConfig:
     eval_every: int | None = None
     """Evaluate on validation every N steps; default: once per epoch."""
     save_every: int | None = None
-    """Checkpoint every N steps (a multiple of eval_every); default: at each evaluation."""
+    """Checkpoint every N steps (a multiple of eval_every), and at every new best evaluation; default: at each evaluation."""
     save_limit: int = 2
     """Checkpoints kept on disk (the best and the latest are always among them)."""
     seed: int = 42

@@ -178,6 +178,20 @@ class MetricsLog(TrainerCallback):
                 fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
+class SaveEveryBest(TrainerCallback):
+    """Checkpoint at every evaluation that improves the best accuracy, whatever --save-every says.
+
+    With --save-every a multiple of --eval-every, the best evaluation could otherwise fall on a step that
+    was never saved: the Trainer would reload another checkpoint while rtsent.json, the card and the
+    temperature describe the unsaved best step. Runs before the Trainer records the new best.
+    """
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        value = (metrics or {}).get(f"eval_{args.metric_for_best_model}")
+        if value is not None and (state.best_metric is None or value > state.best_metric):
+            control.should_save = True
+
+
 class RichProgress(TrainerCallback):
     """A Rich progress bar for training, with the latest loss and validation accuracy."""
 
@@ -382,7 +396,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         processing_class=tok,
         data_collator=LabelCollator(tok.pad_token_id, multiple=16 if cfg.compile else 1),
         compute_metrics=accuracy_metrics,
-        callbacks=[MetricsLog(paths.metrics), RichProgress(console), stopper, *tracker_callbacks,
+        callbacks=[MetricsLog(paths.metrics), SaveEveryBest(), RichProgress(console), stopper, *tracker_callbacks,
                    *early_stopping_callbacks(cfg.early_stopping)],
         label_token_ids=manifest["label_ids"],
         loss_kind=cfg.loss,
