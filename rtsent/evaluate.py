@@ -206,7 +206,7 @@ def _calibrated(clf: Any, scores: np.ndarray, examples: Examples, cfg: EvaluateC
     """
     labels, bins = examples.labels, cfg.bins
     raw = softmax(scores)
-    probs, section, applied = raw, {}, "softmax(scores)"
+    probs, section, applied, t = raw, {}, "softmax(scores)", 1.0
     fitted = clf.meta.get("calibration") or {}
     if "temperature" in fitted:
         t = clf.temperature
@@ -219,7 +219,7 @@ def _calibrated(clf: Any, scores: np.ndarray, examples: Examples, cfg: EvaluateC
             section["temperature"]["warning"] = (f"the temperature was fitted on {examples.split}; "
                                                  f"its 'after' figures are optimistic, report test instead")
     if cfg.calibrate:
-        p_cf = calibration.content_free_probabilities(clf)
+        p_cf = calibration.content_free_probabilities(clf, t)  # the reviews' scale
         adjusted = calibration.contextual(probs, p_cf)
         section["contextual"] = {"content_free": list(calibration.CONTENT_FREE), "p_cf": p_cf.tolist(),
                                  "before": calibration.summary(probs, labels, bins),

@@ -58,3 +58,37 @@ def test_the_best_evaluation_is_saved_and_exported_when_save_every_skips_its_ste
     exported = load_file(result.model_dir / "model.safetensors")
     assert all(np.array_equal(exported[k].numpy(), best[k].numpy()) for k in best)
     assert any(not np.array_equal(exported[k].numpy(), last[k].numpy()) for k in last)
+
+
+# 3. evaluate --calibrate on a model with a temperature: content-free probabilities on the same scale --------
+
+def test_contextual_calibration_uses_the_temperature_of_the_reviews_it_corrects(trained, tmp_path):
+    import torch
+
+    from conftest import _reference_model
+    from rtsent.calibration import CONTENT_FREE
+    from rtsent.engines import open_classifier
+
+    import shutil
+
+    space, result = trained
+    # The tiny run gets all validation right, so its fitted T is 1: give a copy of it a temperature of 2.5,
+    # far enough from 1 that the two scales differ.
+    folder = tmp_path / "model"
+    shutil.copytree(result.model_dir, folder)
+    meta = json.loads((folder / "rtsent.json").read_text())
+    t = meta["calibration"]["temperature"] = 2.5
+    (folder / "rtsent.json").write_text(json.dumps(meta))
+    report = evaluate.run(EvaluateConfig(model=str(folder), split="test", precision="fp32", plots=False,
+                                         calibrate=True, output=str(tmp_path / "cal.json")), space)
+    # The content-free prompts' label-word logits from the model's own forward, one prompt at a time.
+    rows = open_classifier(str(folder), engine="torch", precision="fp32").encoder.encode(list(CONTENT_FREE))
+    tok, model = _reference_model(str(result.model_dir))
+    with torch.no_grad():
+        z = np.array([model(torch.tensor([r])).logits[0, -1, meta["label_ids"]].double().numpy()
+                      for r in rows.input_ids])
+    scaled = np.exp(z / t) / np.exp(z / t).sum(axis=1, keepdims=True)
+    unscaled = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    p_cf = np.array(report["calibration"]["contextual"]["p_cf"])
+    np.testing.assert_allclose(p_cf, scaled.mean(axis=0), atol=1e-5)
+    assert np.abs(p_cf - unscaled.mean(axis=0)).max() > 1e-3
