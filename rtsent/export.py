@@ -125,7 +125,8 @@ def _export_fp32(model: str, label_ids: list[int], path: Path) -> Any:
 
     with quiet_transformers():
         # Eager attention: plain matmuls and a softmax, which every ONNX runtime runs and fuses.
-        lm = load_model(model, compute="fp32", attn="eager").float().eval()
+        # fp32 weights before any adapter is merged in: a base stored in bf16 would merge in bf16 otherwise.
+        lm = load_model(model, dtype=torch.float32, compute="fp32", attn="eager").eval()
     sample = pad_batch([[0, 1, 2], [3, 4]], pad_id=0)
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     with _quiet_exporter(), torch.no_grad():
