@@ -113,11 +113,18 @@ def swap_kernels(model: Any, compute: str) -> int:
     return swapped
 
 
+# Families whose forward multiplies lm_head's output by config.logits_scaling (MuP); Granite and MiniCPM3,
+# like any other family with that key, divide by it.
+MULTIPLIES_LOGITS_SCALING = frozenset({"hyperclovax"})
+
+
 def final_logits(model: Any, logits: Any) -> Any:
     """Apply what the family's forward does to lm_head's output (transformers 5): Cohere multiplies by
-    `logit_scale`, Granite and MiniCPM divide by `logits_scaling`, Gemma 2/3 soft-cap with
-    `final_logit_softcapping`.
-    GPT-2, OPT, GPT-NeoX, Llama, Mistral and Qwen2 use the head's output as it is."""
+    `logit_scale`; Granite divides by `logits_scaling` (MiniCPM3 divides the hidden state instead: the
+    same, the head being linear) and HyperCLOVAX multiplies by it; FalconH1 multiplies by
+    `lm_head_multiplier`; Gemma 2/3 soft-cap with `final_logit_softcapping`.
+    GPT-2, OPT, GPT-NeoX, Llama, Mistral and Qwen2 use the head's output as it is.
+    tests/test_families.py checks each against the family's own forward."""
     import torch
 
     config = model.config
@@ -125,8 +132,11 @@ def final_logits(model: Any, logits: Any) -> Any:
     if isinstance(scale, (int, float)):
         logits = logits * scale
     scaling = getattr(config, "logits_scaling", None)
-    if isinstance(scaling, (int, float)):  # MiniCPM divides the hidden state instead: the same, the head being linear
-        logits = logits / scaling
+    if isinstance(scaling, (int, float)):
+        logits = logits * scaling if config.model_type in MULTIPLIES_LOGITS_SCALING else logits / scaling
+    multiplier = getattr(config, "lm_head_multiplier", None)
+    if isinstance(multiplier, (int, float)):
+        logits = logits * multiplier
     cap = getattr(config, "final_logit_softcapping", None)
     if cap:
         logits = torch.tanh(logits / cap) * cap

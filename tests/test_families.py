@@ -146,19 +146,27 @@ def test_truncation_keeps_bos_and_the_template_tail(family_dirs):
 
 
 def _extra_families() -> dict[str, object]:
-    """Families whose forward transforms lm_head's output: scaled (Cohere, Granite) or soft-capped (Gemma 2)."""
-    from transformers import AutoModelForCausalLM, CohereConfig, Gemma2Config, GraniteConfig
+    """Families whose forward transforms lm_head's output: scaled (Cohere, Granite divides, HyperCLOVAX
+    multiplies, FalconH1's lm_head_multiplier) or soft-capped (Gemma 2)."""
+    from transformers import (AutoModelForCausalLM, CohereConfig, FalconH1Config, Gemma2Config, GraniteConfig,
+                              HyperCLOVAXConfig)
 
     small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                  num_key_value_heads=1, max_position_embeddings=64, bos_token_id=1, eos_token_id=2, pad_token_id=0)
     configs = {"cohere": CohereConfig(logit_scale=0.25, **small),
                "gemma2": Gemma2Config(final_logit_softcapping=0.5, head_dim=16, **small),
-               "granite": GraniteConfig(logits_scaling=4.0, **small)}
+               "granite": GraniteConfig(logits_scaling=4.0, **small),
+               "hyperclovax": HyperCLOVAXConfig(logits_scaling=0.25, **small),
+               "falcon_h1": FalconH1Config(lm_head_multiplier=0.25, mamba_d_ssm=32, mamba_n_heads=4, mamba_d_head=8,
+                                           mamba_d_state=8, mamba_n_groups=1, mamba_chunk_size=16, **small)}
     torch.manual_seed(0)
     return {name: AutoModelForCausalLM.from_config(c).eval() for name, c in configs.items()}
 
 
-@pytest.mark.parametrize("family", FAMILIES + ["cohere", "gemma2", "granite"])
+SCALED = ["cohere", "gemma2", "granite", "hyperclovax", "falcon_h1"]
+
+
+@pytest.mark.parametrize("family", FAMILIES + SCALED)
 def test_label_scores_equal_the_full_forward_logits_at_each_rows_last_token(family_dirs, family):
     if family in family_dirs:
         model = load_model(str(family_dirs[family])).eval()
@@ -172,7 +180,7 @@ def test_label_scores_equal_the_full_forward_logits_at_each_rows_last_token(fami
         full = model(**batch).logits
     expected = torch.stack([full[i, len(r) - 1, label_ids] for i, r in enumerate(rows)])
     torch.testing.assert_close(ours, expected, rtol=1e-5, atol=1e-5)
-    if family in ("cohere", "gemma2", "granite"):  # the transform matters: the raw head's output differs
+    if family in SCALED:  # the transform matters: the raw head's output differs
         raw = last_token_hidden(model, **batch) @ model.get_output_embeddings().weight[label_ids].T
         assert not torch.allclose(raw, expected, atol=1e-3)
 
