@@ -27,7 +27,15 @@ def _load_error(kind: str, name: str, exc: Exception) -> Exception:
 
 
 def _source(name: str) -> str:
+    """A local folder to load `name` from: the folder or hub name itself, or for a GGUF file (a `.gguf`
+    path, `owner/repo/file.gguf`, or a folder holding one and no config.json) its converted folder."""
+    from rtsent import gguf
+
     path = Path(name).expanduser()
+    if gguf.is_gguf(name):
+        return gguf.local_folder(name)
+    if path.is_dir() and (found := gguf.find_in_folder(path)) is not None:
+        return gguf.local_folder(str(found))
     if path.exists():
         return str(path)
     if not name.startswith((".", "/", "~")):
@@ -35,6 +43,14 @@ def _source(name: str) -> str:
 
         probe(name, "model")
     return name
+
+
+def origin_note(name: str) -> str | None:
+    """One line on how a model's weights were made ready when they are not a plain folder (a GGUF file:
+    which quantized types were dequantized to fp32), else None."""
+    from rtsent import gguf
+
+    return gguf.describe(_source(name))
 
 
 def load_tokenizer(name: str) -> Any:

@@ -25,7 +25,7 @@ from rtsent.faults import crash_point, interrupt_point
 from rtsent.train_options import (class_weights, early_stopping_callbacks, early_stopping_record, label_position_loss,
                                   record, tracker_setup, trackers)
 from rtsent.families import check_max_len
-from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, pad_batch,
+from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, origin_note, pad_batch,
                              quiet_transformers, resolve_precision, saved_config)
 from rtsent.prompts import tokenizer_fingerprint
 from rtsent.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
@@ -407,6 +407,9 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
+    note = origin_note(cfg.model)
+    if note:
+        log(f"model {note}")
     log(f"training {paths.name} on {prepare.describe(manifest)}: {len(train_ds)} examples, {total} steps, "
         f"{precision} on {device.type}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
     started = time.perf_counter()

