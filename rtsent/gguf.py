@@ -151,6 +151,7 @@ def _load(source: Path) -> tuple[Any, Any]:
     from transformers.utils import logging as hf_logging
 
     folder, name = str(source.parent), source.name
+    bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
         with quiet_transformers():
@@ -160,7 +161,8 @@ def _load(source: Path) -> tuple[Any, Any]:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ArtifactError(f"cannot read {source} as a causal LM: {first}") from None
     finally:
-        hf_logging.enable_progress_bar()
+        if bars:
+            hf_logging.enable_progress_bar()
     config = loaded.config.to_dict()
     config.pop("quantization_config", None)
     config.pop("_name_or_path", None)
