@@ -247,7 +247,9 @@ def _text_of(clf: Any, examples: Examples, i: int) -> str:
     """The review: as given (--data), else decoded from the prepared ids without the template."""
     if examples.texts is not None:
         return examples.texts[i]
-    body = examples.rows[i][: len(examples.rows[i]) - len(clf.encoder.suffix_ids)]
+    # The encoder put its BOS (Llama's <s>, OPT's </s>) before every prompt and the suffix after it.
+    row = examples.rows[i]
+    body = row[len(clf.encoder.bos_ids): len(row) - len(clf.encoder.suffix_ids)]
     text = clf.tokenizer.decode(body)
     prefix = clf.prompt.prefix
     return text[len(prefix):] if prefix and text.startswith(prefix) else text

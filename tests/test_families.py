@@ -297,3 +297,16 @@ def test_prompt_encoder_needs_only_calling_the_tokenizer_and_naming_its_tokens(f
     assert (minimal.label_ids, minimal.encode(texts)) == (full.label_ids, full.encode(texts))
     with pytest.raises(UsageError, match="not one"):
         PromptEncoder(PromptConfig(label_words=(" negative", " wonderfully")), _OnlyTwoMethods(tok), 24)
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])
+def test_errors_file_decodes_the_review_without_the_bos_or_the_template(family_dirs, family):
+    from types import SimpleNamespace
+
+    tok = load_tokenizer(str(family_dirs[family]))
+    prompt = PromptConfig(template="movie: {text}\nSentiment:")  # words the tiny tokenizers know
+    encoder = PromptEncoder(prompt, tok, 64)
+    review = "the film is charming and funny"
+    examples = evaluate.Examples(encoder.encode([review]).input_ids, [1], "test", {})
+    clf = SimpleNamespace(encoder=encoder, tokenizer=tok, prompt=prompt)
+    assert evaluate._text_of(clf, examples, 0).strip() == review
