@@ -65,15 +65,17 @@ def read_metrics(path: Path) -> dict[str, list[tuple[int, float]]]:
     return {key: sorted(values.items()) for key, values in series.items()}
 
 
-def training_curves(metrics_path: Path, out: Path, best_step: int | None) -> Plot:
-    """Train loss and validation loss (left) and validation accuracy (right) against step."""
+def training_curves(metrics_path: Path, out: Path, best_step: int | None, class_weighted: bool = False) -> Plot:
+    """Train loss and validation loss (left) and validation accuracy (right) against step; both losses
+    are labelled class-weighted when the run weighted them (--class-weights auto)."""
     plt = _pyplot()
     series = read_metrics(metrics_path)
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4), layout="constrained")
+    kind = " (class-weighted)" if class_weighted else ""
     for key, label, style in (("loss", "train loss", "-"), ("eval_loss", "validation loss", "o-")):
         if series[key]:
-            left.plot(*zip(*series[key]), style, label=label)
-    left.set(xlabel="step", ylabel="loss", title="loss")
+            left.plot(*zip(*series[key]), style, label=label + kind)
+    left.set(xlabel="step", ylabel="loss" + kind, title="loss" + kind)
     losses = [v for key in ("loss", "eval_loss") for _, v in series[key] if v > 0]
     if losses and max(losses) > 20 * min(losses):  # the LM loss starts near ln(vocab): show both ends
         left.set_yscale("log")

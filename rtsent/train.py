@@ -439,7 +439,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         if cfg.plots:
             from rtsent.plots import training_curves
 
-            plots = (training_curves(paths.metrics, paths.dir / "plots" / "training.png", best_step).path,)
+            plots = (training_curves(paths.metrics, paths.dir / "plots" / "training.png", best_step,
+                                     class_weighted=weights is not None).path,)
     return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
                        timing["train_examples_per_s"], calibration, plots, trainable, params)
 

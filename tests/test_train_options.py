@@ -81,9 +81,16 @@ def _prepared(tmp_path, tiny_model_dir, ws):
     return prepare.run(PrepareConfig(data=str(imbalanced(tmp_path / "data")), model=str(tiny_model_dir), max_len=32), ws)
 
 
-def test_class_weighted_training_records_weights_and_evaluates_the_weighted_loss(tmp_path, tiny_model_dir, ws):
+def test_class_weighted_training_records_weights_and_evaluates_the_weighted_loss(tmp_path, tiny_model_dir, ws,
+                                                                                 monkeypatch):
     from transformers import AutoModelForCausalLM
 
+    from rtsent import plots
+
+    drawn_curves: dict = {}
+    real_curves = plots.training_curves
+    monkeypatch.setattr(plots, "training_curves",
+                        lambda *a, **k: drawn_curves.update(real_curves(*a, **k).drawn) or real_curves(*a, **k))
     prepared = _prepared(tmp_path, tiny_model_dir, ws)
     result = train.run(TrainConfig(model=str(tiny_model_dir), lr=FROZEN_LR, batch_size=16, eval_batch_size=64,
                                    max_steps=1, eval_every=1, precision="fp32", run_name="weighted",
@@ -111,6 +118,8 @@ def test_class_weighted_training_records_weights_and_evaluates_the_weighted_loss
     plain = sum(-torch.log_softmax(model(torch.tensor([i])).logits[0, -1].double(), -1)[label_ids[y]].item()
                 for i, y in zip(val["input_ids"], val["labels"])) / len(val)
     assert eval_loss != pytest.approx(plain, rel=1e-4)
+    # ... and the run's training plot says so.
+    assert set(drawn_curves) >= {"train loss (class-weighted)", "validation loss (class-weighted)"}
 
 
 def test_early_stopping_stops_after_patience_plus_one_evaluations(tmp_path, tiny_model_dir, ws):
