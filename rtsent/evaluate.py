@@ -117,6 +117,9 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
         **probability_report(probs, examples.labels, clf.label_names, cfg.bins),
         "calibration": calibrated,
     }
+    if examples.split == "validation" and clf.meta.get("best"):
+        report["warning"] = ("validation chose this model's checkpoint and temperature, so its figures are "
+                             "optimistic; report `rtsent evaluate --split test`")
     if cfg.errors is not None:
         report["errors"] = _errors(clf, examples, probs, cfg.errors, out.with_name(f"{out.stem}-errors.jsonl"))
     if cfg.plots:

@@ -55,6 +55,8 @@ def print_evaluation(report: dict[str, Any]) -> None:
     summary.add_row(f"{report['accuracy']:.4f}", f"{report['macro_f1']:.4f}", f"{report['ece']:.4f}",
                     f"{report['examples_per_s']:.1f}")
     console.print(summary)
+    if report.get("warning"):
+        console.print(Text(f"note: {report['warning']}"))
     classes = Table("class", "precision", "recall", "F1", "support")
     for name, c in report["per_class"].items():
         classes.add_row(Text(name), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))

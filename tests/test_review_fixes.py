@@ -117,3 +117,21 @@ def test_onnx_graph_of_an_adapter_over_a_bf16_base_scores_like_torch_fp32(ws, ti
     b = torch_fp32.scores(torch_fp32.encoder.encode(texts).input_ids)
     # fp32 graph vs fp32 torch: 1.2e-7 here; a bf16-rounded merge in the graph differed by 4.7e-5.
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=0)
+
+
+# Smaller: evaluate's headline on validation, the split that chose the checkpoint, carries a warning ----------
+
+def test_evaluating_the_validation_split_of_a_trained_model_warns_that_it_is_optimistic(trained, tmp_path):
+    from typer.testing import CliRunner
+
+    from rtsent.cli import app
+
+    space, result = trained
+    common = ["--workdir", str(space.root), "--model", str(result.model_dir), "--precision", "fp32", "--no-plots"]
+    on_validation = CliRunner().invoke(app, ["evaluate", "--split", "validation", "--output", str(tmp_path / "v.json"),
+                                             *common])
+    on_test = CliRunner().invoke(app, ["evaluate", "--split", "test", "--output", str(tmp_path / "t.json"), *common])
+    assert on_validation.exit_code == 0 and on_test.exit_code == 0
+    assert "optimistic" in json.loads((tmp_path / "v.json").read_text())["warning"]
+    assert "note: validation chose this model's checkpoint" in " ".join(on_validation.output.split())
+    assert "warning" not in json.loads((tmp_path / "t.json").read_text()) and "optimistic" not in on_test.output
