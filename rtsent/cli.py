@@ -342,6 +342,8 @@ def predict(
     from rtsent import predict as stage
 
     stats = stage.run(cfg, _workspace(workdir), prompt=_prompt(template, label_words, None, required=False))
+    if stats.note:
+        _log(stats.note)
     if cfg.file:
         _log(f"{stats.count} reviews in {stats.seconds:.1f} s ({stats.per_second:.0f} reviews/s; "
              f"model loaded in {stats.load_seconds:.1f} s)")

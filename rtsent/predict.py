@@ -13,7 +13,7 @@ from rtsent.cache import clean_stale
 from rtsent.config import PredictConfig
 from rtsent.inputs import Row, iter_rows, problem
 from rtsent.errors import DataError
-from rtsent.engines import open_classifier
+from rtsent.engines import open_classifier, precision_note
 from rtsent.workspace import Workspace
 
 
@@ -25,6 +25,8 @@ class PredictStats:
     load_seconds: float = 0.0
     unlabelled: int = 0
     """Rows answered with an error instead of a label (blank text)."""
+    note: str | None = None
+    """What the command should say about the engine it picked (see engines.precision_note)."""
 
     @property
     def per_second(self) -> float:
@@ -88,7 +90,8 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
         where = "stdin" if cfg.file == "-" else cfg.file
         raise DataError(f"{where} has no reviews (it is empty); nothing to classify")
     writer.close()
-    return PredictStats(count, time.perf_counter() - loaded, loaded - started, skipped)
+    return PredictStats(count, time.perf_counter() - loaded, loaded - started, skipped,
+                        precision_note(clf, cfg.precision))
 
 
 class _JsonLines:

@@ -265,8 +265,12 @@ class State:
                                self.cfg.max_queue, self.metrics, self.log)
         self.batcher.start()
         self.classifier = clf
-        self.log(f"serving {self.model} ({clf.engine} engine) on {self.url} - docs at {self.url}/docs; "
+        from rtsent.engines import precision_note
+
+        self.log(f"serving {self.model} ({clf.engine} engine, {clf.precision}) on {self.url} - docs at {self.url}/docs; "
                  f"Ctrl-C to stop")
+        if note := precision_note(clf, self.cfg.precision):
+            self.log(note)
 
     def _open(self) -> Any:
         from rtsent.engines import open_classifier

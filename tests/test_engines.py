@@ -291,3 +291,11 @@ def test_real_tokenizer_on_generated_strings(tmp_path):
         assert onnx_enc.encode(batch).input_ids == torch_enc.encode(batch).input_ids
 
     check()
+
+
+def test_predict_says_when_auto_precision_picked_the_int8_graph(exported):
+    auto = runner.invoke(app, ["predict", "great movie", "--model", str(exported)])
+    fp32 = runner.invoke(app, ["predict", "great movie", "--model", str(exported), "--precision", "fp32"])
+    assert auto.exit_code == 0 and fp32.exit_code == 0
+    assert "int8 ONNX graph" in " ".join(auto.output.split()) and "--precision fp32" in auto.output
+    assert "int8" not in fp32.output

@@ -42,6 +42,14 @@ def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, 
     return TorchClassifier(model, meta, prompt, max_len, precision)
 
 
+def precision_note(clf: Any, requested: str) -> str | None:
+    """The line predict and serve print when --precision auto picked the int8 graph, else None."""
+    if requested == "auto" and clf.precision == "int8":
+        return ("scoring with the int8 ONNX graph (--precision auto prefers it where `rtsent export --int8` wrote "
+                "one); pass --precision fp32 for the fp32 graph")
+    return None
+
+
 def fitting_max_len(model: str, max_len: int | None, default: int) -> int:
     """The prompt length to score with: the one asked for (or trained with), refused with one line when
     it exceeds the model's context; when none was asked for, the default cut to the context."""
