@@ -227,7 +227,7 @@ def prepare(
 def train(
     model: str = typer.Option(TrainConfig.model, help="Starting model: hub name or local folder."),
     prepared: Optional[str] = typer.Option(None, help="Prepared dataset folder or fingerprint (default: the latest)."),
-    lr: float = typer.Option(TrainConfig.lr, help="Peak learning rate."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 5e-5; 5e-4 with --lora)."),
     batch_size: int = typer.Option(TrainConfig.batch_size, help="Training examples per step."),
     eval_batch_size: int = typer.Option(TrainConfig.eval_batch_size, help="Examples per evaluation batch."),
     epochs: float = typer.Option(TrainConfig.epochs, help="Passes over the training split."),

