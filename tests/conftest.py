@@ -25,6 +25,11 @@ os.environ.update({
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
     "RTSENT_CACHE": os.path.join(_CACHE, "rtsent"),  # GGUF conversions
 })
+# torch's structured-trace logger emits DEBUG records for every node the ONNX exporter traces; pytest's
+# log capture would keep them all (tens of thousands for the 30-layer real model).
+import logging  # noqa: E402
+
+logging.getLogger("torch.__trace").setLevel(logging.WARNING)
 os.environ.pop("RTSENT_HOME", None)
 os.environ.pop("RTSENT_DEBUG", None)
 

@@ -6,7 +6,6 @@ Every stage takes the .gguf file itself. References come from transformers' own 
 
 from __future__ import annotations
 
-import functools
 import json
 from pathlib import Path
 
@@ -24,22 +23,27 @@ REVIEWS = ["A gripping, beautifully acted film.", "Dull, lifeless and far too lo
            "the plot is thin but the actors are charming", "I wanted my two hours back."]
 
 
-@functools.lru_cache(maxsize=1)
+@pytest.fixture(scope="module")
 def reference():
-    """transformers' own GGUF load of the file: tokenizer and fp32 model."""
+    """transformers' own GGUF load of the file: tokenizer and fp32 model (freed after this module, so the
+    rest of the suite does not run beside a 540 MB model it no longer needs)."""
+    import gc
+
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name)
     model = AutoModelForCausalLM.from_pretrained(str(GGUF.parent), gguf_file=GGUF.name, dtype=torch.float32)
-    return tok, model.eval()
+    yield tok, model.eval()
+    del model
+    gc.collect()
 
 
-def reference_scores(texts, template=TEMPLATE):
+def reference_scores(reference, texts, template=TEMPLATE):
     """model(...).logits[:, -1, label_ids] for each text's prompt, tokenized whole, one at a time."""
     import torch
 
-    tok, model = reference()
+    tok, model = reference
     out = []
     with torch.no_grad():
         for text in texts:
@@ -66,21 +70,21 @@ def pretrained_run(tmp_path_factory, data_dir):
     return ws, prepared, result, logs
 
 
-def test_zero_shot_scores_of_the_gguf_equal_the_models_own_last_token_logits():
+def test_zero_shot_scores_of_the_gguf_equal_the_models_own_last_token_logits(reference):
     from rtsent.config import PromptConfig
     from rtsent.engines import open_classifier
 
     clf = open_classifier(str(GGUF), prompt=PromptConfig(template=TEMPLATE, label_words=WORDS), engine="torch",
                           precision="fp32")
     ours = clf.scores(clf.encoder.encode(REVIEWS).input_ids)
-    np.testing.assert_allclose(ours, reference_scores(REVIEWS), atol=1e-4, rtol=0)
+    np.testing.assert_allclose(ours, reference_scores(reference, REVIEWS), atol=1e-4, rtol=0)
 
 
-def test_the_gguf_trains_and_exports_a_plain_folder_with_its_own_tokenizer(pretrained_run):
+def test_the_gguf_trains_and_exports_a_plain_folder_with_its_own_tokenizer(pretrained_run, reference):
     from safetensors import safe_open
 
     ws, prepared, result, logs = pretrained_run
-    tok, _ = reference()
+    tok, _ = reference
     folder = result.model_dir
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "llama" and "quantization_config" not in config
@@ -96,7 +100,7 @@ def test_the_gguf_trains_and_exports_a_plain_folder_with_its_own_tokenizer(pretr
     assert any("Q4_1" in line and "dequantized to fp32" in line for line in logs), logs
 
 
-def test_the_trained_gguf_model_predicts_through_both_engines_like_its_own_forward(pretrained_run):
+def test_the_trained_gguf_model_predicts_through_both_engines_like_its_own_forward(pretrained_run, reference):
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -105,7 +109,7 @@ def test_the_trained_gguf_model_predicts_through_both_engines_like_its_own_forwa
     ws, prepared, result, logs = pretrained_run
     texts = synthetic_split(8, seed=9)["text"] + REVIEWS
     meta = json.loads((result.model_dir / "rtsent.json").read_text())
-    tok, _ = reference()
+    tok, _ = reference
     model = AutoModelForCausalLM.from_pretrained(str(result.model_dir), dtype=torch.float32).eval()
     expected = []
     with torch.no_grad():
