@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rtsent.cache import hash_files
-from rtsent.errors import DataError, UsageError
+from rtsent.errors import DataError, UsageError, first_line
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 ROLES = ("train", "validation", "test")
@@ -308,7 +308,7 @@ def read_table_file(path: Path) -> Any:
 
         return pjson.read_json(path)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as exc:
-        reason = str(exc).splitlines()[0]
+        reason = first_line(exc)
         if "UTF8" in reason or "utf-8" in reason.lower() or "utf8" in reason.lower():
             reason = "it is not valid UTF-8 text; re-save it as UTF-8"
         elif path.stat().st_size == 0:

@@ -35,3 +35,9 @@ class Interrupted(RtsentError):
     """The user stopped the command (Ctrl-C / SIGTERM) after it saved what it could."""
 
     exit_code = 130
+
+
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none), cut to limit."""
+    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
+    return (lines[0].strip() if lines else type(exc).__name__)[:limit]

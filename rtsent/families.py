@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from rtsent.errors import UsageError
+from rtsent.errors import UsageError, first_line
 
 
 @dataclass(frozen=True)
@@ -192,8 +192,7 @@ def apply_overrides(config: Any, overrides: str) -> Any:
     try:
         return type(config).from_dict(data)
     except (ValueError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"--config-overrides {overrides!r}: {first}") from None
+        raise UsageError(f"--config-overrides {overrides!r}: {first_line(exc)}") from None
 
 
 class _GenericView:

@@ -21,7 +21,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from rtsent.errors import ArtifactError, UsageError
+from rtsent.errors import ArtifactError, UsageError, first_line
 
 SUFFIX = ".gguf"
 INFO = "gguf.json"
@@ -158,8 +158,7 @@ def _load(source: Path) -> tuple[Any, Any]:
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ArtifactError(f"cannot read {source} as a causal LM: {first}") from None
+        raise ArtifactError(f"cannot read {source} as a causal LM: {first_line(exc)}") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
-from rtsent.errors import DataError, UsageError
+from rtsent.errors import DataError, UsageError, first_line
 
 TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 
@@ -93,7 +93,7 @@ def _iter_parquet(path: Path, columns: Sequence[str], keep: Sequence[str], chunk
     try:
         pf = pq.ParquetFile(path)
     except Exception as exc:  # pyarrow raises several kinds for a file that is not parquet
-        raise DataError(f"cannot read {path}: {str(exc).splitlines()[0]}") from None
+        raise DataError(f"cannot read {path}: {first_line(exc)}") from None
     _missing(path, pf.schema_arrow.names, columns)
     for batch in pf.iter_batches(batch_size=chunk, columns=list(columns)):
         yield _batch_rows(batch, columns, keep)
@@ -114,7 +114,7 @@ def _iter_csv(path: Path, columns: Sequence[str], keep: Sequence[str], chunk: in
             for start in range(0, len(rows), chunk):
                 yield rows[start : start + chunk]
     except (pa.ArrowInvalid, OSError) as exc:
-        reason = str(exc).splitlines()[0]
+        reason = first_line(exc)
         if "utf8" in reason.lower() or "utf-8" in reason.lower():
             reason = "it is not valid UTF-8 text; re-save it as UTF-8"
         raise DataError(f"cannot read {path}: {reason}") from None

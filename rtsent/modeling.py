@@ -12,13 +12,13 @@ from typing import Any, Iterator, Sequence
 
 import torch
 
-from rtsent.errors import ArtifactError, UsageError
+from rtsent.errors import ArtifactError, UsageError, first_line
 
 
 def _load_error(kind: str, name: str, exc: Exception) -> Exception:
     path = Path(name).expanduser()
     if path.exists():
-        return ArtifactError(f"cannot load the {kind} from {path}: {str(exc).splitlines()[0]}")
+        return ArtifactError(f"cannot load the {kind} from {path}: {first_line(exc)}")
     if name.startswith((".", "/", "~")):
         return UsageError(f"no such folder: {name}; pass --model with an existing model folder")
     from rtsent.hub import explain

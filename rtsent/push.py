@@ -7,7 +7,7 @@ from typing import Callable
 
 from rtsent import card
 from rtsent.config import PushConfig
-from rtsent.errors import ArtifactError, HubError, UsageError
+from rtsent.errors import ArtifactError, HubError, UsageError, first_line
 from rtsent.workspace import MODEL_META, Workspace
 
 AUTH_HINT = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
@@ -44,7 +44,7 @@ def run(cfg: PushConfig, ws: Workspace, log: Callable[[str], None] = lambda _: N
         api.upload_folder(repo_id=cfg.repo_id, folder_path=str(folder), repo_type="model",
                           commit_message=f"Upload {folder.parent.name if folder.name == 'model' else folder.name} (rtsent)")
     except hub_errors.HFValidationError as exc:
-        raise UsageError(f"--repo-id {cfg.repo_id!r} is not a valid repository name ({_first(exc)}); "
+        raise UsageError(f"--repo-id {cfg.repo_id!r} is not a valid repository name ({first_line(exc)}); "
                          f"use user/name or org/name") from None
     except hub_errors.LocalTokenNotFoundError:
         raise UsageError(f"not logged in to the Hugging Face hub; {AUTH_HINT}") from None
@@ -54,13 +54,9 @@ def run(cfg: PushConfig, ws: Workspace, log: Callable[[str], None] = lambda _: N
         status = getattr(exc.response, "status_code", None)
         if status in (401, 403):
             raise HubError(f"the hub refused to write {cfg.repo_id} (HTTP {status}); {AUTH_HINT}") from None
-        raise HubError(f"the hub could not take {cfg.repo_id}: {_first(exc)}; try again later") from None
+        raise HubError(f"the hub could not take {cfg.repo_id}: {first_line(exc)}; try again later") from None
     except (hub_errors.HTTPError, OSError) as exc:
-        raise HubError(f"cannot reach the Hugging Face hub ({_first(exc)}); check the network (or HF_ENDPOINT "
+        raise HubError(f"cannot reach the Hugging Face hub ({first_line(exc)}); check the network (or HF_ENDPOINT "
                        f"and proxy settings) and push again") from None
     return str(url)
 
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__

@@ -196,6 +196,29 @@ def test_a_failed_export_keeps_the_folder_as_it_was(plain_model, tmp_path, monke
     assert {p.name: p.read_bytes() for p in folder.iterdir()} == before
 
 
+def test_the_fallback_exporter_writes_a_graph_that_scores_the_same(exported, texts, tmp_path, monkeypatch):
+    """When the TorchScript exporter fails, torch.export's writes the graph: the same scores, said in the log."""
+    from rtsent import export
+    from rtsent.engines import open_classifier
+
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("tracer cannot handle this")
+
+    monkeypatch.setitem(export.EXPORTERS, "torchscript", broken)
+    logged: list[str] = []
+    record = export.export_folder(folder, log=logged.append)
+    assert any("tracer cannot handle this" in line and "torch.export" in line for line in logged), logged
+    assert record["exporter"].startswith("torch.onnx dynamo")
+    default = open_classifier(str(exported), precision="fp32", engine="onnx")
+    fallback = open_classifier(str(folder), precision="fp32", engine="onnx")
+    rows = default.encoder.encode(texts).input_ids
+    np.testing.assert_allclose(fallback.scores(rows, 7), default.scores(rows, 7), atol=ATOL, rtol=0)
+    assert json.loads((exported / "rtsent.json").read_text())["onnx"]["exporter"].startswith("torch.onnx torchscript")
+
+
 # --- prompt encoding: the tokenizer.json adapter against transformers --------------------------------
 
 def _encoders(tokenizer_folder: Path, tmp_path: Path, prompt: PromptConfig, max_len: int):

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import resource
 import sys
 
 import pytest
@@ -112,6 +110,9 @@ def test_clipping_is_not_folded_with_a_grad_scaler_or_an_unfused_optimizer():
 
 def faults_of_a_reallocation(libc, size: int = 96 * 2**20) -> int:
     """Minor page faults of malloc + writing `size` bytes right after the same malloc + write + free."""
+    import ctypes
+    import resource
+
     libc.malloc.restype, libc.malloc.argtypes, libc.free.argtypes = ctypes.c_void_p, [ctypes.c_size_t], [ctypes.c_void_p]
     first = libc.malloc(size)
     ctypes.memset(first, 1, size)
@@ -124,19 +125,35 @@ def faults_of_a_reallocation(libc, size: int = 96 * 2**20) -> int:
     return faults
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_reused_heap_makes_glibc_reuse_a_freed_big_block():
+def heap_probe() -> None:
+    """Run in a fresh process: faults of a 96 MB reallocation before, inside and after reused_heap."""
     from rtsent import speed
 
     libc = speed._glibc()
     if libc is None:
-        pytest.skip("not glibc")
-    # Plain malloc, not torch: torch's posix_memalign asks for a few bytes more than it freed, so whether
-    # its block is reused depends on where the heap happens to start (see speed.reused_heap).
+        print("not glibc")
+        return
     outside = faults_of_a_reallocation(libc)
     with speed.reused_heap() as applied:
         inside = faults_of_a_reallocation(libc)
     after = faults_of_a_reallocation(libc)
+    print(applied, outside, inside, after)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_reused_heap_makes_glibc_reuse_a_freed_big_block():
+    import inspect
+    import subprocess
+
+    # A fresh process: in this one, earlier tests' training leaves big free chunks in the heap, which then
+    # serve a 96 MB malloc without a fresh mmap whatever the settings (CI once saw 0 faults "outside").
+    # Plain malloc, not torch: torch's posix_memalign asks for a few bytes more than it freed, so whether
+    # its block is reused depends on where the heap happens to start (see speed.reused_heap).
+    code = "\n".join([inspect.getsource(faults_of_a_reallocation), inspect.getsource(heap_probe), "heap_probe()"])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    if out == ["not", "glibc"]:
+        pytest.skip("not glibc")
+    applied, (outside, inside, after) = out[0] == "True", map(int, out[1:])
     assert applied
     assert outside >= 96 * 2**20 // 4096 // 2, outside  # by default: a fresh mmap, every page faults again
     assert inside < outside // 100, (inside, outside)

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rtsent.engines.base import TOKENIZER_FILE, Classifier, pad_rows
-from rtsent.errors import ArtifactError
+from rtsent.errors import ArtifactError, first_line
 
 
 class JsonTokenizer:
@@ -30,7 +30,7 @@ class JsonTokenizer:
         try:
             self.backend = Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for a missing or malformed file
-            raise ArtifactError(f"cannot read {path} ({str(exc).splitlines()[0]}); run `rtsent export` on the model again") from None
+            raise ArtifactError(f"cannot read {path} ({first_line(exc)}); run `rtsent export` on the model again") from None
         self.backend.no_padding()
         self.backend.no_truncation()
 
@@ -78,7 +78,7 @@ class OnnxClassifier(Classifier):
         try:
             self.session = ort.InferenceSession(str(graph), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime's own error types live in its C extension
-            raise ArtifactError(f"cannot load {graph} ({str(exc).splitlines()[0][:200]}); "
+            raise ArtifactError(f"cannot load {graph} ({first_line(exc)}); "
                                 f"run `rtsent export {name}` again") from None
 
     def _score_batch(self, rows: list[Sequence[int]]) -> np.ndarray:
