@@ -252,6 +252,7 @@ def train(
     report_to: str = typer.Option(TrainConfig.report_to, help="Also log to these Trainer integrations: tensorboard (events in runs/<name>/tensorboard), wandb, mlflow, ... (comma-separated, installed ones), or none."),
     no_plots: bool = typer.Option(False, "--no-plots", help="Skip the training-curves PNG (runs/<name>/plots/)."),
     onnx: bool = typer.Option(TrainConfig.onnx, "--onnx/--no-onnx", help="Also export an ONNX graph of the model (the fast predict engine)."),
+    train_layers: Optional[int] = typer.Option(None, help="Train only the last N transformer blocks (and the final norm); embeddings and earlier blocks stay frozen, and the backward pass stops there (faster, less memory). Default: every block."),
     lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) instead of every weight."),
     lora_r: int = typer.Option(TrainConfig.lora_r, help="LoRA rank."),
     lora_alpha: float = typer.Option(TrainConfig.lora_alpha, help="LoRA alpha (the update is scaled by alpha/r)."),
@@ -267,7 +268,7 @@ def train(
                       precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
                       run_name=run_name, resume=resume, from_scratch=from_scratch,
                       config_overrides=config_overrides, early_stopping=early_stopping, class_weights=class_weights,
-                      report_to=report_to, plots=not no_plots, onnx=onnx, lora=lora, lora_r=lora_r,
+                      report_to=report_to, plots=not no_plots, onnx=onnx, train_layers=train_layers, lora=lora, lora_r=lora_r,
                       lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
                       lora_export=lora_export)
     from rtsent import train as stage

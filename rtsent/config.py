@@ -196,6 +196,10 @@ class TrainConfig:
     """Draw the training curves to runs/<name>/plots/training.png at the end."""
     onnx: bool = True
     """Also export the model as an ONNX graph (the fast engine of evaluate/predict)."""
+    train_layers: int | None = None
+    """Train only the last N transformer blocks and what follows them (final norm, an untied head); the
+    embeddings and every earlier block stay frozen, so the backward pass stops at block L-N. None: all.
+    With lora: adapters in those blocks only."""
     lora: bool = False
     """Train LoRA adapters (peft) instead of every weight."""
     lora_r: int = 8
@@ -233,6 +237,8 @@ class TrainConfig:
             problems.append(
                 f"--save-every ({self.save_every}) must be a multiple of --eval-every ({self.eval_every})"
             )
+        if self.train_layers is not None and self.train_layers <= 0:
+            problems.append(f"--train-layers must be a positive number of blocks, got {self.train_layers}")
         if self.early_stopping is not None and self.early_stopping <= 0:
             problems.append(f"--early-stopping must be a positive number of evaluations, got {self.early_stopping}")
         if self.class_weights not in CLASS_WEIGHTS:

@@ -54,8 +54,13 @@ def wrap(model: Any, cfg: Any) -> Any:
     names, fan_in_fan_out = targets(model, cfg.lora_targets)
     if cfg.gradient_checkpointing:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad input
+    layers = None
+    if cfg.train_layers:  # adapters in the last blocks only: the backward pass stops below them
+        from rtsent.train_options import last_blocks
+
+        layers = list(last_blocks(model, cfg.train_layers))
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names,
-                        fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM", bias="none")
+                        fan_in_fan_out=fan_in_fan_out, task_type="CAUSAL_LM", bias="none", layers_to_transform=layers)
     return get_peft_model(model, config)
 
 

@@ -23,7 +23,7 @@ from rtsent.config import TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point, interrupt_point
 from rtsent.train_options import (class_weights, early_stopping_callbacks, early_stopping_record, label_position_loss,
-                                  record, tracker_setup, trackers)
+                                  record, tracker_setup, trackers, train_last_layers)
 from rtsent.families import check_max_len
 from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, origin_note, pad_batch,
                              quiet_transformers, resolve_precision, saved_config)
@@ -361,6 +361,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     model.config.pad_token_id = tok.pad_token_id
     if cfg.lora:
         model = lora.wrap(model, cfg)
+    elif cfg.train_layers:
+        train_last_layers(model, cfg.train_layers)
     if distributed.world_size() == 1 and not cfg.compile:  # DDP's reducer expects a sparse Embedding's grad sparse
         speed.sparse_tied_embedding_grad(model)
     trainable, params = lora.parameter_counts(model)

@@ -1,4 +1,5 @@
-"""Opt-in training behaviours: class-weighted loss, early stopping, experiment trackers (--report-to)."""
+"""Opt-in training behaviours: training the last layers only, class-weighted loss, early stopping,
+experiment trackers (--report-to)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,39 @@ def label_position_loss(logits: torch.Tensor, labels: torch.Tensor, label_ids: t
         return per_example.mean()
     weights = class_weights[labels]
     return (per_example * weights).sum() / weights.sum()
+
+
+def transformer_blocks(model: Any) -> torch.nn.ModuleList:
+    """The model's stack of transformer blocks: its ModuleList of config.num_hidden_layers modules."""
+    layers = model.config.num_hidden_layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == layers:
+            return module
+    raise UsageError(f"--train-layers: cannot find the {layers} transformer blocks of this {model.config.model_type} "
+                     f"model; train every layer (leave --train-layers out)")
+
+
+def last_blocks(model: Any, n: int) -> range:
+    """Indices of the last n transformer blocks; UsageError when the model has fewer."""
+    total = len(transformer_blocks(model))
+    if n > total:
+        raise UsageError(f"--train-layers {n}: the model has {total} transformer blocks; pass at most {total}")
+    return range(total - n, total)
+
+
+def train_last_layers(model: Any, n: int) -> None:
+    """Freeze every parameter before the last n transformer blocks (embeddings, earlier blocks); what
+    follows them (final norm, an untied output layer) stays trainable.
+
+    Parameters are registered in the order the forward uses them (embeddings, blocks, final norm), so
+    "before" is their order in model.parameters(). Raises UsageError when n exceeds the block count.
+    """
+    first = transformer_blocks(model)[last_blocks(model, n).start]
+    trained = {id(p) for p in first.parameters()}
+    for p in model.parameters():
+        if id(p) in trained:
+            break
+        p.requires_grad_(False)
 
 
 def class_weights(mode: str, manifest: dict[str, Any]) -> list[float] | None:

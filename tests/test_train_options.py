@@ -1,4 +1,4 @@
-"""Training options: --class-weights auto, --early-stopping N, --report-to (TensorBoard events in the run)."""
+"""Training options: --train-layers N, --class-weights auto, --early-stopping N, --report-to (TensorBoard events in the run)."""
 
 from __future__ import annotations
 
@@ -164,11 +164,69 @@ def test_uninstalled_report_to_says_what_to_install(tmp_path):
     assert result.exit_code == 2 and "--report-to wandb: not installed; pip install wandb" in result.output
 
 
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "model.safetensors"))
+
+
+# The tiny GPT-2: width 32, 2 blocks; a block holds 2 LayerNorms (2 x 64), c_attn (32 x 96 + 96),
+# c_proj (32 x 32 + 32), c_fc (32 x 128 + 128) and mlp.c_proj (128 x 32 + 32): 12,704 weights.
+BLOCK_PARAMS = 2 * 64 + (32 * 96 + 96) + (32 * 32 + 32) + (32 * 128 + 128) + (128 * 32 + 32)
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_train_layers_changes_only_the_last_blocks_and_what_follows(tmp_path, tiny_model_dir, ws, lora):
+    _prepared(tmp_path, tiny_model_dir, ws)
+    adapters = {"lora": True, "lora_r": 4} if lora else {}
+    result = train.run(TrainConfig(model=str(tiny_model_dir), lr=2e-2, batch_size=16, max_steps=3, precision="fp32",
+                                   run_name="last", train_layers=1, warmup=0.0, onnx=False, **adapters), ws)
+    base, out = _weights(tiny_model_dir), _weights(result.model_dir)
+    changed = {k for k in base if not torch.equal(base[k], out[k])}
+    if lora:  # an adapter on block 1's c_attn only (A: 4 x 32, B: 96 x 4), merged at export
+        assert changed == {"transformer.h.1.attn.c_attn.weight"}
+        assert result.trainable_params == 4 * (32 + 96)
+    else:  # block 1 and the final LayerNorm; the tied embeddings, the positions and block 0 stay as they were
+        assert changed == {k for k in base if k.startswith(("transformer.h.1.", "transformer.ln_f."))}
+        assert result.trainable_params == BLOCK_PARAMS + 64
+
+
+def test_backward_stops_below_the_trained_blocks(tiny_model_dir):
+    from rtsent.modeling import load_model, next_token_logits
+    from rtsent.train_options import train_last_layers
+
+    model = load_model(str(tiny_model_dir), dtype=torch.float32)
+    train_last_layers(model, 1)
+    tracked = {}  # whether autograd records each block's output: block 0's is a constant to it
+
+    def track(i):
+        def hook(module, args, out):
+            tracked[i] = (out[0] if isinstance(out, tuple) else out).requires_grad
+        return hook
+
+    for i, block in enumerate(model.transformer.h):
+        block.register_forward_hook(track(i))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    next_token_logits(model, ids, torch.ones_like(ids)).sum().backward()
+    assert tracked == {0: False, 1: True}
+    assert model.transformer.h[0].attn.c_attn.weight.grad is None and model.transformer.wte.weight.grad is None
+    assert model.transformer.h[1].attn.c_attn.weight.grad is not None
+
+
 @pytest.mark.parametrize("options, message", [
     (["--early-stopping", "0"], "--early-stopping must be a positive number"),
     (["--class-weights", "balanced"], "--class-weights must be one of none, auto"),
     (["--report-to", "none,tensorboard"], "--report-to takes none or comma-separated integrations"),
+    (["--train-layers", "0"], "--train-layers must be a positive number of blocks"),
 ])
 def test_bad_training_options_are_usage_errors(tmp_path, options, message):
     result = runner.invoke(app, ["train", *options, "--workdir", str(tmp_path)])
     assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output
+
+
+def test_more_train_layers_than_the_model_has_is_one_line(tmp_path, tiny_model_dir, ws):
+    _prepared(tmp_path, tiny_model_dir, ws)
+    result = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--train-layers", "3", "--workdir", str(ws.root)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "--train-layers 3: the model has 2 transformer blocks; pass at most 2" in lines[0]
