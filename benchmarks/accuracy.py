@@ -2,7 +2,7 @@
 
     reference  --precision fp32 with the model config's dropout (GPT-2: 0.1) and tanh-GELU
     defaults   --precision auto (bf16 on this CPU), dropout 0, exact GELU in bf16
-    no-speed   the defaults with rtsent.speed's step levers switched off (#12: reused heap, sparse tied
+    no-speed   the defaults with rtsent.training.speed's step levers switched off (#12: reused heap, sparse tied
                embedding gradient, clipping folded into fused AdamW), i.e. the step as before them
 
     python benchmarks/accuracy.py --variants reference,defaults,no-speed
@@ -30,10 +30,10 @@ from common import DATA, OUT  # noqa: E402
 
 
 def levers_off(off: bool) -> None:
-    """Switch rtsent.speed's levers off (or back on) for the runs that follow, in this process."""
+    """Switch rtsent.training.speed's levers off (or back on) for the runs that follow, in this process."""
     import contextlib
 
-    from rtsent import speed
+    from rtsent.training import speed
 
     if off:
         speed.reused_heap = lambda: contextlib.nullcontext(False)
@@ -59,8 +59,8 @@ def main() -> None:
 
     from rtsent import evaluate, prepare, train
     from rtsent.config import EvaluateConfig, PrepareConfig, TrainConfig
-    from rtsent.modeling import default_device, resolve_precision
-    from rtsent.workspace import Workspace
+    from rtsent.core.modeling import default_device, resolve_precision
+    from rtsent.artifacts.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
     prep = prepare.run(PrepareConfig(data=str(DATA), model=args.model), ws)

@@ -54,7 +54,7 @@ def worker_rtsent_train(args) -> None:
     """rtsent.train.run with defaults; a StepTimer callback is appended to the Trainer's callbacks."""
     import rtsent.train as tr
     from rtsent.config import TrainConfig
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     timer = StepTimer()
     real = tr.LabelPositionTrainer
@@ -67,7 +67,7 @@ def worker_rtsent_train(args) -> None:
     kw = {"max_steps": args.steps} if args.steps else {"epochs": args.epochs}
     cfg = TrainConfig(model=args.model, run_name=args.run_name, **kw)
     import torch
-    from rtsent.modeling import default_device, resolve_precision
+    from rtsent.core.modeling import default_device, resolve_precision
 
     started = time.perf_counter()
     res = tr.run(cfg, Workspace.resolve(args.workspace))

@@ -140,7 +140,7 @@ def main() -> None:
     import rtsent.train as tr
     from rtsent import prepare
     from rtsent.config import PrepareConfig, TrainConfig
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
     prep = prepare.run(PrepareConfig(data=str(DATA), model=args.model), ws)

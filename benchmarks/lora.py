@@ -44,7 +44,7 @@ def main() -> None:
 
     from rtsent import prepare, train
     from rtsent.config import PrepareConfig, TrainConfig
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     model = str(build(OUT / "gpt2-small"))
     ws = Workspace.resolve(tempfile.mkdtemp(prefix="rtsent-lora-bench-", dir=OUT))

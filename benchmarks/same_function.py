@@ -1,4 +1,4 @@
-"""Do rtsent.speed's step levers compute the same function? Train twice, levers on and off, and compare.
+"""Do rtsent.training.speed's step levers compute the same function? Train twice, levers on and off, and compare.
 
     python benchmarks/same_function.py [--precision fp32|bf16] [--steps 120]
 
@@ -33,7 +33,7 @@ def main() -> None:
 
     from rtsent import prepare, train
     from rtsent.config import PrepareConfig, TrainConfig
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     ws = Workspace.resolve(str(OUT / "same-function-ws"))
     prep = prepare.run(PrepareConfig(data=str(DATA), model=args.model), ws)

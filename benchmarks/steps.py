@@ -26,9 +26,9 @@ LR, WD, CLIP = 5e-5, 0.01, 1.0
 def batches(model_dir: str, n: int, batch_size: int, seed: int = 0):
     from rtsent import prepare
     from rtsent.config import PrepareConfig
-    from rtsent.modeling import load_tokenizer, pad_batch
+    from rtsent.core.modeling import load_tokenizer, pad_batch
     from rtsent.train import SeededLengthSampler
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     import torch
 
@@ -53,7 +53,7 @@ def batches(model_dir: str, n: int, batch_size: int, seed: int = 0):
 class Variant:
     """One way of making a step; `levers` names what differs from rtsent's method before #12:
 
-    heap    glibc keeps freed memory for reuse (rtsent.speed.reused_heap)
+    heap    glibc keeps freed memory for reuse (rtsent.training.speed.reused_heap)
     sparse  sparse input-embedding gradient added into the tied head's (speed.sparse_tied_embedding_grad)
     fold    clipping folded into fused AdamW's grad_scale (speed.fold_clipping_into_adamw)
     master  bf16 weights in the model, fp32 master weights and AdamW state in the optimizer
@@ -63,8 +63,8 @@ class Variant:
     def __init__(self, model_dir: str, label_ids: list[int], levers: set[str]):
         import torch
 
-        from rtsent import speed
-        from rtsent.modeling import load_model
+        from rtsent.training import speed
+        from rtsent.core.modeling import load_model
 
         self.levers = levers
         self.model = load_model(model_dir, dtype=torch.float32, compute="bf16", dropout=0.0, attn="eager")
@@ -90,7 +90,7 @@ class Variant:
         import torch
         import torch.nn.functional as F
 
-        from rtsent.modeling import next_token_logits
+        from rtsent.core.modeling import next_token_logits
 
         ctx = contextlib.nullcontext() if "master" in self.levers else torch.autocast("cpu", dtype=torch.bfloat16)
         with ctx:
@@ -98,7 +98,7 @@ class Variant:
         return F.cross_entropy(logits, self.label_ids[batch["labels"]])
 
     def step(self, batch) -> float:
-        from rtsent import speed
+        from rtsent.training import speed
 
         # rtsent holds reused_heap over the whole training; here it is switched per variant without the
         # trim at the end of the block (which would hand the memory back and make it fault again)
@@ -114,7 +114,7 @@ class Variant:
     def update(self) -> None:
         import torch
 
-        from rtsent import speed
+        from rtsent.training import speed
 
         if "master" in self.levers:
             torch.nn.utils.clip_grad_norm_(self.params, CLIP)

@@ -157,7 +157,7 @@ def _disk_full(exc: BaseException | None, workdir: Optional[str] = None) -> bool
 
 
 def _workspace(workdir: Optional[str]):
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     return Workspace.resolve(workdir)
 
@@ -217,7 +217,7 @@ def prepare(
                         text_column=text_column, label_column=label_column, force=force, subset=subset,
                         splits=splits, validation_fraction=validation_fraction, seed=seed)
     from rtsent import prepare as stage
-    from rtsent.report import print_prepared
+    from rtsent.console import print_prepared
 
     print_prepared(stage.run(cfg, _workspace(workdir), _log))
 
@@ -272,7 +272,7 @@ def train(
                       lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
                       lora_export=lora_export)
     from rtsent import train as stage
-    from rtsent.report import print_trained
+    from rtsent.console import print_trained
 
     result = stage.run(cfg, _workspace(workdir), _stderr(), _log)
     if stage.is_main_process():  # under torchrun every rank runs this command; one summary is enough
@@ -308,7 +308,7 @@ def evaluate(
                          batch_size=batch_size, precision=precision, engine=engine, output=output, data=data, text_column=text_column,
                          label_column=label_column, calibrate=calibrate, errors=errors, plots=not no_plots)
     from rtsent import evaluate as stage
-    from rtsent import report
+    from rtsent import console as report
 
     if len(models) > 1:
         report.print_comparison(stage.compare(cfg, models, _workspace(workdir), _log))
@@ -361,8 +361,8 @@ def report_(
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Summary of a run: config, data, best step, validation/test metrics, timing, calibration, plots."""
-    from rtsent import runs
-    from rtsent.report import print_run
+    from rtsent import report as runs
+    from rtsent.console import print_run
 
     summary = runs.run_report(_workspace(workdir), run)
     if output_format == "table":
@@ -378,8 +378,8 @@ def runs_(
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """The workspace's runs with their key metrics, newest first."""
-    from rtsent import runs
-    from rtsent.report import print_runs
+    from rtsent import report as runs
+    from rtsent.console import print_runs
 
     listed = runs.list_runs(_workspace(workdir), output_format)
     if output_format == "json":

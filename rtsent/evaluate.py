@@ -17,14 +17,16 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rtsent import __version__, calibration, card, prepare
-from rtsent.cache import clean_stale, write_json, write_jsonl
+from rtsent import __version__, prepare
+from rtsent.core import calibration
+from rtsent.artifacts import card
+from rtsent.artifacts.cache import clean_stale, write_json, write_jsonl
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier
 from rtsent.engines.base import softmax
-from rtsent.prompts import tokenizer_fingerprint
-from rtsent.workspace import MANIFEST, MODEL_META, Workspace
+from rtsent.core.prompts import tokenizer_fingerprint
+from rtsent.artifacts.workspace import MANIFEST, MODEL_META, Workspace
 
 
 def classification_report(scores: np.ndarray, labels: Sequence[int], names: Sequence[str], bins: int = 15,
@@ -139,7 +141,7 @@ def compare(cfg: EvaluateConfig, models: Sequence[str], ws: Workspace,
 
     A zero-shot prompt (cfg.prompt) applies to the models that have no rtsent.json of their own.
     """
-    from rtsent.workspace import MODEL_META
+    from rtsent.artifacts.workspace import MODEL_META
 
     reports = []
     for model in models:
@@ -170,8 +172,8 @@ def _from_prepared(clf: Any, cfg: EvaluateConfig, ws: Workspace) -> Examples:
 
 def _from_file(clf: Any, cfg: EvaluateConfig) -> Examples:
     """A labelled csv/jsonl/parquet file (or a folder's <split> file) tokenized with the model's own prompt."""
-    from rtsent.cache import hash_files
-    from rtsent.data import FORMATS, build_raw_split, read_raw_file
+    from rtsent.artifacts.cache import hash_files
+    from rtsent.sources.data import FORMATS, build_raw_split, read_raw_file
 
     path = _labelled_file(Path(cfg.data).expanduser(), cfg.split, FORMATS)
     # A ClassLabel column is matched to the model's label names by name, as prepare matches it.

@@ -16,11 +16,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rtsent.cache import write_json
+from rtsent.artifacts.cache import write_json
 from rtsent.config import ExportConfig
 from rtsent.engines.base import ONNX_FILES, TOKENIZER_FILE
 from rtsent.errors import ArtifactError, first_line
-from rtsent.workspace import MODEL_META, Workspace, read_json
+from rtsent.artifacts.workspace import MODEL_META, Workspace, read_json
 
 OPSET = 20
 
@@ -71,8 +71,8 @@ def _temp_folder(folder: Path) -> Iterator[Path]:
 
 def _build(folder: Path, meta: dict[str, Any], tmp: Path, int8: bool, log: Callable[[str], None]) -> dict[str, Any]:
     from rtsent.config import prompt_from_dict
-    from rtsent.modeling import load_tokenizer
-    from rtsent.prompts import PromptEncoder
+    from rtsent.core.modeling import load_tokenizer
+    from rtsent.core.prompts import PromptEncoder
 
     tok = load_tokenizer(str(folder))
     label_ids = PromptEncoder(prompt_from_dict(meta["prompt"]), tok, meta.get("max_len", 128)).label_ids
@@ -109,7 +109,7 @@ def _export_fp32(model: str, label_ids: list[int], path: Path, log: Callable[[st
     """Write the fp32 graph to path, its weights in a side file; returns the model's config and the exporter used."""
     import torch
 
-    from rtsent.modeling import label_logits, last_token_hidden, load_model, pad_batch, quiet_transformers
+    from rtsent.core.modeling import label_logits, last_token_hidden, load_model, pad_batch, quiet_transformers
 
     class LabelScores(torch.nn.Module):
         """input_ids, attention_mask -> label-word scores at each row's last real token."""

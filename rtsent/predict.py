@@ -9,12 +9,12 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from rtsent.cache import clean_stale
+from rtsent.artifacts.cache import clean_stale
 from rtsent.config import PredictConfig
-from rtsent.inputs import Row, iter_rows, problem
+from rtsent.sources.inputs import Row, iter_rows, problem
 from rtsent.errors import DataError
 from rtsent.engines import open_classifier, precision_note
-from rtsent.workspace import Workspace
+from rtsent.artifacts.workspace import Workspace
 
 
 @dataclass(frozen=True)

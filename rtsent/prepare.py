@@ -9,16 +9,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from rtsent import __version__
-from rtsent.cache import fingerprint, locked, publish, staging, write_json
+from rtsent.artifacts.cache import fingerprint, locked, publish, staging, write_json
 from rtsent.config import PrepareConfig, to_dict
-from rtsent.data import Source, Split, SplitPlan, build_splits, open_source, plan_splits, source_id
+from rtsent.sources.data import Source, Split, SplitPlan, build_splits, open_source, plan_splits, source_id
 from rtsent.errors import ArtifactError
 from rtsent.faults import crash_point
-from rtsent.families import check_max_len
-from rtsent.modeling import load_config, load_tokenizer
-from rtsent.prompts import tokenizer_fingerprint
-from rtsent.prompts import ENCODING_VERSION, PromptEncoder
-from rtsent.workspace import MANIFEST, Workspace, read_json
+from rtsent.core.families import check_max_len
+from rtsent.core.modeling import load_config, load_tokenizer
+from rtsent.core.prompts import tokenizer_fingerprint
+from rtsent.core.prompts import ENCODING_VERSION, PromptEncoder
+from rtsent.artifacts.workspace import MANIFEST, Workspace, read_json
 
 TOKENIZE_CHUNK = 2048
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
-from rtsent import card
+from rtsent.artifacts import card
 from rtsent.config import PushConfig
 from rtsent.errors import ArtifactError, HubError, UsageError, first_line
-from rtsent.workspace import MODEL_META, Workspace
+from rtsent.artifacts.workspace import MODEL_META, Workspace
 
 AUTH_HINT = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
 

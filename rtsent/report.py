@@ -1,179 +1,191 @@
-"""Rich summaries that the CLI prints after each stage (stdout; logs go to stderr)."""
+"""What a run left behind, gathered from its files: `rtsent report` (one run) and `rtsent runs` (all of them).
+
+Everything here reads the run's artifacts (run.json, metrics.jsonl, model/rtsent.json, the model's
+eval-*.json reports, the prepared manifest); nothing is recomputed and nothing heavy is imported.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from pathlib import Path
 from typing import Any
 
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+from rtsent.artifacts.cache import atomic_file, write_json
+from rtsent.errors import ArtifactError, UsageError
+from rtsent.artifacts.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
+
+REPORT_FORMATS = ("table", "md", "json")
+LIST_FORMATS = ("table", "json")
+EVAL_KEYS = ("examples", "accuracy", "macro_f1", "ece", "nll", "examples_per_s")
 
 
-def _console() -> Console:
-    return Console(highlight=False)
+def find_run(ws: Workspace, ref: str | None) -> RunPaths:
+    """A run by name or folder; the latest run when ref is None. Raises ArtifactError naming the runs there are."""
+    if ref is None:
+        if not any(ws.runs_dir.glob("*/run.json")):
+            raise ArtifactError(f"no runs in {ws.runs_dir}; start one with `rtsent train` (or pass --workdir)")
+        return ws.latest_run()
+    path = Path(ref).expanduser()
+    paths = RunPaths(path) if (path / "run.json").is_file() else ws.run(ref)
+    if not paths.config.is_file():
+        names = sorted(p.parent.name for p in ws.runs_dir.glob("*/run.json"))
+        raise ArtifactError(f"no run {ref!r} in {ws.runs_dir} (runs: {', '.join(names) or 'none'}); "
+                            f"pass a run name from `rtsent runs`")
+    return paths
 
 
-def print_prepared(result: Any) -> None:
-    m = result.manifest
-    table = Table(title=f"prepared {m['fingerprint']}" + (" (cached)" if result.cache_hit else ""))
-    for col in ("split", "rows", *m["splits"][next(iter(m["splits"]))]["per_class"], "truncated", "skipped empty",
-                "tokens mean", "tokens max"):
-        table.add_column(escape(col), justify="left" if col == "split" else "right")
-    for name, s in m["splits"].items():
-        table.add_row(name, str(s["rows"]), *(str(v) for v in s["per_class"].values()), str(s["truncated"]),
-                      str(s["skipped_empty"]), f"{s['length']['mean']:.1f}", str(s["length"]["max"]))
-    console = _console()
-    console.print(table)
-    console.print(Text(f"saved to {result.path}"))
+def _evaluations(model_dir: Path) -> dict[str, dict[str, Any]]:
+    """The model's own evaluation reports (eval-<split>.json, eval-data-<file>.json), key metrics only."""
+    found = {}
+    order = {"eval-validation": 0, "eval-test": 1}
+    for path in sorted(model_dir.glob("eval-*.json"), key=lambda p: (order.get(p.stem, 2), p.name)):
+        try:
+            report = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if not isinstance(report, dict) or "accuracy" not in report:
+            continue
+        entry = {k: report.get(k) for k in EVAL_KEYS}
+        entry["temperature"] = (report.get("calibration") or {}).get("temperature")
+        entry["contextual"] = (report.get("calibration") or {}).get("contextual")
+        entry.update(path=str(path), plots=report.get("plots", []))
+        found[report.get("split", path.stem.removeprefix("eval-"))] = entry
+    return found
 
 
-def print_trained(result: Any) -> None:
-    console = _console()
-    acc = "n/a" if result.best_accuracy is None else f"{result.best_accuracy:.4f}"
-    console.print(Text(
-        f"run {result.run.name}: {result.steps} steps in {result.seconds:.1f} s "
-        f"({result.train_examples_per_s:.1f} examples/s); best validation accuracy {acc} at step {result.best_step}"
-    ))
-    if result.total_params:
-        share = 100 * result.trainable_params / result.total_params
-        console.print(Text(f"trainable parameters: {result.trainable_params:,} of {result.total_params:,} ({share:.2f} %)"))
-    console.print(Text(f"model exported to {result.model_dir}"))
-    cal = getattr(result, "calibration", None)
-    if cal:
-        console.print(Text(f"temperature {cal['temperature']:.3f} fitted on {cal['fitted_on']} "
-                           f"(NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f})"))
-    for plot in getattr(result, "plots", ()):
-        console.print(Text(f"plot: {plot}"), soft_wrap=True)
+def _prepared(ws: Workspace, fingerprint: str | None) -> dict[str, Any] | None:
+    if not fingerprint or not (ws.prepared(fingerprint) / MANIFEST).is_file():
+        return None
+    try:
+        manifest = json.loads((ws.prepared(fingerprint) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return {"fingerprint": fingerprint, "data": manifest.get("config", {}).get("data"),
+            "max_len": manifest.get("max_len"), "splits": manifest.get("splits", {})}
 
 
-def print_evaluation(report: dict[str, Any]) -> None:
-    console = _console()
-    summary = Table(title=f"{report['split']}: {report['examples']} examples ({report['model']})")
-    for col in ("accuracy", "macro F1", "ECE", "examples/s"):
-        summary.add_column(col, justify="right")
-    summary.add_row(f"{report['accuracy']:.4f}", f"{report['macro_f1']:.4f}", f"{report['ece']:.4f}",
-                    f"{report['examples_per_s']:.1f}")
-    console.print(summary)
-    if report.get("warning"):
-        console.print(Text(f"note: {report['warning']}"))
-    classes = Table("class", "precision", "recall", "F1", "support")
-    for name, c in report["per_class"].items():
-        classes.add_row(Text(name), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
-    console.print(classes)
-    names = report["confusion_matrix"]["labels"]
-    confusion = Table("true \\ predicted", *(escape(n) for n in names), title="confusion matrix")
-    for name, row in zip(names, report["confusion_matrix"]["rows_true_cols_predicted"]):
-        confusion.add_row(Text(name), *(str(v) for v in row))
-    console.print(confusion)
-    _print_calibration(console, report)
-    _print_errors(console, report)
-    for plot in report.get("plots", []):
-        console.print(Text(f"plot: {plot}"), soft_wrap=True)
-    console.print(Text(f"report written to {report['written_to']}"))
+def run_report(ws: Workspace, ref: str | None = None) -> dict[str, Any]:
+    """Everything known about one run, as a JSON-able dict."""
+    from rtsent.plots import read_metrics
+
+    paths = find_run(ws, ref)
+    run_json = read_json(paths.config, "the run is damaged; start a new one with `rtsent train`")
+    meta_path = paths.model / MODEL_META
+    meta = read_json(meta_path, "re-export it with `rtsent train --resume`") if meta_path.is_file() else {}
+    series = read_metrics(paths.metrics) if paths.metrics.is_file() else {"loss": [], "eval_accuracy": []}
+    evaluations = _evaluations(paths.model) if paths.model.is_dir() else {}
+    plots = sorted(str(p) for p in (paths.dir / "plots").glob("*.png"))
+    plots += [p for e in evaluations.values() for p in e["plots"] if Path(p).is_file()]
+    return {
+        "run": paths.name,
+        "dir": str(paths.dir),
+        "finished": bool(meta),
+        "created": meta.get("created"),
+        "config": run_json.get("config", {}),
+        "prepared": _prepared(ws, run_json.get("prepared")) or {"fingerprint": run_json.get("prepared")},
+        "model": str(paths.model) if meta else None,
+        "best": meta.get("best"),
+        "training": meta.get("training"),
+        "calibration": meta.get("calibration"),
+        "last_logged": {"step": series["loss"][-1][0], "loss": series["loss"][-1][1]} if series["loss"] else None,
+        "validation_curve": series["eval_accuracy"],
+        "evaluations": evaluations,
+        "plots": plots,
+    }
 
 
-def _print_calibration(console: Console, report: dict[str, Any]) -> None:
-    section = {k: v for k, v in (report.get("calibration") or {}).items() if isinstance(v, dict)}
-    if not section:
-        return
-    table = Table("method", "acc before", "acc after", "ECE before", "ECE after", "NLL before", "NLL after",
-                  title=f"calibration (reported: {report.get('probabilities')})")
-    for name, part in section.items():
-        label = f"T={part['value']:.3f}" if name == "temperature" else "contextual"
-        b, a = part["before"], part["after"]
-        table.add_row(label, f"{b['accuracy']:.4f}", f"{a['accuracy']:.4f}", f"{b['ece']:.4f}", f"{a['ece']:.4f}",
-                      f"{b['nll']:.4f}", f"{a['nll']:.4f}")
-    console.print(table)
-    for part in section.values():
-        if part.get("warning"):
-            console.print(Text(f"note: {part['warning']}"))
+def list_runs(ws: Workspace, fmt: str = "table") -> list[dict[str, Any]]:
+    """Key facts of every run in the workspace, newest first (by when run.json was written)."""
+    if fmt not in LIST_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(LIST_FORMATS)}, got {fmt!r}")
+    found = []
+    for config in ws.runs_dir.glob("*/run.json"):
+        try:
+            mtime = config.stat().st_mtime
+        except OSError:
+            continue
+        found.append((mtime, config.parent.name))
+    rows = []
+    for _, name in sorted(found, reverse=True):
+        r = run_report(ws, name)
+        test, validation = r["evaluations"].get("test", {}), r["evaluations"].get("validation", {})
+        rows.append({
+            "run": name,
+            "finished": r["finished"],
+            "created": r["created"],
+            "model": r["config"].get("model"),
+            "steps": (r["training"] or {}).get("steps") or (r["last_logged"] or {}).get("step"),
+            "best_step": (r["best"] or {}).get("step"),
+            "validation_accuracy": (r["best"] or {}).get("validation_accuracy"),
+            "test_accuracy": test.get("accuracy"),
+            "test_ece": test.get("ece"),
+            "temperature": (r["calibration"] or {}).get("temperature"),
+            "seconds": (r["training"] or {}).get("seconds"),
+            "validation_ece": validation.get("ece"),
+            "evaluated": sorted(r["evaluations"]),
+        })
+    return rows
 
 
-def _print_errors(console: Console, report: dict[str, Any]) -> None:
-    errors = report.get("errors")
-    if not errors:
-        return
-    if errors["top"]:
-        table = Table("text", "true", "predicted", "probability",
-                      title=f"{len(errors['top'])} most confident of {errors['count']} mistakes")
-        for row in errors["top"]:
-            table.add_row(Text(row["text"]), Text(row["true"]), Text(row["predicted"]), f"{row['probability']:.4f}")
-        console.print(table)
-    console.print(Text(f"{errors['count']} mistakes written to {errors['written_to']}"), soft_wrap=True)
+def write_report(summary: dict[str, Any], fmt: str, output: str | None = None) -> Path:
+    """Write the run report as markdown (plots embedded by relative path) or JSON; returns the path."""
+    if fmt not in REPORT_FORMATS:
+        raise UsageError(f"--format must be one of {', '.join(REPORT_FORMATS)}, got {fmt!r}")
+    out = Path(output) if output else Path(summary["dir"]) / f"report.{fmt}"
+    if fmt == "json":
+        write_json(out, summary)
+        return out
+    text = to_markdown(summary, out.parent)
+    with atomic_file(out) as fh:
+        fh.write(text)
+    return out
 
 
-def print_comparison(combined: dict[str, Any]) -> None:
-    """Several models' evaluations of the same split, side by side."""
-    console = _console()
-    table = Table("model", "examples", "accuracy", "macro F1", "ECE", "NLL", "probabilities",
-                  title=f"{combined['split']}: {len(combined['models'])} models")
-    for r in combined["models"]:
-        table.add_row(Text(r["model"]), str(r["examples"]), f"{r['accuracy']:.4f}", f"{r['macro_f1']:.4f}",
-                      f"{r['ece']:.4f}", f"{r['nll']:.4f}", Text(r.get("probabilities", "")))
-    console.print(table)
-    for r in combined["models"]:
-        console.print(Text(f"{r['model']}: report {r['written_to']}"), soft_wrap=True)
-    console.print(Text(f"comparison written to {combined['written_to']}"), soft_wrap=True)
-
-
-def _num(value: Any, digits: int = 4) -> str:
+def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "–"
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
 
 
-def print_run(s: dict[str, Any]) -> None:
-    """`rtsent report`: one run's config, data, best step, metrics, timing, calibration and plots."""
-    console = _console()
+def to_markdown(s: dict[str, Any], where: Path) -> str:
+    """The run report as markdown; image links are relative to `where`, the markdown file's folder."""
+    lines = [f"# Run {s['run']}", ""]
     cfg = s["config"]
-    facts = Table(show_header=False, title=f"run {s['run']}" + ("" if s["finished"] else " (not finished)"))
-    facts.add_column("what", style="bold")
-    facts.add_column("value")
-    facts.add_row("model", Text(f"{cfg.get('model')}" + (f" (from scratch {cfg.get('config_overrides')})"
-                                                         if cfg.get("from_scratch") else "")))
-    facts.add_row("recipe", Text(f"lr {cfg.get('lr')}, batch {cfg.get('batch_size')}, epochs {cfg.get('epochs')}, "
-                                 f"loss {cfg.get('loss')}, precision {cfg.get('precision')}, seed {cfg.get('seed')}"))
-    prep = s["prepared"]
-    facts.add_row("prepared", Text(f"{prep.get('fingerprint')} ({prep.get('data')}, max_len {prep.get('max_len')})"))
-    for name, sp in (prep.get("splits") or {}).items():
-        facts.add_row(f"  {name}", Text(f"{sp.get('rows')} rows, {sp.get('truncated')} truncated, "
-                                        f"{sp.get('skipped_empty')} empty skipped"))
+    lines += [f"- model: `{cfg.get('model')}`" + (" (from scratch, " + cfg.get("config_overrides", "") + ")"
+                                                   if cfg.get("from_scratch") else ""),
+              f"- lr {cfg.get('lr')}, batch {cfg.get('batch_size')}, epochs {cfg.get('epochs')}, "
+              f"max steps {cfg.get('max_steps')}, loss {cfg.get('loss')}, precision {cfg.get('precision')}, seed {cfg.get('seed')}",
+              f"- status: {'finished, model in `' + s['model'] + '`' if s['finished'] else 'not finished (no exported model)'}"]
     best, training, cal = s["best"] or {}, s["training"] or {}, s["calibration"] or {}
     if best:
-        facts.add_row("best", f"step {best.get('step')}: validation accuracy {_num(best.get('validation_accuracy'))}")
+        lines.append(f"- best checkpoint: step {best.get('step')}, validation accuracy {_fmt(best.get('validation_accuracy'))}")
     if training:
-        facts.add_row("training", f"{training.get('steps')} steps in {_num(training.get('seconds'), 1)} s "
-                                  f"({_num(training.get('train_examples_per_s'), 1)} examples/s)")
-    elif s["last_logged"]:
-        facts.add_row("last logged", f"step {s['last_logged']['step']}, loss {s['last_logged']['loss']:.4f}")
+        lines.append(f"- training: {training.get('steps')} steps in {_fmt(training.get('seconds'), 1)} s "
+                     f"({_fmt(training.get('train_examples_per_s'), 1)} examples/s)")
     if cal:
-        facts.add_row("temperature", f"{_num(cal.get('temperature'))} fitted on {cal.get('fitted_on')} "
-                                     f"(NLL {_num(cal.get('nll_before'))} -> {_num(cal.get('nll_after'))})")
-    console.print(facts)
+        lines.append(f"- temperature {_fmt(cal.get('temperature'))} fitted on {cal.get('fitted_on')}: "
+                     f"NLL {_fmt(cal.get('nll_before'))} → {_fmt(cal.get('nll_after'))}")
+    prep = s["prepared"]
+    lines += ["", f"## Data (prepared `{prep.get('fingerprint')}`, max_len {prep.get('max_len')})", ""]
+    if prep.get("splits"):
+        lines += ["| split | rows | truncated | skipped empty | tokens mean | tokens max |", "| --- | --: | --: | --: | --: | --: |"]
+        for name, sp in prep["splits"].items():
+            length = sp.get("length", {})
+            lines.append(f"| {name} | {sp.get('rows')} | {sp.get('truncated')} | {sp.get('skipped_empty')} | "
+                         f"{length.get('mean')} | {length.get('max')} |")
     if s["evaluations"]:
-        table = Table("evaluation", "examples", "accuracy", "macro F1", "ECE", "NLL", "ECE before T", title="evaluations")
+        lines += ["", "## Evaluations", "", "| split | examples | accuracy | macro F1 | ECE | NLL | ECE before T |",
+                  "| --- | --: | --: | --: | --: | --: | --: |"]
         for split, e in s["evaluations"].items():
             before = ((e.get("temperature") or {}).get("before") or {}).get("ece")
-            table.add_row(Text(split), str(e["examples"]), _num(e["accuracy"]), _num(e["macro_f1"]), _num(e["ece"]),
-                          _num(e.get("nll")), _num(before))
-        console.print(table)
-    else:
-        console.print(Text(f"not evaluated yet: run `rtsent evaluate --split test --model {s['model'] or '...'}`"))
-    for plot in s["plots"]:
-        console.print(Text(f"plot: {plot}"), soft_wrap=True)
-
-
-def print_runs(rows: list[dict[str, Any]]) -> None:
-    """`rtsent runs`: one line per run, newest first."""
-    console = _console()
-    if not rows:
-        console.print(Text("no runs yet; start one with `rtsent train`"))
-        return
-    table = Table("run", "finished", "steps", "best step", "val acc", "test acc", "test ECE", "T", "seconds",
-                  title="runs (newest first)")
-    for r in rows:
-        table.add_row(Text(r["run"]), "yes" if r["finished"] else "no", _num(r["steps"]), _num(r["best_step"]),
-                      _num(r["validation_accuracy"]), _num(r["test_accuracy"]), _num(r["test_ece"]),
-                      _num(r["temperature"], 3), _num(r["seconds"], 1))
-    console.print(table)
+            lines.append(f"| {split} | {e['examples']} | {_fmt(e['accuracy'])} | {_fmt(e['macro_f1'])} | "
+                         f"{_fmt(e['ece'])} | {_fmt(e.get('nll'))} | {_fmt(before)} |")
+    if s["plots"]:
+        lines += ["", "## Plots", ""]
+        for plot in s["plots"]:
+            rel = os.path.relpath(plot, where)
+            lines += [f"![{Path(plot).stem}]({rel})", ""]
+    return "\n".join(lines).rstrip() + "\n"

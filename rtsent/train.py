@@ -17,18 +17,20 @@ import numpy as np
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from rtsent import __version__, card, distributed, lora, prepare, speed
-from rtsent.cache import clean_stale, locked, publish, staging, write_json
+from rtsent import __version__, prepare
+from rtsent.artifacts import card
+from rtsent.training import distributed, lora, speed
+from rtsent.artifacts.cache import clean_stale, locked, publish, staging, write_json
 from rtsent.config import TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point, interrupt_point
-from rtsent.train_options import (class_weights, early_stopping_callbacks, early_stopping_record, label_position_loss,
+from rtsent.training.options import (class_weights, early_stopping_callbacks, early_stopping_record, label_position_loss,
                                   record, tracker_setup, trackers, train_last_layers)
-from rtsent.families import check_max_len
-from rtsent.modeling import (default_device, load_model, load_tokenizer, next_token_logits, origin_note, pad_batch,
+from rtsent.core.families import check_max_len
+from rtsent.core.modeling import (default_device, load_model, load_tokenizer, next_token_logits, origin_note, pad_batch,
                              quiet_transformers, resolve_precision, saved_config)
-from rtsent.prompts import tokenizer_fingerprint
-from rtsent.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
+from rtsent.core.prompts import tokenizer_fingerprint
+from rtsent.artifacts.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
 
 
 @dataclass(frozen=True)
@@ -109,7 +111,7 @@ class LabelPositionTrainer(Trainer):
         return SeededLengthSampler(list(dataset[self.args.length_column_name]), batch, self.args.data_seed)
 
     def _clip_grad_norm(self, model):
-        # The same clipping, with the division done inside fused AdamW's pass (rtsent.speed).
+        # The same clipping, with the division done inside fused AdamW's pass (rtsent.training.speed).
         if (self.is_fsdp_enabled or self.is_deepspeed_enabled or self._has_mixed_mesh_grads(model)
                 or not speed.can_fold_clipping(self.optimizer, self.accelerator.scaler)):
             return super()._clip_grad_norm(model)
@@ -449,7 +451,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 
 def _fit_temperature(trainer: Trainer, eval_ds: Any) -> dict[str, Any]:
     """Temperature of the best model's label-word scores, fitted on validation (its NLL, one scalar)."""
-    from rtsent.calibration import temperature_record
+    from rtsent.core.calibration import temperature_record
 
     best = trainer.state.best_global_step
     if best in trainer.validation_scores:  # scored by this process at that step: the same model, the same batches

@@ -119,7 +119,7 @@ def workdir(tmp_path) -> Path:
 
 @pytest.fixture
 def ws(workdir):
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     return Workspace.resolve(workdir)
 
@@ -129,7 +129,7 @@ def trained(tmp_path_factory, tiny_model_dir, data_dir):
     """One short training run on the synthetic data, shared by evaluate/predict tests (read-only use)."""
     from rtsent import prepare, train
     from rtsent.config import PrepareConfig, TrainConfig
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     space = Workspace.resolve(tmp_path_factory.mktemp("trained-ws"))
     prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=32), space)

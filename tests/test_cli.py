@@ -82,8 +82,8 @@ def test_four_commands_end_to_end(tmp_path, tiny_model_dir, data_dir):
 
 def test_seed_recipe_format_is_reproducible(tmp_path, tiny_model_dir, data_dir):
     from rtsent import prepare as stage
-    from rtsent.modeling import load_tokenizer
-    from rtsent.workspace import Workspace
+    from rtsent.core.modeling import load_tokenizer
+    from rtsent.artifacts.workspace import Workspace
 
     result = invoke("prepare", "--data", str(data_dir), "--model", str(tiny_model_dir), "--template",
                     "{text} Sentiment: ", "--label-words", "neg,pos", "--workdir", str(tmp_path / "ws"))

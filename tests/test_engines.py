@@ -224,8 +224,8 @@ def test_the_fallback_exporter_writes_a_graph_that_scores_the_same(exported, tex
 def _encoders(tokenizer_folder: Path, tmp_path: Path, prompt: PromptConfig, max_len: int):
     from rtsent.engines.onnx import JsonTokenizer
     from rtsent.export import write_tokenizer_json
-    from rtsent.modeling import load_tokenizer
-    from rtsent.prompts import PromptEncoder
+    from rtsent.core.modeling import load_tokenizer
+    from rtsent.core.prompts import PromptEncoder
 
     tok = load_tokenizer(str(tokenizer_folder))
     write_tokenizer_json(tok, tmp_path / "tokenizer.json")

@@ -19,7 +19,7 @@ from rtsent import evaluate, predict, prepare, train
 from rtsent.cli import app
 from rtsent.config import EvaluateConfig, PredictConfig, PrepareConfig, TrainConfig
 from rtsent.errors import UsageError
-from rtsent.workspace import Workspace
+from rtsent.artifacts.workspace import Workspace
 
 runner = CliRunner()
 IGNORED_CONFIG_KEYS = {"transformers_version", "dtype", "torch_dtype", "pad_token_id"}
@@ -152,7 +152,7 @@ def test_model_card_has_valid_metadata_and_evaluate_adds_the_test_metrics(tmp_pa
 def test_model_card_names_hub_base_models_and_datasets(tmp_path):
     from huggingface_hub import ModelCard
 
-    from rtsent import card
+    from rtsent.artifacts import card
 
     (tmp_path / "rtsent.json").write_text(json.dumps({
         "prompt": {"template": "{text}\nSentiment:", "label_words": [" negative", " positive"],

@@ -17,12 +17,13 @@ import pytest
 import torch
 
 from conftest import synthetic_review, write_splits
-from rtsent import evaluate, families, predict, prepare, train
+from rtsent import evaluate, predict, prepare, train
+from rtsent.core import families
 from rtsent.config import EvaluateConfig, PredictConfig, PrepareConfig, PromptConfig, TrainConfig
 from rtsent.errors import UsageError
-from rtsent.modeling import label_logits, last_token_hidden, load_model, load_tokenizer, pad_batch
-from rtsent.prompts import PromptEncoder
-from rtsent.workspace import Workspace
+from rtsent.core.modeling import label_logits, last_token_hidden, load_model, load_tokenizer, pad_batch
+from rtsent.core.prompts import PromptEncoder
+from rtsent.artifacts.workspace import Workspace
 
 TEMPLATE = "{text}\nSentiment:"
 

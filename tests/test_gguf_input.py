@@ -34,7 +34,7 @@ def test_an_unreadable_gguf_file_is_one_line_and_leaves_no_converted_folder(tmp_
     (tmp_path / "broken.gguf").write_bytes(b"GGUF" + bytes(64))
     result = _prepare(tmp_path, tmp_path / "broken.gguf")
     assert result.exit_code == 1 and "cannot read" in result.output and "Traceback" not in result.output
-    from rtsent.gguf import cache_root
+    from rtsent.sources.gguf import cache_root
 
     assert not list((cache_root() / "gguf").glob("broken-*/gguf.json"))
 

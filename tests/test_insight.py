@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from rtsent import calibration
+from rtsent.core import calibration
 from rtsent.cli import app
 
 runner = CliRunner()
@@ -345,7 +345,7 @@ def test_runs_newest_first_and_no_plots(tiny_model_dir, data_dir, tmp_path):
     # A barely trained model: its temperature is the NLL minimum of a brute-force grid over log T.
     import torch.nn.functional as F
 
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     clf, scores, y = validation_scores(Workspace.resolve(tmp_path / "ws"), tmp_path / "ws/runs/first/model")
     grid = np.exp(np.linspace(math.log(0.01), math.log(100), 4001))

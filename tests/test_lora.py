@@ -15,7 +15,7 @@ from rtsent import prepare, train
 from rtsent.cli import app
 from rtsent.config import PrepareConfig, TrainConfig
 from rtsent.errors import Interrupted
-from rtsent.workspace import Workspace
+from rtsent.artifacts.workspace import Workspace
 
 runner = CliRunner()
 R = 4

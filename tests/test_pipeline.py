@@ -8,7 +8,7 @@ import pytest
 
 from rtsent import evaluate, predict, prepare
 from rtsent.config import EvaluateConfig, PredictConfig, PrepareConfig, PromptConfig
-from rtsent.workspace import MANIFEST, MODEL_META
+from rtsent.artifacts.workspace import MANIFEST, MODEL_META
 
 
 def test_trained_run_exports_a_standalone_model_that_learned(trained):
@@ -85,7 +85,7 @@ def test_prepare_is_cached_by_fingerprint(tiny_model_dir, data_dir, ws):
 
 
 def test_prepare_counts_truncation_and_keeps_the_template_tail(tiny_model_dir, data_dir, ws):
-    from rtsent.modeling import load_tokenizer
+    from rtsent.core.modeling import load_tokenizer
 
     result = prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=8), ws)
     dd, manifest = prepare.load(result.path)

@@ -60,7 +60,7 @@ def pretrained_run(tmp_path_factory, data_dir):
     """prepare -> 2 training steps -> export (safetensors + ONNX), all from the .gguf file."""
     from rtsent import prepare, train
     from rtsent.config import PrepareConfig, TrainConfig
-    from rtsent.workspace import Workspace
+    from rtsent.artifacts.workspace import Workspace
 
     ws = Workspace.resolve(tmp_path_factory.mktemp("smollm2-ws"))
     prepared = prepare.run(PrepareConfig(data=str(data_dir), model=str(GGUF), max_len=32), ws)

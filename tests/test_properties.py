@@ -21,7 +21,7 @@ templates = st.builds(lambda pre, post: pre + TEXT_SLOT + post, template_parts, 
 
 @pytest.fixture(scope="module")
 def tokenizer(tiny_model_dir):
-    from rtsent.modeling import load_tokenizer
+    from rtsent.core.modeling import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 
@@ -30,8 +30,8 @@ def tokenizer(tiny_model_dir):
 @given(text=texts, template=templates, others=st.lists(texts, max_size=3), max_len=st.integers(2, 48))
 def test_prompt_keeps_the_template_tail_fits_max_len_and_ends_at_the_label_position(tokenizer, text, template,
                                                                                      others, max_len):
-    from rtsent.modeling import pad_batch
-    from rtsent.prompts import PromptEncoder
+    from rtsent.core.modeling import pad_batch
+    from rtsent.core.prompts import PromptEncoder
 
     assume(text.strip())
     try:
@@ -56,7 +56,7 @@ def test_prompt_keeps_the_template_tail_fits_max_len_and_ends_at_the_label_posit
 @SETTINGS
 @given(text=texts)
 def test_untruncated_prompt_is_the_review_between_prefix_and_suffix(tokenizer, text):
-    from rtsent.prompts import PromptEncoder
+    from rtsent.core.prompts import PromptEncoder
 
     assume(text.strip())
     encoder = PromptEncoder(PromptConfig(template="Review: {text}\nSentiment:"), tokenizer, 4096)
@@ -96,7 +96,7 @@ labels = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=
 @SETTINGS
 @given(label=labels)
 def test_any_label_value_is_a_class_id_or_a_data_error(label):
-    from rtsent.data import label_id
+    from rtsent.sources.data import label_id
 
     try:
         value = label_id(label, ("negative", "positive"), "train.csv row 0")

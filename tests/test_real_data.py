@@ -44,8 +44,8 @@ def gpt2_small_config(tmp_path_factory) -> Path:
 
 def test_real_tokenizer_facts():
     from rtsent.config import PromptConfig
-    from rtsent.modeling import load_tokenizer
-    from rtsent.prompts import PromptEncoder
+    from rtsent.core.modeling import load_tokenizer
+    from rtsent.core.prompts import PromptEncoder
 
     tok = load_tokenizer(TOKENIZER)
     assert len(tok) == 50257 and tok.pad_token_id == 50256

@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rtsent import cache, prepare, train
+from rtsent.artifacts import cache
+from rtsent import prepare, train
 from rtsent.cli import app
 from rtsent.config import PrepareConfig, TrainConfig
 from rtsent.errors import ArtifactError, BusyError, Interrupted
-from rtsent.workspace import MANIFEST, MODEL_META, Workspace
+from rtsent.artifacts.workspace import MANIFEST, MODEL_META, Workspace
 
 runner = CliRunner()
 

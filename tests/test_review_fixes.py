@@ -66,7 +66,7 @@ def test_contextual_calibration_uses_the_temperature_of_the_reviews_it_corrects(
     import torch
 
     from conftest import _reference_model
-    from rtsent.calibration import CONTENT_FREE
+    from rtsent.core.calibration import CONTENT_FREE
     from rtsent.engines import open_classifier
 
     import shutil

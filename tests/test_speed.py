@@ -1,4 +1,4 @@
-"""rtsent.speed: each training-step lever computes what the plain code computes, and does what it says."""
+"""rtsent.training.speed: each training-step lever computes what the plain code computes, and does what it says."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ def batch(seed: int = 1):
 
 
 def loss_of(model, ids, mask, targets):
-    from rtsent.modeling import next_token_logits
+    from rtsent.core.modeling import next_token_logits
 
     return torch.nn.functional.cross_entropy(next_token_logits(model, ids, mask), targets)
 
@@ -35,7 +35,7 @@ def loss_of(model, ids, mask, targets):
 # --- sparse input-embedding gradient -----------------------------------------------------------
 
 def test_sparse_tied_embedding_grad_is_the_dense_gradient():
-    from rtsent.speed import sparse_tied_embedding_grad
+    from rtsent.training.speed import sparse_tied_embedding_grad
 
     dense, sparse = tiny_gpt2(), tiny_gpt2()
     assert sparse_tied_embedding_grad(sparse) and sparse.transformer.wte.sparse
@@ -50,7 +50,7 @@ def test_sparse_tied_embedding_grad_is_the_dense_gradient():
 
 
 def test_sparse_embedding_grad_is_left_off_for_untied_or_frozen_embeddings():
-    from rtsent.speed import sparse_tied_embedding_grad
+    from rtsent.training.speed import sparse_tied_embedding_grad
 
     untied = tiny_gpt2(tied=False)
     assert not sparse_tied_embedding_grad(untied) and not untied.transformer.wte.sparse
@@ -63,7 +63,7 @@ def test_sparse_embedding_grad_is_left_off_for_untied_or_frozen_embeddings():
 
 def two_steps(max_norm: float, fold: bool, lr: float = 1e-2):
     """Two AdamW steps of a tiny GPT-2 with gradient clipping; the second one always plain."""
-    from rtsent import speed
+    from rtsent.training import speed
 
     model = tiny_gpt2()
     params = list(model.parameters())
@@ -98,7 +98,7 @@ def test_folded_clipping_steps_like_clip_grad_norm(max_norm):
 
 
 def test_clipping_is_not_folded_with_a_grad_scaler_or_an_unfused_optimizer():
-    from rtsent.speed import can_fold_clipping
+    from rtsent.training.speed import can_fold_clipping
 
     params = list(tiny_gpt2().parameters())
     assert not can_fold_clipping(torch.optim.AdamW(params, foreach=True), scaler=None)
@@ -127,7 +127,7 @@ def faults_of_a_reallocation(libc, size: int = 96 * 2**20) -> int:
 
 def heap_probe() -> None:
     """Run in a fresh process: faults of a 96 MB reallocation before, inside and after reused_heap."""
-    from rtsent import speed
+    from rtsent.training import speed
 
     libc = speed._glibc()
     if libc is None:

@@ -12,7 +12,7 @@ import pytest
 
 from rtsent import prepare
 from rtsent.config import PrepareConfig
-from rtsent.workspace import MODEL_META, Workspace
+from rtsent.artifacts.workspace import MODEL_META, Workspace
 
 
 def _torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:

@@ -18,7 +18,7 @@ from rtsent import prepare, train
 from rtsent.cli import app
 from rtsent.config import PrepareConfig, TrainConfig
 from rtsent.errors import UsageError
-from rtsent.train_options import class_weights, label_position_loss
+from rtsent.training.options import class_weights, label_position_loss
 from conftest import synthetic_review
 
 runner = CliRunner()
@@ -192,8 +192,8 @@ def test_train_layers_changes_only_the_last_blocks_and_what_follows(tmp_path, ti
 
 
 def test_backward_stops_below_the_trained_blocks(tiny_model_dir):
-    from rtsent.modeling import load_model, next_token_logits
-    from rtsent.train_options import train_last_layers
+    from rtsent.core.modeling import load_model, next_token_logits
+    from rtsent.training.options import train_last_layers
 
     model = load_model(str(tiny_model_dir), dtype=torch.float32)
     train_last_layers(model, 1)

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from rtsent.cache import clean_stale, fingerprint, publish, staging, write_json
+from rtsent.artifacts.cache import clean_stale, fingerprint, publish, staging, write_json
 from rtsent.config import PromptConfig, TrainConfig, split_list, unescape
-from rtsent.data import label_id
+from rtsent.sources.data import label_id
 from rtsent.errors import DataError, UsageError
 from rtsent.evaluate import classification_report, expected_calibration_error
-from rtsent.modeling import label_logits, last_token_hidden, load_model, load_tokenizer, next_token_logits, pad_batch
-from rtsent.prompts import PromptEncoder
+from rtsent.core.modeling import label_logits, last_token_hidden, load_model, load_tokenizer, next_token_logits, pad_batch
+from rtsent.core.prompts import PromptEncoder
 
 
 # --- config -----------------------------------------------------------------------------------

@@ -117,8 +117,8 @@ def test_predict_csv_output_has_a_row_for_a_blank_line(trained, tmp_path):
 # 7. the tokenizer fingerprint covers what decides the ids ------------------------------------------
 
 def test_same_vocabulary_other_merges_is_another_tokenizer(tokenizer_dir, tmp_path):
-    from rtsent.modeling import load_tokenizer
-    from rtsent.prompts import tokenizer_fingerprint
+    from rtsent.core.modeling import load_tokenizer
+    from rtsent.core.prompts import tokenizer_fingerprint
 
     other = tmp_path / "fewer-merges"
     shutil.copytree(tokenizer_dir, other)
@@ -158,7 +158,7 @@ def test_prepare_fingerprint_follows_data_tokenizer_label_names_and_columns(ws, 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp16")])
 def test_auto_precision_on_gpus_picks_native_bf16_or_fp16(monkeypatch, native, expected):
-    from rtsent.modeling import resolve_precision
+    from rtsent.core.modeling import resolve_precision
 
     # A V100/T4 reports bf16 support through emulation only; an A100 natively.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
@@ -185,7 +185,7 @@ def test_label_loss_is_cross_entropy_over_the_label_words_of_the_full_forward(ti
     import torch.nn.functional as F
     from transformers import AutoModelForCausalLM
 
-    from rtsent.modeling import pad_batch
+    from rtsent.core.modeling import pad_batch
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
     rows, labels, label_ids = [[5, 6, 7, 8], [9, 10]], torch.tensor([1, 0]), [3, 4]
@@ -210,7 +210,7 @@ def test_label_loss_trains_end_to_end(ws, tiny_model_dir, data_dir):
 
 
 def test_bf16_training_path_runs_and_learns(ws, tiny_model_dir, data_dir):
-    from rtsent.modeling import cpu_has_fast_bf16
+    from rtsent.core.modeling import cpu_has_fast_bf16
 
     if not cpu_has_fast_bf16():
         pytest.skip("this CPU has no native bf16 (AVX-512 BF16/AMX); rtsent's auto precision would not use it")

@@ -53,7 +53,7 @@ def precision_note(clf: Any, requested: str) -> str | None:
 def fitting_max_len(model: str, max_len: int | None, default: int) -> int:
     """The prompt length to score with: the one asked for (or trained with), refused with one line when
     it exceeds the model's context; when none was asked for, the default cut to the context."""
-    from rtsent.families import check_max_len, context_length
+    from rtsent.core.families import check_max_len, context_length
 
     config = _config(model)
     if config is None:
@@ -78,6 +78,6 @@ def _config(model: str) -> Any:
             return None
     if Path(model).expanduser().exists():
         return None
-    from rtsent.modeling import load_config
+    from rtsent.core.modeling import load_config
 
     return load_config(model)

@@ -19,7 +19,7 @@ def read_model_meta(model: str, prompt: Any = None) -> tuple[dict[str, Any], Any
     given prompt contradicts the one the model was trained with.
     """
     from rtsent.config import prompt_from_dict
-    from rtsent.workspace import MODEL_META, read_json
+    from rtsent.artifacts.workspace import MODEL_META, read_json
 
     meta_path = Path(model).expanduser() / MODEL_META
     if not meta_path.is_file():
@@ -76,7 +76,7 @@ class Classifier:
     engine = ""
 
     def __init__(self, name: str, meta: dict[str, Any], prompt: Any, max_len: int, tokenizer: Any, precision: str):
-        from rtsent.prompts import PromptEncoder
+        from rtsent.core.prompts import PromptEncoder
 
         self.name = name
         self.meta = meta

@@ -9,7 +9,7 @@ import torch
 
 from rtsent.engines.base import Classifier, length_sorted_batches
 from rtsent.errors import UsageError
-from rtsent.modeling import (DTYPES, default_device, label_logits, last_token_hidden, load_model, load_tokenizer,
+from rtsent.core.modeling import (DTYPES, default_device, label_logits, last_token_hidden, load_model, load_tokenizer,
                              pad_batch, quiet_transformers, resolve_precision)
 
 

@@ -9,9 +9,9 @@ from typing import Any, Sequence
 import torch
 import torch.nn.functional as F
 
-from rtsent.cache import write_json
+from rtsent.artifacts.cache import write_json
 from rtsent.errors import UsageError
-from rtsent.workspace import RunPaths, read_json
+from rtsent.artifacts.workspace import RunPaths, read_json
 
 
 def label_position_loss(logits: torch.Tensor, labels: torch.Tensor, label_ids: torch.Tensor, kind: str,

@@ -21,7 +21,7 @@ def _load_error(kind: str, name: str, exc: Exception) -> Exception:
         return ArtifactError(f"cannot load the {kind} from {path}: {first_line(exc)}")
     if name.startswith((".", "/", "~")):
         return UsageError(f"no such folder: {name}; pass --model with an existing model folder")
-    from rtsent.hub import explain
+    from rtsent.sources.hub import explain
 
     return explain(exc, name, "model")
 
@@ -29,7 +29,7 @@ def _load_error(kind: str, name: str, exc: Exception) -> Exception:
 def _source(name: str) -> str:
     """A local folder to load `name` from: the folder or hub name itself, or for a GGUF file (a `.gguf`
     path, `owner/repo/file.gguf`, or a folder holding one and no config.json) its converted folder."""
-    from rtsent import gguf
+    from rtsent.sources import gguf
 
     path = Path(name).expanduser()
     if gguf.is_gguf(name):
@@ -39,7 +39,7 @@ def _source(name: str) -> str:
     if path.exists():
         return str(path)
     if not name.startswith((".", "/", "~")):
-        from rtsent.hub import probe
+        from rtsent.sources.hub import probe
 
         probe(name, "model")
     return name
@@ -48,7 +48,7 @@ def _source(name: str) -> str:
 def origin_note(name: str) -> str | None:
     """One line on how a model's weights were made ready when they are not a plain folder (a GGUF file:
     which quantized types were dequantized to fp32), else None."""
-    from rtsent import gguf
+    from rtsent.sources import gguf
 
     return gguf.describe(_source(name))
 
@@ -95,11 +95,11 @@ def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype
     """
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from rtsent import families
+    from rtsent.core import families
 
     source = _source(name)
     if (Path(source) / ADAPTER_CONFIG).is_file():
-        from rtsent.lora import load_adapter
+        from rtsent.training.lora import load_adapter
 
         return load_adapter(source, dtype=dtype, compute=compute, attn=attn)
     try:
@@ -200,7 +200,7 @@ def next_token_logits(model: Any, input_ids: torch.Tensor, attention_mask: torch
 def label_logits(model: Any, hidden: torch.Tensor, label_ids: torch.Tensor) -> torch.Tensor:
     """Next-token logits of the label words only: [batch, classes], as the model's own forward computes
     them (including a family's final logit scaling or soft-capping)."""
-    from rtsent.families import final_logits
+    from rtsent.core.families import final_logits
 
     head = model.get_output_embeddings()
     scores = hidden @ head.weight[label_ids].to(hidden.dtype).T

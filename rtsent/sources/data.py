@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from rtsent.cache import hash_files
+from rtsent.artifacts.cache import hash_files
 from rtsent.errors import DataError, UsageError, first_line
 
 FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
@@ -120,7 +120,7 @@ def _open_saved(folder: Path) -> Source:
 
 
 def _open_hub(name: str, subset: str | None) -> Source:
-    from rtsent.hub import explain, probe
+    from rtsent.sources.hub import explain, probe
 
     probe(name, "dataset")
     import datasets

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from rtsent.errors import ArtifactError, BusyError
 from rtsent.faults import crash_point
-from rtsent.workspace import Workspace
+from rtsent.artifacts.workspace import Workspace
 
 # Bumped whenever the layout or content of a stage's output changes, so old caches are not reused.
 FORMAT_VERSION = 1

@@ -43,7 +43,7 @@ from rtsent import __version__
 from rtsent.config import ServeConfig
 from rtsent.errors import ArtifactError, RtsentError, UsageError
 from rtsent.faults import scoring_point
-from rtsent.workspace import MODEL_META, Workspace
+from rtsent.artifacts.workspace import MODEL_META, Workspace
 
 RETRY_AFTER_S = 1
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)

@@ -16,7 +16,7 @@ EXPORTS = ("merged", "adapter")
 
 def targets(model: Any, given: str | None) -> tuple[list[str], bool]:
     """Module names LoRA adapts (--lora-targets, else the family's default) and peft's fan_in_fan_out."""
-    from rtsent.families import family
+    from rtsent.core.families import family
 
     entry = family(model.config)
     if given:
@@ -56,7 +56,7 @@ def wrap(model: Any, cfg: Any) -> Any:
         model.enable_input_require_grads()  # frozen embeddings: checkpointed blocks still need a grad input
     layers = None
     if cfg.train_layers:  # adapters in the last blocks only: the backward pass stops below them
-        from rtsent.train_options import last_blocks
+        from rtsent.training.options import last_blocks
 
         layers = list(last_blocks(model, cfg.train_layers))
     config = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout, target_modules=names,
@@ -106,8 +106,8 @@ def load_adapter(folder: str, dtype: Any = None, compute: str = "fp32", attn: st
     merged in, ready to score exactly like a merged export. Raises ArtifactError when the base is gone."""
     import json
 
-    from rtsent.modeling import ADAPTER_CONFIG, load_model
-    from rtsent.workspace import MODEL_META
+    from rtsent.core.modeling import ADAPTER_CONFIG, load_model
+    from rtsent.artifacts.workspace import MODEL_META
 
     path = Path(folder)
     base = None

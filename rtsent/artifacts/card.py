@@ -12,8 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rtsent.cache import atomic_file
-from rtsent.workspace import MODEL_META
+from rtsent.artifacts.cache import atomic_file
+from rtsent.artifacts.workspace import MODEL_META
 
 CARD = "README.md"
 SPLITS = ("validation", "test")

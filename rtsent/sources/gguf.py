@@ -88,7 +88,7 @@ def _is_hub_file(name: str) -> bool:
 def _download(name: str) -> Path:
     from huggingface_hub import hf_hub_download
 
-    from rtsent.hub import explain
+    from rtsent.sources.hub import explain
 
     owner, repo, filename = name.split("/", 2)
     try:
@@ -146,7 +146,7 @@ def _load(source: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rtsent.modeling import quiet_transformers
+    from rtsent.core.modeling import quiet_transformers
 
     from transformers.utils import logging as hf_logging
 
