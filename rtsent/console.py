@@ -117,7 +117,8 @@ def print_comparison(combined: dict[str, Any]) -> None:
     console.print(Text(f"comparison written to {combined['written_to']}"), soft_wrap=True)
 
 
-def _num(value: Any, digits: int = 4) -> str:
+def number(value: Any, digits: int = 4) -> str:
+    """A metric for a table: 4 decimals for floats (or digits), as is for ints and text, a dash for None."""
     if value is None:
         return "–"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
@@ -141,22 +142,22 @@ def print_run(s: dict[str, Any]) -> None:
                                         f"{sp.get('skipped_empty')} empty skipped"))
     best, training, cal = s["best"] or {}, s["training"] or {}, s["calibration"] or {}
     if best:
-        facts.add_row("best", f"step {best.get('step')}: validation accuracy {_num(best.get('validation_accuracy'))}")
+        facts.add_row("best", f"step {best.get('step')}: validation accuracy {number(best.get('validation_accuracy'))}")
     if training:
-        facts.add_row("training", f"{training.get('steps')} steps in {_num(training.get('seconds'), 1)} s "
-                                  f"({_num(training.get('train_examples_per_s'), 1)} examples/s)")
+        facts.add_row("training", f"{training.get('steps')} steps in {number(training.get('seconds'), 1)} s "
+                                  f"({number(training.get('train_examples_per_s'), 1)} examples/s)")
     elif s["last_logged"]:
         facts.add_row("last logged", f"step {s['last_logged']['step']}, loss {s['last_logged']['loss']:.4f}")
     if cal:
-        facts.add_row("temperature", f"{_num(cal.get('temperature'))} fitted on {cal.get('fitted_on')} "
-                                     f"(NLL {_num(cal.get('nll_before'))} -> {_num(cal.get('nll_after'))})")
+        facts.add_row("temperature", f"{number(cal.get('temperature'))} fitted on {cal.get('fitted_on')} "
+                                     f"(NLL {number(cal.get('nll_before'))} -> {number(cal.get('nll_after'))})")
     console.print(facts)
     if s["evaluations"]:
         table = Table("evaluation", "examples", "accuracy", "macro F1", "ECE", "NLL", "ECE before T", title="evaluations")
         for split, e in s["evaluations"].items():
             before = ((e.get("temperature") or {}).get("before") or {}).get("ece")
-            table.add_row(Text(split), str(e["examples"]), _num(e["accuracy"]), _num(e["macro_f1"]), _num(e["ece"]),
-                          _num(e.get("nll")), _num(before))
+            table.add_row(Text(split), str(e["examples"]), number(e["accuracy"]), number(e["macro_f1"]), number(e["ece"]),
+                          number(e.get("nll")), number(before))
         console.print(table)
     else:
         console.print(Text(f"not evaluated yet: run `rtsent evaluate --split test --model {s['model'] or '...'}`"))
@@ -173,7 +174,7 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
     table = Table("run", "finished", "steps", "best step", "val acc", "test acc", "test ECE", "T", "seconds",
                   title="runs (newest first)")
     for r in rows:
-        table.add_row(Text(r["run"]), "yes" if r["finished"] else "no", _num(r["steps"]), _num(r["best_step"]),
-                      _num(r["validation_accuracy"]), _num(r["test_accuracy"]), _num(r["test_ece"]),
-                      _num(r["temperature"], 3), _num(r["seconds"], 1))
+        table.add_row(Text(r["run"]), "yes" if r["finished"] else "no", number(r["steps"]), number(r["best_step"]),
+                      number(r["validation_accuracy"]), number(r["test_accuracy"]), number(r["test_ece"]),
+                      number(r["temperature"], 3), number(r["seconds"], 1))
     console.print(table)

@@ -19,62 +19,17 @@ import numpy as np
 
 from rtsent import __version__, prepare
 from rtsent.core import calibration
+from rtsent.core.calibration import softmax
 from rtsent.artifacts import card
 from rtsent.artifacts.cache import clean_stale, write_json, write_jsonl
 from rtsent.config import EvaluateConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier
-from rtsent.engines.base import softmax
 from rtsent.core.prompts import tokenizer_fingerprint
-from rtsent.artifacts.workspace import MANIFEST, MODEL_META, Workspace
-
-
-def classification_report(scores: np.ndarray, labels: Sequence[int], names: Sequence[str], bins: int = 15,
-                          temperature: float = 1.0) -> dict[str, Any]:
-    """Metrics of label-word scores [n, classes] against class ids, with probabilities softmax(scores / T)."""
-    return probability_report(softmax(scores.astype(np.float64) / temperature), labels, names, bins)
-
-
-def probability_report(probs: np.ndarray, labels: Sequence[int], names: Sequence[str], bins: int = 15) -> dict[str, Any]:
-    """Accuracy, macro-F1, per-class P/R/F1, confusion matrix, NLL, the reliability bins behind ECE and
-    the histogram of the true class's probability; the plots draw exactly these numbers."""
-    labels = np.asarray(labels)
-    pred = probs.argmax(axis=1)
-    k = len(names)
-    confusion = np.zeros((k, k), dtype=np.int64)
-    np.add.at(confusion, (labels, pred), 1)
-    per_class = {}
-    for i, name in enumerate(names):
-        tp = confusion[i, i]
-        predicted, actual = confusion[:, i].sum(), confusion[i, :].sum()
-        precision = tp / predicted if predicted else 0.0
-        recall = tp / actual if actual else 0.0
-        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        per_class[name] = {"precision": float(precision), "recall": float(recall), "f1": float(f1), "support": int(actual)}
-    bins_report = calibration.reliability(probs, labels, bins)
-    return {
-        "examples": int(len(labels)),
-        "accuracy": float((pred == labels).mean()),
-        "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])),
-        "ece": bins_report["ece"],
-        "nll": calibration.summary(probs, labels, bins)["nll"],
-        "per_class": per_class,
-        "confusion_matrix": {"labels": list(names), "rows_true_cols_predicted": confusion.tolist()},
-        "reliability": {"bins": bins_report["bins"]},
-        "probability_histogram": _true_class_histogram(probs, labels, names),
-    }
-
-
-def _true_class_histogram(probs: np.ndarray, labels: np.ndarray, names: Sequence[str], bins: int = 20) -> dict[str, Any]:
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    p_true = probs[np.arange(len(labels)), labels]
-    counts = {name: np.histogram(p_true[labels == i], bins=edges)[0].tolist() for i, name in enumerate(names)}
-    return {"edges": edges.tolist(), "counts": counts}
-
-
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int) -> float:
-    """ECE over equal-width confidence bins: sum of |accuracy - confidence| weighted by bin size."""
-    return calibration.reliability(probs, labels, bins)["ece"]
+from rtsent.artifacts.model import ModelPaths, resolve_model
+from rtsent.artifacts.workspace import MANIFEST, Workspace
+from rtsent.core.metrics import probability_report
+from rtsent.engines.base import Classifier
 
 
 @dataclass
@@ -95,18 +50,29 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     options or unusable data.
     """
     clean_stale(ws)
-    model = cfg.model or str(ws.latest_model())
+    model = str(resolve_model(ws, cfg.model, base_ok=True))
     clf = open_classifier(model, cfg.prompt, precision=cfg.precision, engine=cfg.engine)
     examples = _from_file(clf, cfg) if cfg.data else _from_prepared(clf, cfg, ws)
     out = Path(cfg.output) if cfg.output else _report_path(model, examples.split, ws)
     _check_writable(out)  # before the scoring, not after it
     started = time.perf_counter()
-    scores = clf.scores(examples.rows, cfg.batch_size).astype(np.float64)
+    scores = clf.scores(examples.rows, cfg.batch_size)
     seconds = time.perf_counter() - started
     probs, calibrated = _calibrated(clf, scores, examples, cfg)
+    report = _report(clf, model, examples, probs, calibrated, seconds, cfg)
+    _add_extras(report, clf, examples, probs, out, cfg)
+    write_json(out, report)  # last: a report on disk means its plots and errors file are complete
+    if _is_run_export(out.parent, ws):
+        card.refresh(out.parent)  # a report next to a run's exported model joins its model card
+    report["written_to"] = str(out)
+    return report
+
+
+def _report(clf: Classifier, model: str, examples: Examples, probs: np.ndarray, calibrated: dict[str, Any],
+            seconds: float, cfg: EvaluateConfig) -> dict[str, Any]:
     report = {
         "rtsent_version": __version__,
-        "model": str(model),
+        "model": model,
         "split": examples.split,
         "prepared": examples.source.get("prepared"),
         "source": examples.source,
@@ -119,20 +85,21 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
         **probability_report(probs, examples.labels, clf.label_names, cfg.bins),
         "calibration": calibrated,
     }
-    if examples.split == "validation" and clf.meta.get("best"):
+    if examples.split == "validation" and clf.meta is not None and clf.meta.best:
         report["warning"] = ("validation chose this model's checkpoint and temperature, so its figures are "
                              "optimistic; report `rtsent evaluate --split test`")
+    return report
+
+
+def _add_extras(report: dict[str, Any], clf: Classifier, examples: Examples, probs: np.ndarray, out: Path,
+                cfg: EvaluateConfig) -> None:
+    """The mistakes file (--errors) and the plots, written next to the report before it."""
     if cfg.errors is not None:
         report["errors"] = _errors(clf, examples, probs, cfg.errors, out.with_name(f"{out.stem}-errors.jsonl"))
     if cfg.plots:
         from rtsent.plots import evaluation_plots
 
         report["plots"] = [str(p.path) for p in evaluation_plots(report, out.parent / "plots", out.stem)]
-    write_json(out, report)  # last: a report on disk means its plots and errors file are complete
-    if _is_run_export(out.parent, ws):
-        card.refresh(out.parent)  # a report next to a run's exported model joins its model card
-    report["written_to"] = str(out)
-    return report
 
 
 def compare(cfg: EvaluateConfig, models: Sequence[str], ws: Workspace,
@@ -141,11 +108,9 @@ def compare(cfg: EvaluateConfig, models: Sequence[str], ws: Workspace,
 
     A zero-shot prompt (cfg.prompt) applies to the models that have no rtsent.json of their own.
     """
-    from rtsent.artifacts.workspace import MODEL_META
-
     reports = []
     for model in models:
-        own_prompt = (Path(model).expanduser() / MODEL_META).is_file()
+        own_prompt = ModelPaths(Path(model).expanduser()).is_model()
         one = dataclasses.replace(cfg, model=model, output=None, prompt=None if own_prompt else cfg.prompt)
         log(f"evaluating {model}")
         reports.append(run(one, ws, log))
@@ -157,7 +122,7 @@ def compare(cfg: EvaluateConfig, models: Sequence[str], ws: Workspace,
     return combined
 
 
-def _from_prepared(clf: Any, cfg: EvaluateConfig, ws: Workspace) -> Examples:
+def _from_prepared(clf: Classifier, cfg: EvaluateConfig, ws: Workspace) -> Examples:
     path = _prepared_for(clf, cfg, ws)
     dd, manifest = prepare.load(path, ws)
     _check_compatible(clf, manifest, path)
@@ -170,7 +135,7 @@ def _from_prepared(clf: Any, cfg: EvaluateConfig, ws: Workspace) -> Examples:
     return Examples(table.column("input_ids").to_pylist(), table.column("labels").to_pylist(), cfg.split, source)
 
 
-def _from_file(clf: Any, cfg: EvaluateConfig) -> Examples:
+def _from_file(clf: Classifier, cfg: EvaluateConfig) -> Examples:
     """A labelled csv/jsonl/parquet file (or a folder's <split> file) tokenized with the model's own prompt."""
     from rtsent.artifacts.cache import hash_files
     from rtsent.sources.data import FORMATS, build_raw_split, read_raw_file
@@ -203,28 +168,28 @@ def _labelled_file(path: Path, split: str, formats: dict[str, str]) -> Path:
     return path
 
 
-def _calibrated(clf: Any, scores: np.ndarray, examples: Examples, cfg: EvaluateConfig) -> tuple[np.ndarray, dict[str, Any]]:
+def _calibrated(clf: Classifier, scores: np.ndarray, examples: Examples, cfg: EvaluateConfig) -> tuple[np.ndarray, dict[str, Any]]:
     """The probabilities the report describes, and accuracy/ECE/NLL with and without each calibration.
 
-    A fitted temperature (rtsent.json) is always applied, as predict applies it; --calibrate adds
-    contextual calibration on top. Nothing is fitted here, on the split being reported.
+    The classifier's own calibration (its fitted temperature, as predict and serve apply it) always
+    applies; --calibrate adds contextual calibration on top. Nothing is fitted on the split reported.
     """
     labels, bins = examples.labels, cfg.bins
-    raw = softmax(scores)
-    probs, section, applied, t = raw, {}, "softmax(scores)", 1.0
-    fitted = clf.meta.get("calibration") or {}
+    probs = clf.calibrate(scores)
+    section: dict[str, Any] = {}
+    applied = "softmax(scores)"
+    fitted = (clf.meta.calibration if clf.meta is not None else None) or {}
     if "temperature" in fitted:
-        t = clf.temperature
-        probs = softmax(scores / t)
-        applied = f"softmax(scores / {t:g})"
-        section["temperature"] = {"value": t, "fitted_on": fitted.get("fitted_on"),
+        raw = softmax(np.asarray(scores, dtype=np.float64))
+        applied = f"softmax(scores / {clf.temperature:g})"
+        section["temperature"] = {"value": clf.temperature, "fitted_on": fitted.get("fitted_on"),
                                   "before": calibration.summary(raw, labels, bins),
                                   "after": calibration.summary(probs, labels, bins)}
         if fitted.get("fitted_on") == examples.split:
             section["temperature"]["warning"] = (f"the temperature was fitted on {examples.split}; "
                                                  f"its 'after' figures are optimistic, report test instead")
     if cfg.calibrate:
-        p_cf = calibration.content_free_probabilities(clf, t)  # the reviews' scale
+        p_cf = calibration.content_free_probabilities(clf)  # through the same calibrate(): the reviews' scale
         adjusted = calibration.contextual(probs, p_cf)
         section["contextual"] = {"content_free": list(calibration.CONTENT_FREE), "p_cf": p_cf.tolist(),
                                  "before": calibration.summary(probs, labels, bins),
@@ -234,7 +199,7 @@ def _calibrated(clf: Any, scores: np.ndarray, examples: Examples, cfg: EvaluateC
     return probs, section
 
 
-def _errors(clf: Any, examples: Examples, probs: np.ndarray, top: int, path: Path) -> dict[str, Any]:
+def _errors(clf: Classifier, examples: Examples, probs: np.ndarray, top: int, path: Path) -> dict[str, Any]:
     """Every misclassified example, most confident first, to a jsonl file; the first `top` in the report."""
     labels = np.asarray(examples.labels)
     pred = probs.argmax(axis=1)
@@ -248,7 +213,7 @@ def _errors(clf: Any, examples: Examples, probs: np.ndarray, top: int, path: Pat
     return {"count": len(rows), "written_to": str(path), "top": rows[:top]}
 
 
-def _text_of(clf: Any, examples: Examples, i: int) -> str:
+def _text_of(clf: Classifier, examples: Examples, i: int) -> str:
     """The review: as given (--data), else decoded from the prepared ids without the template."""
     if examples.texts is not None:
         return examples.texts[i]
@@ -260,17 +225,17 @@ def _text_of(clf: Any, examples: Examples, i: int) -> str:
     return text[len(prefix):] if prefix and text.startswith(prefix) else text
 
 
-def _prepared_for(clf: Any, cfg: EvaluateConfig, ws: Workspace) -> Path:
+def _prepared_for(clf: Classifier, cfg: EvaluateConfig, ws: Workspace) -> Path:
     """--prepared, else the dataset the model was trained on, else the newest prepared dataset."""
     if cfg.prepared:
         return ws.find_prepared(cfg.prepared)
-    trained_on = clf.meta.get("prepared")
+    trained_on = clf.meta.prepared if clf.meta is not None else None
     if trained_on and (ws.prepared(trained_on) / MANIFEST).is_file():
         return ws.prepared(trained_on)
     return ws.find_prepared(None)
 
 
-def _check_compatible(clf: Any, manifest: dict[str, Any], path: Path) -> None:
+def _check_compatible(clf: Classifier, manifest: dict[str, Any], path: Path) -> None:
     prompt = manifest["prompt"]
     same_prompt = (prompt["template"], tuple(prompt["label_words"])) == (clf.prompt.template, clf.prompt.label_words)
     if manifest["tokenizer"] != tokenizer_fingerprint(clf.tokenizer) or not same_prompt:
@@ -287,11 +252,11 @@ def _report_path(model: str, split: str, ws: Workspace) -> Path:
     name) under the workspace's evals/, so that evaluating never writes into a folder rtsent did not make."""
     folder = Path(model).expanduser()
     if _is_run_export(folder, ws):
-        return folder / f"eval-{split}.json"
+        return ModelPaths(folder).eval_report(split)
     where = str(folder.resolve()) if folder.exists() else model
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", folder.name if folder.exists() else model).strip("_") or "model"
     digest = hashlib.sha256(where.encode()).hexdigest()[:8]
-    return ws.evals_dir / f"{slug}-{digest}" / f"eval-{split}.json"
+    return ModelPaths(ws.evals_dir / f"{slug}-{digest}").eval_report(split)
 
 
 def _check_writable(out: Path) -> None:
@@ -304,7 +269,7 @@ def _check_writable(out: Path) -> None:
 
 
 def _is_run_export(folder: Path, ws: Workspace) -> bool:
-    if not (folder / MODEL_META).is_file():
+    if not ModelPaths(folder).is_model():
         return False
     try:
         return folder.resolve().parent.parent == ws.runs_dir.resolve() and folder.name == "model"

@@ -16,18 +16,17 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from rtsent.artifacts.cache import write_json
+from rtsent.artifacts.model import ModelMeta, ModelPaths, resolve_model
+from rtsent.artifacts.workspace import Workspace
 from rtsent.config import ExportConfig
-from rtsent.engines.base import ONNX_FILES, TOKENIZER_FILE
-from rtsent.errors import ArtifactError, first_line
-from rtsent.artifacts.workspace import MODEL_META, Workspace, read_json
+from rtsent.errors import first_line
 
 OPSET = 20
 
 
 def run(cfg: ExportConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None) -> tuple[Path, dict[str, Any]]:
     """Export cfg.model (default: the latest run's model); returns the folder and its rtsent.json "onnx" entry."""
-    folder = Path(cfg.model).expanduser() if cfg.model else ws.latest_model()
+    folder = Path(resolve_model(ws, cfg.model))
     return folder, export_folder(folder, cfg.int8, log)
 
 
@@ -38,17 +37,15 @@ def export_folder(folder: Path, int8: bool = False, log: Callable[[str], None] =
     which tells the engines what exists, is updated last. Raises ArtifactError for a folder that is not
     an rtsent model.
     """
-    meta_path = folder / MODEL_META
-    if not meta_path.is_file():
-        raise ArtifactError(f"{folder} has no {MODEL_META}; `rtsent export` takes a model folder written by `rtsent train`")
-    meta = read_json(meta_path, f"re-export the model with `rtsent train --resume --run-name {meta_path.parent.parent.name}`")
+    paths = ModelPaths(folder)
+    meta = ModelMeta.read(folder)
     with _temp_folder(folder) as tmp:
-        record = _build(folder, meta, tmp, int8, log)
-        for name in [TOKENIZER_FILE, *record["graphs"].values()]:
+        record = _build(paths, meta, tmp, int8, log)
+        for name in [record["tokenizer"], *record["graphs"].values()]:
             os.replace(tmp / name, folder / name)
-    write_json(meta_path, {**meta, "onnx": record})
+    meta.replace(onnx=record).write(folder)
     if not int8:  # a stale int8 graph would no longer be listed; remove it with the entry
-        (folder / ONNX_FILES["int8"]).unlink(missing_ok=True)
+        paths.onnx("int8").unlink(missing_ok=True)
     return record
 
 
@@ -69,22 +66,22 @@ def _temp_folder(folder: Path) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _build(folder: Path, meta: dict[str, Any], tmp: Path, int8: bool, log: Callable[[str], None]) -> dict[str, Any]:
-    from rtsent.config import prompt_from_dict
+def _build(paths: ModelPaths, meta: ModelMeta, tmp: Path, int8: bool, log: Callable[[str], None]) -> dict[str, Any]:
     from rtsent.core.modeling import load_tokenizer
     from rtsent.core.prompts import PromptEncoder
 
-    tok = load_tokenizer(str(folder))
-    label_ids = PromptEncoder(prompt_from_dict(meta["prompt"]), tok, meta.get("max_len", 128)).label_ids
-    write_tokenizer_json(tok, tmp / TOKENIZER_FILE)
-    graphs = {"fp32": ONNX_FILES["fp32"]}
-    log(f"exporting {folder} to ONNX (fp32)")
+    tok = load_tokenizer(str(paths.dir))
+    label_ids = PromptEncoder(meta.prompt, tok, meta.max_len).label_ids
+    tokenizer = paths.tokenizer_json.name
+    write_tokenizer_json(tok, tmp / tokenizer)
+    graphs = {"fp32": paths.onnx_name("fp32")}
+    log(f"exporting {paths.dir} to ONNX (fp32)")
     plain = tmp / "plain.onnx"
-    config, exporter = _export_fp32(str(folder), label_ids, plain, log)
+    config, exporter = _export_fp32(str(paths.dir), label_ids, plain, log)
     if int8:
         log("quantizing to int8 (dynamic)")
-        _quantize(plain, tmp / ONNX_FILES["int8"])
-        graphs["int8"] = ONNX_FILES["int8"]
+        graphs["int8"] = paths.onnx_name("int8")
+        _quantize(plain, tmp / graphs["int8"])
     try:
         fused = _fuse(plain, tmp / graphs["fp32"], config)
     except Exception as exc:  # the fuser's pattern matching is best effort; the plain graph is correct
@@ -94,7 +91,7 @@ def _build(folder: Path, meta: dict[str, Any], tmp: Path, int8: bool, log: Calla
         _single_file(plain, tmp / graphs["fp32"])
     import torch
 
-    return {"graphs": graphs, "tokenizer": TOKENIZER_FILE, "opset": OPSET, "label_ids": list(label_ids),
+    return {"graphs": graphs, "tokenizer": tokenizer, "opset": OPSET, "label_ids": list(label_ids),
             "pad_id": int(tok.pad_token_id), "inputs": ["input_ids", "attention_mask"], "output": "scores",
             "fused_fp32": fused, "exporter": f"torch.onnx {exporter} (torch {torch.__version__.split('+')[0]})"}
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
 from rtsent.artifacts.cache import clean_stale
+from rtsent.artifacts.model import resolve_model
 from rtsent.config import PredictConfig
 from rtsent.sources.inputs import Row, iter_rows, problem
 from rtsent.errors import DataError
@@ -78,7 +79,7 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
     fmt = cfg.format if cfg.format != "auto" else ("table" if cfg.texts else "jsonl")
     started = time.perf_counter()
     clean_stale(ws)
-    clf = open_classifier(cfg.model or str(ws.latest_model()), prompt, cfg.max_len, cfg.precision, cfg.engine)
+    clf = open_classifier(str(resolve_model(ws, cfg.model, base_ok=True)), prompt, cfg.max_len, cfg.precision, cfg.engine)
     loaded = time.perf_counter()
     count = skipped = 0
     writer = WRITERS[fmt](out, console, clf.label_names)

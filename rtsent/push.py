@@ -7,22 +7,11 @@ from typing import Callable
 
 from rtsent.artifacts import card
 from rtsent.config import PushConfig
-from rtsent.errors import ArtifactError, HubError, UsageError, first_line
-from rtsent.artifacts.workspace import MODEL_META, Workspace
+from rtsent.errors import HubError, UsageError, first_line
+from rtsent.artifacts.model import ModelPaths, resolve_model
+from rtsent.artifacts.workspace import Workspace
 
 AUTH_HINT = "log in with `hf auth login` or set HF_TOKEN to a token with write access"
-
-
-def model_folder(ref: str, ws: Workspace) -> Path:
-    """An exported model folder given as a path, or the model of the run named `ref`."""
-    path = Path(ref).expanduser()
-    if (path / MODEL_META).is_file():
-        return path
-    run = ws.run(ref).model if "/" not in ref else path
-    if (run / MODEL_META).is_file():
-        return run
-    raise ArtifactError(f"{ref} is neither a run with an exported model in {ws.runs_dir} nor a model folder with "
-                        f"{MODEL_META}; finish the run with `rtsent train` (or pass its model folder)")
 
 
 def run(cfg: PushConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None) -> str:
@@ -31,8 +20,8 @@ def run(cfg: PushConfig, ws: Workspace, log: Callable[[str], None] = lambda _: N
     Raises UsageError for a malformed repo id or missing login, HubError when the hub refuses or is
     unreachable, ArtifactError when there is no exported model to push.
     """
-    folder = model_folder(cfg.run, ws)
-    if not (folder / card.CARD).is_file():
+    folder = Path(resolve_model(ws, cfg.run))
+    if not ModelPaths(folder).card.is_file():
         card.write(folder)
     from huggingface_hub import HfApi
     from huggingface_hub import errors as hub_errors

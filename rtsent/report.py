@@ -12,8 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from rtsent.artifacts.cache import atomic_file, write_json
+from rtsent.artifacts.model import ModelMeta, ModelPaths, read_eval_reports
+from rtsent.artifacts.workspace import MANIFEST, RunPaths, Workspace, read_json
 from rtsent.errors import ArtifactError, UsageError
-from rtsent.artifacts.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
+from rtsent.console import number
 
 REPORT_FORMATS = ("table", "md", "json")
 LIST_FORMATS = ("table", "json")
@@ -23,13 +25,14 @@ EVAL_KEYS = ("examples", "accuracy", "macro_f1", "ece", "nll", "examples_per_s")
 def find_run(ws: Workspace, ref: str | None) -> RunPaths:
     """A run by name or folder; the latest run when ref is None. Raises ArtifactError naming the runs there are."""
     if ref is None:
-        if not any(ws.runs_dir.glob("*/run.json")):
+        runs = ws.runs()
+        if not runs:
             raise ArtifactError(f"no runs in {ws.runs_dir}; start one with `rtsent train` (or pass --workdir)")
-        return ws.latest_run()
+        return runs[0]
     path = Path(ref).expanduser()
-    paths = RunPaths(path) if (path / "run.json").is_file() else ws.run(ref)
-    if not paths.config.is_file():
-        names = sorted(p.parent.name for p in ws.runs_dir.glob("*/run.json"))
+    paths = RunPaths(path) if RunPaths(path).exists() else ws.run(ref)
+    if not paths.exists():
+        names = sorted(r.name for r in ws.runs())
         raise ArtifactError(f"no run {ref!r} in {ws.runs_dir} (runs: {', '.join(names) or 'none'}); "
                             f"pass a run name from `rtsent runs`")
     return paths
@@ -38,19 +41,12 @@ def find_run(ws: Workspace, ref: str | None) -> RunPaths:
 def _evaluations(model_dir: Path) -> dict[str, dict[str, Any]]:
     """The model's own evaluation reports (eval-<split>.json, eval-data-<file>.json), key metrics only."""
     found = {}
-    order = {"eval-validation": 0, "eval-test": 1}
-    for path in sorted(model_dir.glob("eval-*.json"), key=lambda p: (order.get(p.stem, 2), p.name)):
-        try:
-            report = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            continue
-        if not isinstance(report, dict) or "accuracy" not in report:
-            continue
+    for split, report in read_eval_reports(ModelPaths(model_dir)).items():
         entry = {k: report.get(k) for k in EVAL_KEYS}
         entry["temperature"] = (report.get("calibration") or {}).get("temperature")
         entry["contextual"] = (report.get("calibration") or {}).get("contextual")
-        entry.update(path=str(path), plots=report.get("plots", []))
-        found[report.get("split", path.stem.removeprefix("eval-"))] = entry
+        entry.update(path=report["path"], plots=report.get("plots", []))
+        found[split] = entry
     return found
 
 
@@ -71,23 +67,22 @@ def run_report(ws: Workspace, ref: str | None = None) -> dict[str, Any]:
 
     paths = find_run(ws, ref)
     run_json = read_json(paths.config, "the run is damaged; start a new one with `rtsent train`")
-    meta_path = paths.model / MODEL_META
-    meta = read_json(meta_path, "re-export it with `rtsent train --resume`") if meta_path.is_file() else {}
+    meta = ModelMeta.read(paths.model) if ModelPaths(paths.model).is_model() else None
     series = read_metrics(paths.metrics) if paths.metrics.is_file() else {"loss": [], "eval_accuracy": []}
     evaluations = _evaluations(paths.model) if paths.model.is_dir() else {}
-    plots = sorted(str(p) for p in (paths.dir / "plots").glob("*.png"))
+    plots = sorted(str(p) for p in paths.plots.glob("*.png"))
     plots += [p for e in evaluations.values() for p in e["plots"] if Path(p).is_file()]
     return {
         "run": paths.name,
         "dir": str(paths.dir),
-        "finished": bool(meta),
-        "created": meta.get("created"),
+        "finished": meta is not None,
+        "created": meta.created if meta else None,
         "config": run_json.get("config", {}),
         "prepared": _prepared(ws, run_json.get("prepared")) or {"fingerprint": run_json.get("prepared")},
         "model": str(paths.model) if meta else None,
-        "best": meta.get("best"),
-        "training": meta.get("training"),
-        "calibration": meta.get("calibration"),
+        "best": meta.best if meta else None,
+        "training": meta.training if meta else None,
+        "calibration": meta.calibration if meta else None,
         "last_logged": {"step": series["loss"][-1][0], "loss": series["loss"][-1][1]} if series["loss"] else None,
         "validation_curve": series["eval_accuracy"],
         "evaluations": evaluations,
@@ -99,19 +94,12 @@ def list_runs(ws: Workspace, fmt: str = "table") -> list[dict[str, Any]]:
     """Key facts of every run in the workspace, newest first (by when run.json was written)."""
     if fmt not in LIST_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(LIST_FORMATS)}, got {fmt!r}")
-    found = []
-    for config in ws.runs_dir.glob("*/run.json"):
-        try:
-            mtime = config.stat().st_mtime
-        except OSError:
-            continue
-        found.append((mtime, config.parent.name))
     rows = []
-    for _, name in sorted(found, reverse=True):
-        r = run_report(ws, name)
+    for paths in ws.runs():
+        r = run_report(ws, paths.name)
         test, validation = r["evaluations"].get("test", {}), r["evaluations"].get("validation", {})
         rows.append({
-            "run": name,
+            "run": paths.name,
             "finished": r["finished"],
             "created": r["created"],
             "model": r["config"].get("model"),
@@ -142,14 +130,6 @@ def write_report(summary: dict[str, Any], fmt: str, output: str | None = None) -
     return out
 
 
-def _fmt(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 def to_markdown(s: dict[str, Any], where: Path) -> str:
     """The run report as markdown; image links are relative to `where`, the markdown file's folder."""
     lines = [f"# Run {s['run']}", ""]
@@ -161,13 +141,13 @@ def to_markdown(s: dict[str, Any], where: Path) -> str:
               f"- status: {'finished, model in `' + s['model'] + '`' if s['finished'] else 'not finished (no exported model)'}"]
     best, training, cal = s["best"] or {}, s["training"] or {}, s["calibration"] or {}
     if best:
-        lines.append(f"- best checkpoint: step {best.get('step')}, validation accuracy {_fmt(best.get('validation_accuracy'))}")
+        lines.append(f"- best checkpoint: step {best.get('step')}, validation accuracy {number(best.get('validation_accuracy'))}")
     if training:
-        lines.append(f"- training: {training.get('steps')} steps in {_fmt(training.get('seconds'), 1)} s "
-                     f"({_fmt(training.get('train_examples_per_s'), 1)} examples/s)")
+        lines.append(f"- training: {training.get('steps')} steps in {number(training.get('seconds'), 1)} s "
+                     f"({number(training.get('train_examples_per_s'), 1)} examples/s)")
     if cal:
-        lines.append(f"- temperature {_fmt(cal.get('temperature'))} fitted on {cal.get('fitted_on')}: "
-                     f"NLL {_fmt(cal.get('nll_before'))} → {_fmt(cal.get('nll_after'))}")
+        lines.append(f"- temperature {number(cal.get('temperature'))} fitted on {cal.get('fitted_on')}: "
+                     f"NLL {number(cal.get('nll_before'))} → {number(cal.get('nll_after'))}")
     prep = s["prepared"]
     lines += ["", f"## Data (prepared `{prep.get('fingerprint')}`, max_len {prep.get('max_len')})", ""]
     if prep.get("splits"):
@@ -181,8 +161,8 @@ def to_markdown(s: dict[str, Any], where: Path) -> str:
                   "| --- | --: | --: | --: | --: | --: | --: |"]
         for split, e in s["evaluations"].items():
             before = ((e.get("temperature") or {}).get("before") or {}).get("ece")
-            lines.append(f"| {split} | {e['examples']} | {_fmt(e['accuracy'])} | {_fmt(e['macro_f1'])} | "
-                         f"{_fmt(e['ece'])} | {_fmt(e.get('nll'))} | {_fmt(before)} |")
+            lines.append(f"| {split} | {e['examples']} | {number(e['accuracy'])} | {number(e['macro_f1'])} | "
+                         f"{number(e['ece'])} | {number(e.get('nll'))} | {number(before)} |")
     if s["plots"]:
         lines += ["", "## Plots", ""]
         for plot in s["plots"]:

@@ -21,7 +21,8 @@ from rtsent import __version__, prepare
 from rtsent.artifacts import card
 from rtsent.training import distributed, lora, speed
 from rtsent.artifacts.cache import clean_stale, locked, publish, staging, write_json
-from rtsent.config import TrainConfig, to_dict
+from rtsent.artifacts.model import ModelMeta
+from rtsent.config import TrainConfig, prompt_from_dict, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point, interrupt_point
 from rtsent.training.options import (class_weights, early_stopping_callbacks, early_stopping_record, label_position_loss,
@@ -30,7 +31,7 @@ from rtsent.core.families import check_max_len
 from rtsent.core.modeling import (default_device, load_model, load_tokenizer, next_token_logits, origin_note, pad_batch,
                              quiet_transformers, resolve_precision, saved_config)
 from rtsent.core.prompts import tokenizer_fingerprint
-from rtsent.artifacts.workspace import MANIFEST, MODEL_META, RunPaths, Workspace, read_json
+from rtsent.artifacts.workspace import MANIFEST, RunPaths, Workspace, read_json
 
 
 @dataclass(frozen=True)
@@ -553,23 +554,15 @@ def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: Tra
             model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         crash_point("export:before-meta")
-        write_json(tmp / MODEL_META, {
-            "rtsent_version": __version__,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "prompt": manifest["prompt"],
-            "label_ids": manifest["label_ids"],
-            "max_len": manifest["max_len"],
-            "tokenizer": manifest["tokenizer"],
-            "prepared": manifest["fingerprint"],
-            "data": manifest["config"]["data"],
-            "run": paths.name,
-            "train": to_dict(cfg),
-            "best": {"step": state.best_global_step, "validation_accuracy": state.best_metric},
-            "calibration": calibration,
-            "training": timing,
-            **({"lora": {"export": cfg.lora_export, "base_model": lora.base_reference(cfg.model),
-                         "trainable_params": trainable}} if cfg.lora else {}),
-        })
+        ModelMeta.new(
+            prompt=prompt_from_dict(manifest["prompt"]), label_ids=tuple(manifest["label_ids"]),
+            max_len=manifest["max_len"], tokenizer=manifest["tokenizer"], prepared=manifest["fingerprint"],
+            data=manifest["config"]["data"], run=paths.name, train=to_dict(cfg),
+            best={"step": state.best_global_step, "validation_accuracy": state.best_metric},
+            calibration=calibration, training=timing,
+            lora={"export": cfg.lora_export, "base_model": lora.base_reference(cfg.model),
+                  "trainable_params": trainable} if cfg.lora else None,
+        ).write(tmp)
         card.write(tmp)
         if cfg.onnx:
             from rtsent.export import after_training

@@ -343,7 +343,6 @@ def test_runs_newest_first_and_no_plots(tiny_model_dir, data_dir, tmp_path):
                                   "--lr", "3e-3", "--precision", "fp32", "--run-name", name, *extra, *ws])
         assert out.exit_code == 0, out.output
     # A barely trained model: its temperature is the NLL minimum of a brute-force grid over log T.
-    import torch.nn.functional as F
 
     from rtsent.artifacts.workspace import Workspace
 

@@ -8,15 +8,16 @@ import pytest
 
 from rtsent import evaluate, predict, prepare
 from rtsent.config import EvaluateConfig, PredictConfig, PrepareConfig, PromptConfig
-from rtsent.artifacts.workspace import MANIFEST, MODEL_META
+from rtsent.artifacts.workspace import MANIFEST
+from rtsent.artifacts.model import META_FILE
 
 
 def test_trained_run_exports_a_standalone_model_that_learned(trained):
     space, result = trained
     model = result.model_dir
-    for name in ("config.json", "model.safetensors", "tokenizer.json", MODEL_META):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", META_FILE):
         assert (model / name).is_file(), name
-    meta = json.loads((model / MODEL_META).read_text())
+    meta = json.loads((model / META_FILE).read_text())
     assert meta["prompt"]["template"] == "{text}\nSentiment:"
     assert meta["prompt"]["label_words"] == [" negative", " positive"]
     # The Trainer's evaluation chose the best step; rescoring the export through evaluate's own path agrees.

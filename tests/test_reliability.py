@@ -22,7 +22,8 @@ from rtsent import prepare, train
 from rtsent.cli import app
 from rtsent.config import PrepareConfig, TrainConfig
 from rtsent.errors import ArtifactError, BusyError, Interrupted
-from rtsent.artifacts.workspace import MANIFEST, MODEL_META, Workspace
+from rtsent.artifacts.workspace import MANIFEST, Workspace
+from rtsent.artifacts.model import META_FILE
 
 runner = CliRunner()
 
@@ -132,7 +133,7 @@ def test_sigterm_stops_with_a_checkpoint_and_one_line_resume_hint(tmp_path, tiny
 
     resumed = runner.invoke(app, ["train", "--resume", "--run-name", "r", "--workdir", str(ws.root)])
     assert resumed.exit_code == 0, resumed.output
-    assert "8 steps" in resumed.output and (ws.run("r").model / MODEL_META).is_file()
+    assert "8 steps" in resumed.output and (ws.run("r").model / META_FILE).is_file()
 
 
 # --- kill -9 at the worst moments -------------------------------------------------------------------
@@ -188,7 +189,7 @@ def test_kill_mid_checkpoint_then_resume_skips_the_half_checkpoint(tmp_path, tin
 
     logs: list[str] = []
     result = train.run(TrainConfig(resume=True, run_name="r"), ws, log=logs.append)
-    assert result.steps == 8 and (result.model_dir / MODEL_META).is_file()
+    assert result.steps == 8 and (result.model_dir / META_FILE).is_file()
     for checkpoint in ws.run("r").checkpoints.iterdir():
         assert (checkpoint / "trainer_state.json").is_file(), checkpoint
     state = json.loads((ws.run("r").checkpoints / "checkpoint-4" / "trainer_state.json").read_text())
@@ -211,7 +212,7 @@ def test_kill_during_export_leaves_no_model_and_resume_exports_it(tmp_path, tiny
 
     resumed = runner.invoke(app, ["train", "--resume", "--run-name", "r", "--workdir", str(ws.root)])
     assert resumed.exit_code == 0, resumed.output
-    assert (ws.run("r").model / MODEL_META).is_file() and _tmp_entries(ws) == []
+    assert (ws.run("r").model / META_FILE).is_file() and _tmp_entries(ws) == []
 
 
 def test_stale_staging_folders_of_dead_processes_are_removed(ws):

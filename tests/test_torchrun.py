@@ -12,7 +12,8 @@ import pytest
 
 from rtsent import prepare
 from rtsent.config import PrepareConfig
-from rtsent.artifacts.workspace import MODEL_META, Workspace
+from rtsent.artifacts.workspace import Workspace
+from rtsent.artifacts.model import META_FILE
 
 
 def _torchrun(args: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -45,7 +46,7 @@ def test_two_ranks_make_one_run_and_evaluate_once_per_epoch(prepared_ws, tiny_mo
     assert done.returncode == 0, done.stderr[-3000:]
     (run,) = [p.name for p in prepared_ws.runs_dir.iterdir()]
     assert _evals(prepared_ws, run) == [8, 16]
-    assert (prepared_ws.run(run).model / MODEL_META).is_file()
+    assert (prepared_ws.run(run).model / META_FILE).is_file()
     assert done.stderr.count(f"training {run} on prepared dataset") == 1  # rank 0 alone reports
     assert "x 2 processes" in done.stderr
 
@@ -64,4 +65,4 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_run_resumes(pr
     resumed = _torchrun(_train_args(prepared_ws, tiny_model_dir, "--run-name", "s", "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _evals(prepared_ws, "s")[-1] == 16
-    assert (prepared_ws.run("s").model / MODEL_META).is_file()
+    assert (prepared_ws.run("s").model / META_FILE).is_file()

@@ -13,7 +13,8 @@ from rtsent.artifacts.cache import clean_stale, fingerprint, publish, staging, w
 from rtsent.config import PromptConfig, TrainConfig, split_list, unescape
 from rtsent.sources.data import label_id
 from rtsent.errors import DataError, UsageError
-from rtsent.evaluate import classification_report, expected_calibration_error
+from rtsent.core.calibration import reliability
+from rtsent.core.metrics import probability_report
 from rtsent.core.modeling import label_logits, last_token_hidden, load_model, load_tokenizer, next_token_logits, pad_batch
 from rtsent.core.prompts import PromptEncoder
 
@@ -121,14 +122,16 @@ def test_pad_batch_masks_and_rounds_up():
     assert batch["input_ids"][1, 1:].eq(9).all()
 
 
-def test_scorer_order_and_batching_do_not_change_scores(tiny_model_dir):
-    from rtsent.engines.torch import Scorer
+def test_classifier_scores_rows_in_input_order_whatever_the_batching(tiny_model_dir):
+    from conftest import reference_scores
 
-    scorer = Scorer(load_model(str(tiny_model_dir)), [3, 4], pad_id=0, precision="fp32")
-    rows = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14], [15, 16]]
-    together = scorer.scores(rows, batch_size=4)
-    one_by_one = np.concatenate([scorer.scores([r], batch_size=1) for r in rows])
-    np.testing.assert_allclose(together, one_by_one, rtol=1e-4, atol=1e-5)
+    from rtsent.engines import open_classifier
+
+    clf = open_classifier(str(tiny_model_dir), prompt=PromptConfig(), engine="torch", precision="fp32")
+    rows = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14], [15, 16], [17, 18, 19, 20]]
+    expected = reference_scores(tiny_model_dir, rows)  # the model's own forward, one unpadded row at a time
+    for batch_size in (1, 2, 5):  # length-sorted batches, padded, written back to each row's place
+        np.testing.assert_allclose(clf.scores(rows, batch_size), expected, rtol=0, atol=1e-5)
 
 
 # --- cache ------------------------------------------------------------------------------------
@@ -184,22 +187,24 @@ def test_label_id_rejects_what_is_not_a_class(value):
 
 # --- metrics ----------------------------------------------------------------------------------
 
-def test_classification_report_by_hand():
+def test_probability_report_by_hand():
     # predictions: [0, 1, 1, 0, 1]; truth: [0, 1, 0, 0, 1]
-    scores = np.array([[2.0, 0.0], [0.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 2.0]])
-    report = classification_report(scores, [0, 1, 0, 0, 1], ("neg", "pos"))
+    probs = np.array([[0.9, 0.1], [0.3, 0.7], [0.2, 0.8], [0.6, 0.4], [0.1, 0.9]])
+    report = probability_report(probs, [0, 1, 0, 0, 1], ("neg", "pos"))
     assert report["accuracy"] == pytest.approx(0.8)
     assert report["confusion_matrix"]["rows_true_cols_predicted"] == [[2, 1], [0, 2]]
     assert report["per_class"]["neg"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
     assert report["per_class"]["pos"]["precision"] == pytest.approx(2 / 3)
     assert report["macro_f1"] == pytest.approx(0.8)
+    # NLL of the true classes' probabilities 0.9, 0.7, 0.2, 0.6, 0.9
+    assert report["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.7, 0.2, 0.6, 0.9])))
 
 
 def test_ece_zero_when_confidence_matches_accuracy_and_large_when_overconfident():
     probs = np.array([[0.75, 0.25]] * 4)
-    assert expected_calibration_error(probs, np.array([0, 0, 0, 1]), 10) == pytest.approx(0.0)
+    assert reliability(probs, np.array([0, 0, 0, 1]), 10)["ece"] == pytest.approx(0.0)
     sure = np.array([[0.99, 0.01]] * 4)
-    assert expected_calibration_error(sure, np.array([1, 1, 0, 1]), 10) == pytest.approx(0.99 - 0.25)
+    assert reliability(sure, np.array([1, 1, 0, 1]), 10)["ece"] == pytest.approx(0.99 - 0.25)
 
 
 def test_fast_kernels_are_swapped_at_run_time_and_the_config_keeps_gelu_new(tiny_model_dir):

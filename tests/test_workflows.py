@@ -12,9 +12,9 @@ from typer.testing import CliRunner
 
 from conftest import reference_scores
 
-from rtsent import evaluate, predict, prepare, train
+from rtsent import evaluate, prepare, train
 from rtsent.cli import app
-from rtsent.config import EvaluateConfig, PredictConfig, PrepareConfig, PromptConfig, TrainConfig
+from rtsent.config import EvaluateConfig, PrepareConfig, PromptConfig, TrainConfig
 from rtsent.errors import ArtifactError
 
 runner = CliRunner()

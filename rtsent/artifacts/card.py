@@ -7,36 +7,30 @@ whole (atomically) whenever one of them changes, so it never disagrees with them
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Any
 
 from rtsent.artifacts.cache import atomic_file
-from rtsent.artifacts.workspace import MODEL_META
-
-CARD = "README.md"
-SPLITS = ("validation", "test")
+from rtsent.artifacts.model import EVAL_ORDER, ModelMeta, ModelPaths, read_eval_reports
+from rtsent.config import to_dict
 
 
 def refresh(folder: Path) -> None:
     """Rewrite the card of an exported model folder; nothing happens for a folder without rtsent.json."""
-    if (Path(folder) / MODEL_META).is_file():
+    if ModelPaths(Path(folder)).is_model():
         write(Path(folder))
 
 
 def write(folder: Path) -> Path:
-    """(Re)write folder/README.md from folder/rtsent.json and folder/eval-*.json; returns its path."""
-    meta = json.loads((folder / MODEL_META).read_text(encoding="utf-8"))
-    reports = {}
-    for split in SPLITS:
-        path = folder / f"eval-{split}.json"
-        if path.is_file():
-            with contextlib.suppress(OSError, ValueError):
-                reports[split] = json.loads(path.read_text(encoding="utf-8"))
+    """(Re)write the folder's README.md from its rtsent.json and its eval-<split>.json reports; returns its path."""
+    paths = ModelPaths(Path(folder))
+    meta = ModelMeta.read(paths.dir)
+    found = read_eval_reports(paths)
+    reports = {split: found[split] for split in EVAL_ORDER if split in found}
     text = f"---\n{_metadata(meta, reports).to_yaml()}\n---\n\n{_body(meta, reports)}"
-    _write_text(folder / CARD, text)
-    return folder / CARD
+    _write_text(paths.card, text)
+    return paths.card
 
 
 def _hub_name(name: str | None) -> str | None:
@@ -46,12 +40,12 @@ def _hub_name(name: str | None) -> str | None:
     return name
 
 
-def _metadata(meta: dict[str, Any], reports: dict[str, dict[str, Any]]) -> Any:
+def _metadata(meta: ModelMeta, reports: dict[str, dict[str, Any]]) -> Any:
     from huggingface_hub import EvalResult, ModelCardData
 
-    train = meta.get("train") or {}
-    base = (meta.get("lora") or {}).get("base_model") or train.get("model")
-    data = meta.get("data")
+    train = meta.train
+    base = meta.adapter_base or train.get("model")
+    data = meta.data
     dataset = _hub_name(data)
     results = []
     for split, metrics in _metrics(meta, reports).items():
@@ -60,26 +54,26 @@ def _metadata(meta: dict[str, Any], reports: dict[str, dict[str, Any]]) -> Any:
                 task_type="text-classification", task_name="Sentiment classification",
                 dataset_type=dataset or "local", dataset_name=dataset or Path(data or "data").name, dataset_split=split,
                 metric_type=kind, metric_value=round(float(value), 4), metric_name=label, metric_args=args))
-    prompt = meta.get("prompt") or {}
+    prompt = to_dict(meta.prompt)
     return ModelCardData(
         base_model=_hub_name(base) if not train.get("from_scratch") else None,
         datasets=[dataset] if dataset else None,
-        library_name="peft" if (meta.get("lora") or {}).get("export") == "adapter" else "transformers",
+        library_name="peft" if (meta.lora or {}).get("export") == "adapter" else "transformers",
         pipeline_tag="text-generation",
         tags=["rtsent", "sentiment-analysis", "text-classification"],
-        model_name=meta.get("run") or "rtsent-model",
+        model_name=meta.run or "rtsent-model",
         eval_results=results or None,
         rtsent={
-            "template": prompt.get("template"),
-            "label_words": prompt.get("label_words"),
-            "label_names": prompt.get("label_names"),
-            "max_len": meta.get("max_len"),
+            "template": prompt["template"],
+            "label_words": prompt["label_words"],
+            "label_names": prompt["label_names"],
+            "max_len": meta.max_len,
             "train": train,
         },
     )
 
 
-def _metrics(meta: dict[str, Any], reports: dict[str, dict[str, Any]]) -> dict[str, list[tuple]]:
+def _metrics(meta: ModelMeta, reports: dict[str, dict[str, Any]]) -> dict[str, list[tuple]]:
     """Per split: (metric type, value, display name, args) for each metric that exists."""
     out: dict[str, list[tuple]] = {}
     for split, report in reports.items():
@@ -87,29 +81,27 @@ def _metrics(meta: dict[str, Any], reports: dict[str, dict[str, Any]]) -> dict[s
             out[split] = [("accuracy", report["accuracy"], f"{split.title()} accuracy", None)]
             if isinstance(report.get("macro_f1"), (int, float)):
                 out[split].append(("f1", report["macro_f1"], f"{split.title()} macro F1", {"average": "macro"}))
-    best = (meta.get("best") or {}).get("validation_accuracy")
+    best = (meta.best or {}).get("validation_accuracy")
     if "validation" not in out and isinstance(best, (int, float)):
         out["validation"] = [("accuracy", best, "Validation accuracy (best checkpoint)", None)]
     return out
 
 
-def _body(meta: dict[str, Any], reports: dict[str, dict[str, Any]]) -> str:
-    prompt = meta.get("prompt") or {}
-    train = meta.get("train") or {}
-    template = prompt.get("template", "{text}")
-    words = prompt.get("label_words") or []
-    names = prompt.get("label_names") or [w.strip() for w in words]
-    lora = meta.get("lora") or {}
-    base = lora.get("base_model") or train.get("model")
+def _body(meta: ModelMeta, reports: dict[str, dict[str, Any]]) -> str:
+    train = meta.train
+    template = meta.prompt.template
+    words, names = list(meta.prompt.label_words), list(meta.prompt.label_names)
+    lora = meta.lora or {}
+    base = meta.adapter_base or train.get("model")
     lines = [
-        f"# {meta.get('run') or 'rtsent model'}",
+        f"# {meta.run or 'rtsent model'}",
         "",
         f"A causal language model fine-tuned by rtsent as a sentiment classifier: each text "
         f"becomes the prompt `{json.dumps(template)}` and the model predicts one label word as the next token "
         f"({', '.join(f'{json.dumps(w)} = {n}' for w, n in zip(words, names))}).",
         "",
         f"- base model: `{base}`" + (" (trained from scratch on its config)" if train.get("from_scratch") else ""),
-        f"- data: `{meta.get('data')}` (prepared dataset {meta.get('prepared')}, max-len {meta.get('max_len')})",
+        f"- data: `{meta.data}` (prepared dataset {meta.prepared}, max-len {meta.max_len})",
     ]
     if lora:
         lines.append(f"- LoRA: r={train.get('lora_r')}, alpha={train.get('lora_alpha')}, "
@@ -124,7 +116,7 @@ def _body(meta: dict[str, Any], reports: dict[str, dict[str, Any]]) -> str:
               f"prompt = {json.dumps(template)}.format(text=\"A gripping, beautifully acted film.\")",
               "ids = tok(prompt, return_tensors=\"pt\")",
               "next_token = model(**ids).logits[0, -1]",
-              f"label_ids = {meta.get('label_ids')}  # {json.dumps(words)}",
+              f"label_ids = {list(meta.label_ids)}  # {json.dumps(words)}",
               f"print({json.dumps(names)}[int(next_token[label_ids].argmax())])", "```", "",
               "## Training configuration", "", "```json", json.dumps(train, indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)

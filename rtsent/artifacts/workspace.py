@@ -6,7 +6,7 @@
         run.json                  resolved train config and the prepared fingerprint
         metrics.jsonl             one JSON object per log/eval event
         checkpoints/checkpoint-N/ Trainer checkpoints (a bounded number)
-        model/                    exported best model: HF folder + rtsent.json, written last
+        model/                    exported best model: HF folder + rtsent.json, written last (artifacts/model.py)
         tensorboard/              TensorBoard events (with --report-to tensorboard)
       current.json                {"prepared": fingerprint the last `prepare` resolved to, hit or build}
       evals/                      evaluation reports of models that live outside the workspace
@@ -21,11 +21,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rtsent.artifacts.model import META_FILE
 from rtsent.errors import ArtifactError, UsageError
 
 MANIFEST = "manifest.json"
 CURRENT = "current.json"
-MODEL_META = "rtsent.json"
+RUN_FILE = "run.json"
 ENV_HOME = "RTSENT_HOME"
 DEFAULT_WORKDIR = "data"
 
@@ -42,7 +43,7 @@ class RunPaths:
 
     @property
     def config(self) -> Path:
-        return self.dir / "run.json"
+        return self.dir / RUN_FILE
 
     @property
     def metrics(self) -> Path:
@@ -55,6 +56,13 @@ class RunPaths:
     @property
     def model(self) -> Path:
         return self.dir / "model"
+
+    @property
+    def plots(self) -> Path:
+        return self.dir / "plots"
+
+    def exists(self) -> bool:
+        return self.config.is_file()
 
     @property
     def tensorboard(self) -> Path:
@@ -153,16 +161,26 @@ class Workspace:
 
     def latest_model(self) -> Path:
         """The exported model of the most recently finished run."""
-        newest = _newest(self.runs_dir.glob(f"*/model/{MODEL_META}"))
+        newest = _newest(self.runs_dir.glob(f"*/model/{META_FILE}"))
         if newest is None:
             raise ArtifactError(
                 f"no trained model in {self.runs_dir}; run `rtsent train` first or pass --model"
             )
         return newest.parent
 
+    def runs(self) -> list[RunPaths]:
+        """Every run that has a run.json, newest first (by when it was written)."""
+        found = []
+        for path in self.runs_dir.glob(f"*/{RUN_FILE}"):
+            try:
+                found.append((path.stat().st_mtime_ns, path.parent.name))
+            except OSError:
+                continue
+        return [self.run(name) for _, name in sorted(found, reverse=True)]
+
     def latest_run(self) -> RunPaths:
         """The run whose run.json was written last (finished or not)."""
-        newest = _newest(self.runs_dir.glob("*/run.json"))
+        newest = _newest(self.runs_dir.glob(f"*/{RUN_FILE}"))
         if newest is None:
             raise ArtifactError(f"no run to resume in {self.runs_dir}; start one with `rtsent train`")
         return RunPaths(newest.parent)

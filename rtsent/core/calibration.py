@@ -113,11 +113,11 @@ def contextual(probs: np.ndarray, p_cf: np.ndarray) -> np.ndarray:
     return adjusted / adjusted.sum(axis=1, keepdims=True)
 
 
-def content_free_probabilities(clf: Any, temperature: float = 1.0, inputs: Sequence[str] = CONTENT_FREE) -> np.ndarray:
-    """Mean label-word probabilities of content-free reviews through the classifier's own prompt, on the
-    same scale as the reviews they correct: softmax(scores / temperature).
+def content_free_probabilities(clf: Any, inputs: Sequence[str] = CONTENT_FREE) -> np.ndarray:
+    """Mean label-word probabilities of content-free reviews through the classifier's own prompt and its
+    own calibration (clf.calibrate: softmax(scores / T)), the scale of the reviews they correct.
 
     The empty review is the bare template (prefix + suffix), exactly as the encoder builds it.
     """
     rows = clf.encoder.encode(list(inputs)).input_ids
-    return softmax(clf.scores(rows, len(rows)).astype(np.float64) / temperature).mean(axis=0)
+    return clf.calibrate(clf.scores(rows, len(rows))).mean(axis=0)

@@ -97,11 +97,11 @@ def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype
 
     from rtsent.core import families
 
-    source = _source(name)
-    if (Path(source) / ADAPTER_CONFIG).is_file():
-        from rtsent.training.lora import load_adapter
+    from rtsent.artifacts.model import ModelPaths
 
-        return load_adapter(source, dtype=dtype, compute=compute, attn=attn)
+    source = _source(name)
+    if ModelPaths(Path(source)).adapter_config.is_file():
+        return _load_adapter(Path(source), dtype=dtype, compute=compute, attn=attn)
     try:
         config = AutoConfig.from_pretrained(source)
         if from_scratch and overrides:
@@ -128,7 +128,27 @@ def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype
     return model
 
 
-ADAPTER_CONFIG = "adapter_config.json"
+def _load_adapter(folder: Path, dtype: torch.dtype | None, compute: str, attn: str | None) -> Any:
+    """The base model named in the folder's rtsent.json (else adapter_config.json) with the adapter
+    merged in, ready to score exactly like a merged export. Raises ArtifactError when the base is gone."""
+    import json
+
+    from rtsent.artifacts.model import ModelMeta, ModelPaths
+
+    paths = ModelPaths(folder)
+    base = ModelMeta.read(folder).adapter_base if paths.is_model() else None
+    if not base:
+        base = json.loads(paths.adapter_config.read_text()).get("base_model_name_or_path")
+    if not base:
+        raise ArtifactError(f"{folder} holds a LoRA adapter but names no base model; re-export it with merged weights")
+    try:
+        model = load_model(base, dtype=dtype, compute=compute, attn=attn)
+    except UsageError as exc:
+        raise ArtifactError(f"the base model of the LoRA adapter in {folder} cannot be loaded ({exc}); "
+                            f"restore {base} or re-train with --lora-export merged") from None
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(folder)).merge_and_unload()
 
 
 # Config keys a training run may change on purpose and saves: pad_token_id (generation needs one).
@@ -210,15 +230,11 @@ def label_logits(model: Any, hidden: torch.Tensor, label_ids: torch.Tensor) -> t
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Right-pad id lists to the longest (rounded up to `multiple`) with an attention mask."""
-    longest = max(len(r) for r in rows)
-    longest = -(-longest // multiple) * multiple
-    ids = torch.full((len(rows), longest), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), longest), dtype=torch.long)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.as_tensor(row, dtype=torch.long)
-        mask[i, : len(row)] = 1
-    return {"input_ids": ids, "attention_mask": mask}
+    """Right-pad id lists to the longest (rounded up to `multiple`) with an attention mask (prompts.pad_rows)."""
+    from rtsent.core.prompts import pad_rows
+
+    ids, mask = pad_rows(rows, pad_id, multiple)
+    return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
 
 
 @contextlib.contextmanager

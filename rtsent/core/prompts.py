@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from rtsent.config import PromptConfig
 from rtsent.errors import UsageError
 
@@ -106,6 +108,18 @@ class PromptEncoder:
         bodies = self.tokenizer([prefix + t[:chars] for t in texts], add_special_tokens=False)["input_ids"]
         ids = [self.bos_ids + list(body[:budget]) + self.suffix_ids for body in bodies]
         return EncodedBatch(ids, [len(body) > budget or len(t) > chars for body, t in zip(bodies, texts)])
+
+
+def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded int64 ids and attention mask [batch, longest rounded up to `multiple`]; each row's
+    label position is its last 1 in the mask."""
+    longest = -(-max(len(r) for r in rows) // multiple) * multiple
+    ids = np.full((len(rows), longest), pad_id, dtype=np.int64)
+    mask = np.zeros((len(rows), longest), dtype=np.int64)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = row
+        mask[i, : len(row)] = 1
+    return ids, mask
 
 
 def tokenizer_fingerprint(tok: Any) -> str:

@@ -1,36 +1,40 @@
 """Scoring engines behind one interface: evaluate, predict and serve score reviews through open_classifier().
 
-A classifier has `name`, `meta` (its rtsent.json), `prompt`, `label_names`, `engine` ("torch" or "onnx"),
-`precision`, `encoder` (PromptEncoder), `scores(rows, batch_size)` -> raw label-word scores [n, classes],
-`temperature` and `probabilities(texts, batch_size)` -> calibrated softmax over the label words [n, classes].
-Nothing heavy is imported here: the onnx engine never loads torch or transformers.
+It returns a `Classifier` (engines/base.py): `scores(rows)` -> raw label-word scores [n, classes],
+`calibrate(scores)` and `probabilities(texts)` -> calibrated softmax over the label words. Nothing heavy
+is imported here: the onnx engine never loads torch or transformers.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from rtsent.config import PromptConfig
+    from rtsent.engines.base import Classifier
 
 
-def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, precision: str = "auto",
-                    engine: str = "auto") -> Any:
+def open_classifier(model: str, prompt: "PromptConfig | None" = None, max_len: int | None = None,
+                    precision: str = "auto", engine: str = "auto") -> "Classifier":
     """An exported rtsent model (its rtsent.json gives the prompt), or a base model with an explicit prompt.
 
     engine "auto" runs the folder's ONNX graph when `rtsent export` wrote one and the precision is
-    auto, fp32 or int8 (int8 exists only as a graph), else torch. Raises ArtifactError for a folder without rtsent.json when no
-    prompt is given or without the graph an explicit onnx engine needs, UsageError when a given prompt
-    contradicts the model's or the precision does not exist for the engine.
+    auto, fp32 or int8 (int8 exists only as a graph), else torch. Raises ArtifactError for a folder
+    without rtsent.json when no prompt is given or without the graph an explicit onnx engine needs,
+    UsageError when a given prompt contradicts the model's or the precision does not exist for the engine.
     """
-    from rtsent.engines.base import DEFAULT_MAX_LEN, ONNX_PRECISIONS, onnx_graph, read_model_meta
+    from rtsent.artifacts.model import DEFAULT_MAX_LEN
+    from rtsent.engines.base import ONNX_PRECISIONS, onnx_graph, read_model_meta
     from rtsent.errors import ArtifactError, UsageError
 
     meta, prompt = read_model_meta(model, prompt)
-    max_len = fitting_max_len(model, max_len or meta.get("max_len"), DEFAULT_MAX_LEN)
+    max_len = fitting_max_len(model, max_len or (meta.max_len if meta else None), DEFAULT_MAX_LEN)
     graph = onnx_graph(model, meta, precision)
     wants_onnx = precision == "int8" or (graph is not None and precision in ONNX_PRECISIONS)
     if engine == "onnx" or (engine == "auto" and wants_onnx):
         if precision not in ONNX_PRECISIONS:
             raise UsageError(f"the onnx engine runs fp32 or int8 graphs, not {precision}; use --engine torch for {precision}")
-        if graph is None:
+        if graph is None or meta is None:
             which = "an int8 ONNX graph" if precision == "int8" else "an ONNX graph"
             flag = " --int8" if precision == "int8" else ""
             raise ArtifactError(f"{model} has no {which}; run `rtsent export {model}{flag}` first (or use --engine torch)")
@@ -42,7 +46,7 @@ def open_classifier(model: str, prompt: Any = None, max_len: int | None = None, 
     return TorchClassifier(model, meta, prompt, max_len, precision)
 
 
-def precision_note(clf: Any, requested: str) -> str | None:
+def precision_note(clf: "Classifier", requested: str) -> str | None:
     """The line predict and serve print when --precision auto picked the int8 graph, else None."""
     if requested == "auto" and clf.precision == "int8":
         return ("scoring with the int8 ONNX graph (--precision auto prefers it where `rtsent export --int8` wrote "
@@ -70,13 +74,16 @@ def _config(model: str) -> Any:
     from pathlib import Path
     from types import SimpleNamespace
 
-    path = Path(model).expanduser() / "config.json"
+    from rtsent.artifacts.model import ModelPaths
+
+    folder = Path(model).expanduser()
+    path = ModelPaths(folder).config
     if path.is_file():
         try:
             return SimpleNamespace(**json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             return None
-    if Path(model).expanduser().exists():
+    if folder.exists():
         return None
     from rtsent.core.modeling import load_config
 

@@ -12,7 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from rtsent.engines.base import TOKENIZER_FILE, Classifier, pad_rows
+from rtsent.artifacts.model import ModelMeta, ModelPaths
+from rtsent.config import PromptConfig
+from rtsent.core.prompts import pad_rows
+from rtsent.engines.base import Classifier
 from rtsent.errors import ArtifactError, first_line
 
 
@@ -62,13 +65,14 @@ class OnnxClassifier(Classifier):
 
     engine = "onnx"
 
-    def __init__(self, name: str, meta: dict[str, Any], prompt: Any, max_len: int, graph: Path, precision: str):
+    def __init__(self, name: str, meta: ModelMeta, prompt: PromptConfig, max_len: int, graph: Path, precision: str):
         import onnxruntime as ort
 
-        info = meta["onnx"]
-        folder = Path(name).expanduser()
-        super().__init__(name, meta, prompt, max_len, JsonTokenizer(folder / info.get("tokenizer", TOKENIZER_FILE)),
-                         precision)
+        info = meta.onnx or {}
+        paths = ModelPaths(Path(name).expanduser())
+        folder = paths.dir
+        tokenizer = paths.dir / info["tokenizer"] if info.get("tokenizer") else paths.tokenizer_json
+        super().__init__(name, meta, prompt, max_len, JsonTokenizer(tokenizer), precision)
         if list(info.get("label_ids", [])) != list(self.encoder.label_ids):
             raise ArtifactError(f"the ONNX graph in {folder} scores other label tokens than rtsent.json's prompt; "
                                 f"run `rtsent export {name}` again")

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import json
 import signal
 import socket
 import threading
@@ -41,9 +40,10 @@ from starlette.exceptions import HTTPException
 
 from rtsent import __version__
 from rtsent.config import ServeConfig
-from rtsent.errors import ArtifactError, RtsentError, UsageError
+from rtsent.errors import RtsentError, UsageError
 from rtsent.faults import scoring_point
-from rtsent.artifacts.workspace import MODEL_META, Workspace
+from rtsent.artifacts.model import ModelPaths, read_eval_reports, resolve_model
+from rtsent.artifacts.workspace import Workspace
 
 RETRY_AFTER_S = 1
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -291,9 +291,8 @@ class State:
             "label_names": list(clf.label_names),
             "max_len": clf.encoder.max_len,
             "temperature": clf.temperature,
-            "metrics": {"best": meta.get("best"), "calibration": meta.get("calibration"),
-                        **_eval_reports(Path(self.model))},
-            "run": meta.get("run"),
+            "metrics": {"best": meta.best, "calibration": meta.calibration, **_eval_reports(Path(self.model))},
+            "run": meta.run,
             "precision": self.cfg.precision,
             "limits": {k: getattr(self.cfg, k) for k in ("max_batch_size", "max_wait_ms", "max_queue", "max_texts",
                                                         "max_body_bytes", "timeout_s")},
@@ -302,13 +301,8 @@ class State:
 
 def _eval_reports(folder: Path) -> dict[str, Any]:
     """Headline figures of `rtsent evaluate` reports saved next to the model (eval-<split>.json)."""
-    out = {}
-    for path in sorted(folder.glob("eval-*.json")):
-        with contextlib.suppress(OSError, ValueError):
-            report = json.loads(path.read_text(encoding="utf-8"))
-            if isinstance(report, dict):
-                out[path.stem] = {k: report.get(k) for k in ("examples", "accuracy", "macro_f1", "ece")}
-    return out
+    return {Path(r["path"]).stem: {k: r.get(k) for k in ("examples", "accuracy", "macro_f1", "ece")}
+            for r in read_eval_reports(ModelPaths(folder)).values()}
 
 
 def _error(status: int, message: str, retry: bool = False) -> JSONResponse:
@@ -509,24 +503,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def _resolve_model(cfg: ServeConfig, ws: Workspace) -> str:
-    model = cfg.model or str(ws.latest_model())
-    path = Path(model).expanduser()
-    if not path.is_dir():
-        raise UsageError(f"--model {model} is not a folder; pass a run's model folder (runs/<name>/model)")
-    if not (path / MODEL_META).is_file():
-        raise ArtifactError(f"{model} has no {MODEL_META}, so it was not exported by `rtsent train`; "
-                            f"pass a run's model folder (runs/<name>/model)")
-    return str(path)
-
-
 def run(cfg: ServeConfig, ws: Workspace, log: Callable[[str], None]) -> None:
     """Serve until SIGINT/SIGTERM, then finish in-flight requests and return.
 
     Raises UsageError/ArtifactError for a missing model, RtsentError when the port cannot be bound
     (checked before the model loads), and whatever loading the model raised.
     """
-    model = _resolve_model(cfg, ws)
+    model = str(resolve_model(ws, cfg.model))
     sock = bind(cfg.host, cfg.port)
     host = f"[{cfg.host}]" if ":" in cfg.host else cfg.host
     state = State(cfg, model, log, f"http://{host}:{sock.getsockname()[1]}")

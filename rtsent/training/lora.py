@@ -1,4 +1,5 @@
-"""LoRA through peft: wrap a model for training, export merged weights or the adapter, load an adapter.
+"""LoRA through peft: wrap a model for training, export merged weights or the adapter (an adapter folder
+is loaded back by core.modeling.load_model).
 
 Train hooks: `wrap` after the model is loaded, `for_export` before it is saved. The Trainer saves and
 resumes a peft model's adapter by itself, so checkpoints hold only the adapter's weights.
@@ -9,10 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from rtsent.errors import ArtifactError, UsageError
-
-EXPORTS = ("merged", "adapter")
-
+from rtsent.errors import UsageError
 
 def targets(model: Any, given: str | None) -> tuple[list[str], bool]:
     """Module names LoRA adapts (--lora-targets, else the family's default) and peft's fan_in_fan_out."""
@@ -99,29 +97,3 @@ def base_reference(name: str) -> str:
     """How rtsent.json names the base model of an adapter: an absolute folder, or a hub name."""
     path = Path(name).expanduser()
     return str(path.resolve()) if path.exists() else name
-
-
-def load_adapter(folder: str, dtype: Any = None, compute: str = "fp32", attn: str | None = None) -> Any:
-    """The base model named in the folder's rtsent.json (else adapter_config.json) with the adapter
-    merged in, ready to score exactly like a merged export. Raises ArtifactError when the base is gone."""
-    import json
-
-    from rtsent.core.modeling import ADAPTER_CONFIG, load_model
-    from rtsent.artifacts.workspace import MODEL_META
-
-    path = Path(folder)
-    base = None
-    if (path / MODEL_META).is_file():
-        base = (json.loads((path / MODEL_META).read_text()).get("lora") or {}).get("base_model")
-    if not base:
-        base = json.loads((path / ADAPTER_CONFIG).read_text()).get("base_model_name_or_path")
-    if not base:
-        raise ArtifactError(f"{path} holds a LoRA adapter but names no base model; re-export it with merged weights")
-    try:
-        model = load_model(base, dtype=dtype, compute=compute, attn=attn)
-    except UsageError as exc:
-        raise ArtifactError(f"the base model of the LoRA adapter in {path} cannot be loaded ({exc}); "
-                            f"restore {base} or re-train with --lora-export merged") from None
-    from peft import PeftModel
-
-    return PeftModel.from_pretrained(model, str(path)).merge_and_unload()
