@@ -27,7 +27,7 @@ def batches(model_dir: str, n: int, batch_size: int, seed: int = 0):
     from rtsent import prepare
     from rtsent.config import PrepareConfig
     from rtsent.core.modeling import load_tokenizer, pad_batch
-    from rtsent.train import SeededLengthSampler
+    from rtsent.training.trainer import SeededLengthSampler
     from rtsent.artifacts.workspace import Workspace
 
     import torch

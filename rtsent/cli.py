@@ -23,28 +23,21 @@ class _OneLineErrors(typer.core.TyperGroup):
     """Typer's command group, with usage errors (unknown option, bad value) printed as one line like
     every other rtsent error, instead of a usage block and a boxed panel."""
 
-    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
-        if not standalone_mode:
-            return super().main(*args, standalone_mode=False, **kwargs)
+    def main(self, args: Any = None, *rest: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        argv = sys.argv[1:] if args is None else list(args)
+        if not standalone_mode or not argv:  # bare `rtsent`: Typer shows the help
+            return super().main(args, *rest, standalone_mode=standalone_mode, **kwargs)
         try:
-            code = super().main(*args, standalone_mode=False, **kwargs)
-        except _CLICK_ERROR as exc:
-            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `rtsent`: the help is the message
-                if not typer.core.HAS_RICH:
-                    exc.show()
-            else:
-                ctx = getattr(exc, "ctx", None)
-                hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-                _error("error", exc.format_message().rstrip(".") + hint)
-            sys.exit(exc.exit_code)
+            code = super().main(argv, *rest, standalone_mode=False, **kwargs)
+        except typer.TyperException as exc:  # Typer's usage errors (its click's, vendored) derive from it
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _error("error", exc.format_message().rstrip(".") + hint)
+            sys.exit(getattr(exc, "exit_code", 2))
         except typer.Abort:
             _error("error", "aborted")
             sys.exit(1)
         sys.exit(code if isinstance(code, int) else 0)
-
-
-# Typer may vendor click; its usage errors all derive from the ClickException that BadParameter does.
-_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
 
 app = typer.Typer(

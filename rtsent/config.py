@@ -335,11 +335,14 @@ class PredictConfig:
         problems = []
         if bool(self.texts) == bool(self.file):
             problems.append("give texts as arguments, or --file PATH, or '-' for stdin (one of them)")
+        from rtsent.sources.inputs import EMPTY, problem
+
         for i, text in enumerate(self.texts, start=1):
-            if not text.strip():
+            reason = problem(text)  # undecodable argv bytes arrive as lone surrogates
+            if reason == EMPTY:
                 problems.append(f"text {i} is empty; give each review as a non-empty argument")
-            elif not _is_utf8(text):  # undecodable argv bytes arrive as lone surrogates
-                problems.append(f"text {i} is not valid UTF-8; pass UTF-8 text (or --file with UTF-8 content)")
+            elif reason:
+                problems.append(f"text {i} is {reason}; pass UTF-8 text (or --file with UTF-8 content)")
         if self.format not in FORMATS:
             problems.append(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
         problems += _scoring_problems(self.precision, self.engine)
@@ -417,14 +420,6 @@ class ServeConfig:
         if self.max_wait_ms < 0:
             problems.append(f"--max-wait-ms must not be negative, got {self.max_wait_ms}")
         _check(problems)
-
-
-def _is_utf8(text: str) -> bool:
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _safe_name(name: str) -> bool:

@@ -196,20 +196,15 @@ def _fuse(source: Path, dest: Path, config: Any) -> list[str]:
         return []
     import onnx
     from onnxruntime.transformers.fusion_options import FusionOptions
-    from onnxruntime.transformers.optimizer import MODEL_TYPES
 
-    base = MODEL_TYPES[kind][0]
-
-    class Fuser(base):  # type: ignore[misc, valid-type]
-        def postprocess(self) -> None:
-            # GPT-2's own post-processing assumes every Gemm has a bias; the label projection has none.
-            super(base, self).postprocess()
+    from rtsent import compat
 
     # The fusions used here match the graph's structure and small constants; the weights stay on disk
     # while the fuser works (its passes copy the model several times: 3.1 GB for GPT-2 small with them,
     # measured) and are read back only to write the fused graph.
     with _quiet_exporter():
-        fuser = Fuser(onnx.load(str(source), load_external_data=False), config.num_attention_heads, config.hidden_size)
+        fuser = compat.onnx_fuser(kind, onnx.load(str(source), load_external_data=False), config.num_attention_heads,
+                                  config.hidden_size)
         fuser.optimize(FusionOptions(kind))
         fuser.topological_sort()
     fused = sorted(k for k, v in fuser.get_fused_operator_statistics().items() if v)

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import math
 import shutil
-import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import TrainingArguments
 
 from rtsent import __version__, prepare
 from rtsent.artifacts import card
@@ -24,12 +23,13 @@ from rtsent.artifacts.cache import clean_stale, locked, publish, staging, write_
 from rtsent.artifacts.model import ModelMeta
 from rtsent.config import TrainConfig, prompt_from_dict, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
-from rtsent.faults import crash_point, interrupt_point
-from rtsent.training.options import (class_weights, early_stopping_callbacks, early_stopping_record, label_position_loss,
-                                  record, tracker_setup, trackers, train_last_layers)
+from rtsent.faults import crash_point
+from rtsent.training.options import (class_weights, early_stopping_callbacks, early_stopping_record, record,
+                                     tracker_setup, trackers, train_last_layers)
+from rtsent.training.trainer import (LabelCollator, LabelPositionTrainer, MetricsLog, RichProgress, SaveEveryBest,
+                                     StopOnSignal, accuracy_metrics)
 from rtsent.core.families import check_max_len
-from rtsent.core.modeling import (default_device, load_model, load_tokenizer, next_token_logits, origin_note, pad_batch,
-                             quiet_transformers, resolve_precision, saved_config)
+from rtsent.core.modeling import (default_device, load_model, load_tokenizer, origin_note, quiet_transformers, resolve_precision, saved_config)
 from rtsent.core.prompts import tokenizer_fingerprint
 from rtsent.artifacts.workspace import MANIFEST, RunPaths, Workspace, read_json
 
@@ -47,227 +47,6 @@ class TrainResult:
     plots: tuple[Path, ...] = ()
     trainable_params: int = 0
     total_params: int = 0
-
-
-class LabelCollator:
-    """Right-pads a batch to its longest prompt (eos as pad) and stacks the class ids."""
-
-    def __init__(self, pad_id: int, multiple: int = 1):
-        self.pad_id = pad_id
-        self.multiple = multiple
-
-    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        batch = pad_batch([f["input_ids"] for f in features], self.pad_id, self.multiple)
-        batch["labels"] = torch.tensor([f["labels"] for f in features], dtype=torch.long)
-        return batch
-
-
-class SeededLengthSampler(torch.utils.data.Sampler):
-    """Length-grouped training order drawn from (seed, epoch) alone, so a resumed run replays it exactly.
-
-    transformers' own LengthGroupedSampler draws from the global RNG; on a mid-epoch resume the Trainer
-    builds the epoch's order before restoring that RNG, so the resumed run would see other batches.
-    """
-
-    def __init__(self, lengths: list[int], batch_size: int, seed: int):
-        self.lengths = lengths
-        self.batch_size = batch_size
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.lengths)
-
-    def __iter__(self):
-        from transformers.trainer_pt_utils import get_length_grouped_indices
-
-        generator = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(get_length_grouped_indices(self.lengths, self.batch_size, generator=generator))
-
-
-class LabelPositionTrainer(Trainer):
-    """Trainer whose loss is the cross-entropy of the label word at the last prompt token.
-
-    loss="lm" scores the whole vocabulary there (the seed recipe's objective); loss="label" scores
-    the label words only. Evaluation returns [batch, classes] label-word logits, nothing larger.
-    """
-
-    def __init__(self, *args: Any, label_token_ids: list[int], loss_kind: str,
-                 class_weights: list[float] | None = None, **kwargs: Any):
-        super().__init__(*args, **kwargs)
-        self.label_token_ids = torch.tensor(label_token_ids, dtype=torch.long)
-        self.loss_kind = loss_kind
-        self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
-        # Our loss is already a per-example mean; let Trainer scale it for gradient accumulation.
-        self.model_accepts_loss_kwargs = False
-        # Validation scores of each evaluation by step, so the best model's need not be computed again.
-        self.validation_scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
-
-    def _get_train_sampler(self, train_dataset: Any = None) -> SeededLengthSampler:
-        dataset = train_dataset if train_dataset is not None else self.train_dataset
-        batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
-        return SeededLengthSampler(list(dataset[self.args.length_column_name]), batch, self.args.data_seed)
-
-    def _clip_grad_norm(self, model):
-        # The same clipping, with the division done inside fused AdamW's pass (rtsent.training.speed).
-        if (self.is_fsdp_enabled or self.is_deepspeed_enabled or self._has_mixed_mesh_grads(model)
-                or not speed.can_fold_clipping(self.optimizer, self.accelerator.scaler)):
-            return super()._clip_grad_norm(model)
-        return speed.fold_clipping_into_adamw(self.optimizer, model.parameters(), self.args.max_grad_norm)
-
-    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
-                        metric_key_prefix="eval"):
-        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
-        if metric_key_prefix == "eval" and output.predictions is not None:
-            self.validation_scores[self.state.global_step] = (output.predictions, output.label_ids)
-        return output
-
-    def _load_best_model(self) -> None:
-        # The best checkpoint is the last step's: the model in memory holds exactly its weights already.
-        if self.state.best_global_step != self.state.global_step:
-            super()._load_best_model()
-
-    def release_optimizer(self) -> None:
-        """After training only the model is needed: free AdamW's state (twice the weights) before export."""
-        self.accelerator.free_memory()
-        self.optimizer = self.lr_scheduler = None
-        self.callback_handler.optimizer = self.callback_handler.lr_scheduler = None
-
-    def release_model(self) -> None:
-        """Once the model folder is written, the ONNX exporter (which loads that folder) has the memory:
-        the model's and, released just before, AdamW's."""
-        self.model = self.model_wrapped = self.callback_handler.model = None
-        speed.release_free_memory()
-
-    def _save_rng_state(self, output_dir: str) -> None:
-        super()._save_rng_state(output_dir)
-        # Weights, optimizer and RNG are on disk, trainer_state.json (the completion mark) is not yet.
-        crash_point("checkpoint:before-state", self.state.global_step)
-
-    def _loss_and_scores(self, model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = next_token_logits(model, inputs["input_ids"], inputs["attention_mask"]).float()
-        label_ids = self.label_token_ids.to(logits.device)
-        scores = logits[:, label_ids]
-        weights = self.class_weights.to(logits.device) if self.class_weights is not None else None
-        return label_position_loss(logits, inputs["labels"], label_ids, self.loss_kind, weights), scores
-
-    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        loss, scores = self._loss_and_scores(model, inputs)
-        return (loss, {"scores": scores}) if return_outputs else loss
-
-    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        inputs = self._prepare_inputs(inputs)
-        with torch.no_grad(), self.compute_loss_context_manager():
-            loss, scores = self._loss_and_scores(model, inputs)
-        return loss.detach(), scores.detach(), inputs["labels"]
-
-
-def accuracy_metrics(pred: Any) -> dict[str, float]:
-    return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
-
-
-class MetricsLog(TrainerCallback):
-    """Appends every training/eval log event to metrics.jsonl."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if state.is_world_process_zero and logs:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
-
-
-class SaveEveryBest(TrainerCallback):
-    """Checkpoint at every evaluation that improves the best accuracy, whatever --save-every says.
-
-    With --save-every a multiple of --eval-every, the best evaluation could otherwise fall on a step that
-    was never saved: the Trainer would reload another checkpoint while rtsent.json, the card and the
-    temperature describe the unsaved best step. Runs before the Trainer records the new best.
-    """
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        value = (metrics or {}).get(f"eval_{args.metric_for_best_model}")
-        if value is not None and (state.best_metric is None or value > state.best_metric):
-            control.should_save = True
-
-
-class RichProgress(TrainerCallback):
-    """A Rich progress bar for training, with the latest loss and validation accuracy."""
-
-    def __init__(self, console: Any):
-        self.console = console
-        self.progress = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-        if not state.is_world_process_zero or self.console is None:
-            return
-        self.progress = Progress(TextColumn("train"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                                 TimeRemainingColumn(), TextColumn("{task.fields[info]}"), console=self.console)
-        self.task = self.progress.add_task("train", total=state.max_steps, completed=state.global_step, info="")
-        self.progress.start()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.progress:
-            self.progress.update(self.task, completed=state.global_step)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not self.progress or not logs:
-            return
-        if "eval_accuracy" in logs:
-            self.progress.console.print(
-                f"step {state.global_step}: validation accuracy {logs['eval_accuracy']:.4f}, loss {logs['eval_loss']:.4f}"
-            )
-        elif "loss" in logs:
-            self.progress.update(self.task, info=f"loss {logs['loss']:.4f}")
-
-    def on_train_end(self, args, state, control, **kwargs):
-        if self.progress:
-            self.progress.stop()
-
-
-class StopOnSignal(TrainerCallback):
-    """Turns Ctrl-C / SIGTERM into 'save a checkpoint at the end of this step, then stop'."""
-
-    def __init__(self) -> None:
-        self.stopped_at: int | None = None
-        self._requested = False
-        self._previous: dict[int, Any] = {}
-
-    def install(self) -> None:
-        if threading_main():
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        self._previous.clear()
-
-    def _handle(self, signum, frame) -> None:
-        if self._requested:  # a second Ctrl-C: stop now, the last complete checkpoint stays valid
-            raise KeyboardInterrupt
-        self._requested = True
-
-    def on_step_end(self, args, state, control, **kwargs):
-        interrupt_point(state.global_step)
-        # Under torchrun a signal may reach one rank only: every rank must stop at the same step, or
-        # the others wait forever in the next collective.
-        if distributed.any_rank(self._requested):
-            self.stopped_at = state.global_step
-            control.should_save = True
-            control.should_training_stop = True
-
-
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
 
 
 is_main_process = distributed.is_main_process
@@ -334,12 +113,54 @@ def _prepare_command(config: dict[str, Any] | None) -> str:
             f"--template '{prompt['template']}' --label-words '{words}'".replace("\n", "\\n"))
 
 
+@dataclass
+class _Prepared:
+    """The run's prepared data, as training uses it."""
+
+    path: Path
+    manifest: dict[str, Any]
+    train: Any
+    validation: Any
+    """Sorted by length: sequential evaluation batches of similar length pad little."""
+
+
 def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: Callable[[str], None]) -> TrainResult:
+    """The training stage as named steps: data, model, run record, trainer, fit, temperature, export."""
     from transformers import set_seed
 
+    data, tok = _load_data(cfg, ws)
+    cfg = dataclasses.replace(cfg, prepared=data.manifest["fingerprint"])  # run.json names the data, not "latest"
+    set_seed(cfg.seed)
+    device = default_device()
+    precision = resolve_precision(cfg.precision, device)
+    model = _build_model(cfg, data, tok, device, precision)
+    trainable, params = lora.parameter_counts(model)
+    checkpoint = _resume_point(cfg, paths, log)
+    weights = class_weights(cfg.class_weights, data.manifest)
+    _record_run(cfg, paths, data, weights)
+    trainer, stopper, total = _make_trainer(cfg, paths, data, tok, model, device, precision, weights, console)
+    del model  # the trainer's from here on; released before the ONNX export
+    _announce(cfg, paths, data, total, precision, device, log)
+    output, seconds = _fit(trainer, stopper, checkpoint, device, paths)
+    state = trainer.state
+    if is_main_process() and cfg.early_stopping:
+        record(paths.config, early_stopping=early_stopping_record(cfg.early_stopping, state, total))
+    calibration = _fit_temperature(trainer, data.validation)  # every rank: predict() is collective under DDP
+    trainer.release_optimizer()
+    timing = {"seconds": round(seconds, 3), "steps": output.global_step, "train_examples": len(data.train),
+              "train_examples_per_s": round(output.metrics.get("train_samples_per_second", 0.0), 2)}
+    plots: tuple[Path, ...] = ()
+    if is_main_process():
+        _export(trainer, tok, ws, paths, cfg, data.manifest, state, calibration, timing, log)
+        plots = _plots(cfg, paths, state.best_global_step, weights is not None)
+    return TrainResult(paths, paths.model, state.best_metric, state.best_global_step, output.global_step, seconds,
+                       timing["train_examples_per_s"], calibration, plots, trainable, params)
+
+
+def _load_data(cfg: TrainConfig, ws: Workspace) -> tuple[_Prepared, Any]:
+    """The prepared dataset the run trains on and the model's tokenizer, checked to be the one it was made with."""
     prepared_path = ws.find_prepared(cfg.prepared)
     dd, manifest = prepare.load(prepared_path, ws)
-    cfg = dataclasses.replace(cfg, prepared=manifest["fingerprint"])  # run.json names the data, not "latest"
     tok = load_tokenizer(cfg.model)
     if tokenizer_fingerprint(tok) != manifest["tokenizer"]:
         source = manifest["config"]["model"]
@@ -349,17 +170,23 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         )
     if "validation" not in dd:
         raise ArtifactError(f"prepared data {prepared_path} has no validation split; re-run `rtsent prepare`")
-    set_seed(cfg.seed)
-    device = default_device()
-    precision = resolve_precision(cfg.precision, device)
+    # In memory, so that training never writes a cache file into the shared, published prepared folder
+    # (datasets' own sort() writes one even with keep_in_memory=True).
+    order = np.argsort(np.asarray(dd["validation"]["length"]), kind="stable")
+    validation = dd["validation"].select(order, keep_in_memory=True)
+    return _Prepared(prepared_path, manifest, dd["train"], validation), tok
+
+
+def _build_model(cfg: TrainConfig, data: _Prepared, tok: Any, device: torch.device, precision: str) -> Any:
+    """The model to train: fp32 master weights, the trained part chosen (all, --train-layers, --lora), levers on."""
     # On CPU, SDPA's flash-attention backward is the slowest op of a step (a quarter of it, measured);
     # the eager attention's plain matmuls train 1.4x faster. GPUs keep SDPA.
     attn = "eager" if device.type == "cpu" else None
     # fp32 master weights whatever the stored dtype (most hub models store bf16); autocast does the rest.
     model = load_model(cfg.model, cfg.from_scratch, cfg.config_overrides, dtype=torch.float32, compute=precision,
                        dropout=cfg.dropout, attn=attn)
-    check_max_len(model.config, manifest["max_len"], cfg.model,
-                  f"prepared data {prepared_path.name} is too long for it: re-run `rtsent prepare --model {cfg.model}` "
+    check_max_len(model.config, data.manifest["max_len"], cfg.model,
+                  f"prepared data {data.path.name} is too long for it: re-run `rtsent prepare --model {cfg.model}` "
                   "--max-len {tokens} or less")
     model.config.pad_token_id = tok.pad_token_id
     if cfg.lora:
@@ -368,55 +195,69 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         train_last_layers(model, cfg.train_layers)
     if distributed.world_size() == 1 and not cfg.compile:  # DDP's reducer expects a sparse Embedding's grad sparse
         speed.sparse_tied_embedding_grad(model)
-    trainable, params = lora.parameter_counts(model)
     vocab = model.get_output_embeddings().weight.shape[0]
-    if max(manifest["label_ids"]) >= vocab:
+    if max(data.manifest["label_ids"]) >= vocab:
         raise ArtifactError(f"model {cfg.model} has {vocab} output tokens, fewer than the tokenizer's; use a matching model")
+    return model
 
+
+def _resume_point(cfg: TrainConfig, paths: RunPaths, log: Callable[[str], None]) -> Path | None:
     if is_main_process():
         paths.dir.mkdir(parents=True, exist_ok=True)
     checkpoint = _last_complete_checkpoint(paths.checkpoints) if cfg.resume else None
     if cfg.resume and checkpoint is None:
         log(f"run {paths.name} has no complete checkpoint yet; starting it from the beginning")
-    weights = class_weights(cfg.class_weights, manifest)
+    return checkpoint
+
+
+def _record_run(cfg: TrainConfig, paths: RunPaths, data: _Prepared, weights: list[float] | None) -> None:
+    """run.json: the resolved config and the data it trains on (what --resume and `rtsent report` read)."""
     if is_main_process():
         write_json(paths.config, {"rtsent_version": __version__, "config": to_dict(cfg),
-                                  "prepared": manifest["fingerprint"], "prepared_path": str(prepared_path),
-                                  "prepared_config": manifest["config"], "class_weights": weights})
+                                  "prepared": data.manifest["fingerprint"], "prepared_path": str(data.path),
+                                  "prepared_config": data.manifest["config"], "class_weights": weights})
 
-    train_ds = dd["train"]
-    # Sequential eval batches of similar length pad little; in memory, so that training never writes
-    # a cache file into the shared, published prepared folder.
-    # (datasets' own sort() writes one even with keep_in_memory=True.)
-    order = np.argsort(np.asarray(dd["validation"]["length"]), kind="stable")
-    eval_ds = dd["validation"].select(order, keep_in_memory=True)
+
+def _make_trainer(cfg: TrainConfig, paths: RunPaths, data: _Prepared, tok: Any, model: Any, device: torch.device,
+                  precision: str, weights: list[float] | None, console: Any) -> tuple[LabelPositionTrainer, StopOnSignal, int]:
+    """The Trainer with rtsent's callbacks (and the number of steps it will make)."""
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     report_to, tracker_callbacks = tracker_setup(trackers(cfg.report_to), paths)
-    args, total = _training_arguments(cfg, paths, device, precision, len(train_ds), report_to)
+    args, total = _training_arguments(cfg, paths, device, precision, len(data.train), report_to)
     stopper = StopOnSignal()
     trainer = LabelPositionTrainer(
         model=model,
         args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
+        train_dataset=data.train,
+        eval_dataset=data.validation,
         processing_class=tok,
         data_collator=LabelCollator(tok.pad_token_id, multiple=16 if cfg.compile else 1),
         compute_metrics=accuracy_metrics,
         callbacks=[MetricsLog(paths.metrics), SaveEveryBest(), RichProgress(console), stopper, *tracker_callbacks,
                    *early_stopping_callbacks(cfg.early_stopping)],
-        label_token_ids=manifest["label_ids"],
+        label_token_ids=data.manifest["label_ids"],
         loss_kind=cfg.loss,
         class_weights=weights,
     )
-    del model  # the trainer's from here on; released before the ONNX export
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)
+    return trainer, stopper, total
+
+
+def _announce(cfg: TrainConfig, paths: RunPaths, data: _Prepared, total: int, precision: str, device: torch.device,
+              log: Callable[[str], None]) -> None:
     note = origin_note(cfg.model)
     if note:
         log(f"model {note}")
-    log(f"training {paths.name} on {prepare.describe(manifest)}: {len(train_ds)} examples, {total} steps, "
-        f"{precision} on {device.type}" + (f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""))
+    processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    log(f"training {paths.name} on {prepare.describe(data.manifest)}: {len(data.train)} examples, {total} steps, "
+        f"{precision} on {device.type}{processes}")
+
+
+def _fit(trainer: LabelPositionTrainer, stopper: StopOnSignal, checkpoint: Path | None, device: torch.device,
+         paths: RunPaths) -> tuple[Any, float]:
+    """Trainer.train (from the checkpoint when resuming); raises Interrupted after a Ctrl-C/SIGTERM."""
     started = time.perf_counter()
     stopper.install()
     try:
@@ -424,33 +265,23 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
             output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         stopper.uninstall()
-    seconds = time.perf_counter() - started
     if stopper.stopped_at is not None:
         raise Interrupted(
             f"training stopped at step {stopper.stopped_at}; a checkpoint is saved in {paths.checkpoints}; "
             f"continue with `rtsent train --resume --run-name {paths.name}`"
         )
-    state = trainer.state
-    best_step = state.best_global_step
-    if is_main_process() and cfg.early_stopping:
-        record(paths.config, early_stopping=early_stopping_record(cfg.early_stopping, state, total))
-    calibration = _fit_temperature(trainer, eval_ds)  # every rank: predict() is collective under DDP
-    trainer.release_optimizer()
-    timing = {"seconds": round(seconds, 3), "steps": output.global_step, "train_examples": len(train_ds),
-              "train_examples_per_s": round(output.metrics.get("train_samples_per_second", 0.0), 2)}
-    plots: tuple[Path, ...] = ()
-    if is_main_process():
-        _export(trainer, tok, ws, paths, cfg, manifest, state, calibration, timing, log)
-        if cfg.plots:
-            from rtsent.plots import training_curves
-
-            plots = (training_curves(paths.metrics, paths.dir / "plots" / "training.png", best_step,
-                                     class_weighted=weights is not None).path,)
-    return TrainResult(paths, paths.model, state.best_metric, best_step, output.global_step, seconds,
-                       timing["train_examples_per_s"], calibration, plots, trainable, params)
+    return output, time.perf_counter() - started
 
 
-def _fit_temperature(trainer: Trainer, eval_ds: Any) -> dict[str, Any]:
+def _plots(cfg: TrainConfig, paths: RunPaths, best_step: int | None, class_weighted: bool) -> tuple[Path, ...]:
+    if not cfg.plots:
+        return ()
+    from rtsent.plots import training_curves
+
+    return (training_curves(paths.metrics, paths.plots / "training.png", best_step, class_weighted=class_weighted).path,)
+
+
+def _fit_temperature(trainer: LabelPositionTrainer, eval_ds: Any) -> dict[str, Any]:
     """Temperature of the best model's label-word scores, fitted on validation (its NLL, one scalar)."""
     from rtsent.core.calibration import temperature_record
 
@@ -543,7 +374,7 @@ def _complete_checkpoints(folder: Path, remove_incomplete: bool) -> list[tuple[i
     return found
 
 
-def _export(trainer: Trainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: TrainConfig,
+def _export(trainer: LabelPositionTrainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: TrainConfig,
             manifest: dict[str, Any], state: Any, calibration: dict[str, Any], timing: dict[str, Any],
             log: Callable[[str], None]) -> None:
     """Write the (best) model as a standalone HF folder plus rtsent.json (and its ONNX graph), atomically."""

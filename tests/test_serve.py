@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -83,10 +83,15 @@ async def post_many(url: str, bodies: list) -> list[httpx.Response]:
         return await asyncio.gather(*(client.post(url + "/predict", json=b) for b in bodies))
 
 
-def metric(text: str, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
-    assert match, f"{name} not in /metrics"
-    return float(match.group(1))
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of a sample's values over the series whose labels include `labels`, read with
+    prometheus_client's own parser of the exposition format."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    values = [sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+              if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())]
+    assert values, f"{name} {labels} not in /metrics"
+    return sum(values)
 
 
 def test_predictions_equal_the_predict_command(server, model):
@@ -111,12 +116,98 @@ def test_predictions_equal_the_predict_command(server, model):
 def test_single_string_and_top_k(server):
     single = post(server, {"inputs": TEXTS[0]}).json()
     listed = post(server, {"inputs": [TEXTS[0]]}).json()
-    assert single == listed[0]  # a string gets a flat list of classes, a list one such list per text
-    assert [e["label"] for e in single] and set(single[0]) == {"label", "score"}
+    assert single == listed  # one review, one list of classes, as the Inference API answers: [[...]]
+    assert len(single[0]) == 2 and set(single[0][0]) == {"label", "score"}
     top1 = post(server, {"inputs": TEXTS[:2], "parameters": {"top_k": 1}}).json()
     assert [row[0]["label"] for row in top1] == [r[0]["label"] for r in post(server, {"inputs": TEXTS[:2]}).json()]
     assert all(len(row) == 1 for row in top1)
-    assert len(post(server, {"inputs": "fine", "parameters": {"top_k": None}}).json()) == 2
+    assert len(post(server, {"inputs": "fine", "parameters": {"top_k": None}}).json()[0]) == 2
+
+
+def test_huggingface_inference_client_gets_every_class(server, model, monkeypatch):
+    """huggingface_hub's own InferenceClient against the server's URL, as a user would point it there."""
+    from huggingface_hub import InferenceClient, constants
+
+    # The suite runs with HF_HUB_OFFLINE=1, which makes the client refuse every URL; it talks to 127.0.0.1 only.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    client = InferenceClient(model=server.url + "/predict")
+    got = client.text_classification(TEXTS[2])
+    expected = _probabilities(model, [TEXTS[2]])[0]
+    assert sorted(e.label for e in got) == ["negative", "positive"]  # every class, not the first one only
+    assert [e.score for e in got] == sorted((e.score for e in got), reverse=True)
+    for element in got:
+        assert element.score == pytest.approx(expected[element.label], abs=1e-5)
+    top = client.text_classification(TEXTS[2], top_k=1)
+    assert [e.label for e in top] == [got[0].label]
+
+
+def test_function_to_apply_gives_the_calibrated_logits_or_their_sigmoid(server, model):
+
+
+    meta = json.loads((model / "rtsent.json").read_text())
+    t = meta["calibration"]["temperature"]
+    probs = _probabilities(model, [TEXTS[1]])[0]
+    logits = {row["label"]: row["score"] for row in post(server, {"inputs": TEXTS[1], "parameters": {"function_to_apply": "none"}}).json()[0]}
+    sig = {row["label"]: row["score"] for row in post(server, {"inputs": TEXTS[1], "parameters": {"function_to_apply": "sigmoid"}}).json()[0]}
+    # softmax of the logits is the calibrated probability; each sigmoid is 1 / (1 + e^-logit)
+    assert 1 / (1 + math.exp(logits["negative"] - logits["positive"])) == pytest.approx(probs["positive"], abs=1e-5)
+    for label, value in logits.items():
+        assert sig[label] == pytest.approx(1 / (1 + math.exp(-value)), abs=1e-6)
+    # "none" is the label words' logits of the model's own forward, divided by the fitted temperature
+    from conftest import reference_scores
+
+    raw = reference_scores(model, [meta["prompt"]["template"].format(text=TEXTS[1])])[0]
+    assert [logits["negative"], logits["positive"]] == pytest.approx(list(raw / t), abs=1e-4)
+
+
+def test_classify_speaks_vllms_dialect(server, model):
+    from transformers import AutoTokenizer
+
+    texts = [TEXTS[0], TEXTS[1], LONG]
+    response = httpx.post(server.url + "/classify", json={"model": "any-name", "input": texts}, timeout=30)
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["object"] == "list" and body["id"].startswith("classify-") and isinstance(body["created"], int)
+    assert body["model"] == str(model)
+    expected = _probabilities(model, texts)
+    meta = json.loads((model / "rtsent.json").read_text())
+    names = meta["prompt"]["label_names"]
+    for i, row in enumerate(body["data"]):
+        assert row["index"] == i and row["num_classes"] == 2
+        assert row["probs"] == pytest.approx([expected[i][n] for n in names], abs=1e-5)  # class-id order
+        assert row["label"] == max(expected[i], key=expected[i].get)
+    # Usage counts the prompt tokens: the template around each review, the long one cut to max-len.
+    tok = AutoTokenizer.from_pretrained(str(model))
+    lengths = [min(len(tok(meta["prompt"]["template"].format(text=t))["input_ids"]), meta["max_len"]) for t in texts]
+    assert body["usage"] == {"prompt_tokens": sum(lengths), "total_tokens": sum(lengths), "completion_tokens": 0,
+                             "prompt_tokens_details": None}
+    one = httpx.post(server.url + "/classify", json={"input": TEXTS[0], "use_activation": False}, timeout=30).json()
+    logits = one["data"][0]["probs"]
+    assert 1 / (1 + math.exp(logits[0] - logits[1])) == pytest.approx(expected[0][names[1]], abs=1e-5)
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"input": []}, 422, ["input is an empty list"]),
+    ({"input": ["good", " "]}, 422, ["input[1] is empty"]),
+    ({"input": [1, 2, 3]}, 422, ["input[0]"]),
+    ({"model": "m"}, 422, ["input: Field required"]),
+    ({"input": "good", "truncate_prompt_tokens": 4}, 422, ["truncate_prompt_tokens", "max-len of 32"]),
+    ({"input": ["good"] * 9}, 413, ["9 texts"]),
+])
+def test_bad_classify_requests_name_the_field(server, body, status, words):
+    response = httpx.post(server.url + "/classify", json=body, timeout=30)
+    assert response.status_code == status, response.text
+    for word in words:
+        assert word in response.json()["error"]
+
+
+def _probabilities(model, texts: list[str]) -> list[dict[str, float]]:
+    """What `rtsent predict` answers for the texts (its own process), by label."""
+    cli = subprocess.run([sys.executable, "-m", "rtsent", "predict", *texts, "--model", str(model), "--format", "json"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    return [row["probabilities"] for row in json.loads(cli.stdout)]
 
 
 def test_health_info_metrics_docs(server, model):
@@ -130,7 +221,10 @@ def test_health_info_metrics_docs(server, model):
     assert httpx.get(server.url + "/docs").status_code == 200
     assert "/predict" in httpx.get(server.url + "/openapi.json").json()["paths"]
     text = httpx.get(server.url + "/metrics").text
-    assert "# TYPE rtsent_request_duration_seconds histogram" in text and metric(text, 'rtsent_requests_total{status="200"}') >= 1
+    assert "# TYPE rtsent_request_duration_seconds histogram" in text
+    assert metric(text, "rtsent_requests_total", endpoint="/predict", status="200") >= 1
+    assert metric(text, "rtsent_model_loaded") == 1 and metric(text, "rtsent_queue_requests") == 0
+    assert metric(text, "process_resident_memory_bytes") > 10e6  # the process collector's own metrics
 
 
 @pytest.mark.parametrize("body, content, status, words", [
@@ -144,7 +238,7 @@ def test_health_info_metrics_docs(server, model):
     ({"inputs": ""}, None, 422, ["inputs is empty"]),
     ({"inputs": []}, None, 422, ["empty list"]),
     ({"inputs": "good", "parameters": {"top_k": 0}}, None, 422, ["parameters.top_k"]),
-    (None, b'{"inputs": "\\ud800"}', 422, ["not valid Unicode"]),
+    (None, b'{"inputs": "\\ud800"}', 422, ["not valid UTF-8"]),
 ])
 def test_bad_requests_are_refused_with_the_reason(server, body, content, status, words):
     response = post(server, body, content)
@@ -169,7 +263,7 @@ def test_concurrent_requests_are_batched_and_answered_in_order(server):
     before = httpx.get(server.url + "/metrics").text
     bodies = [{"inputs": [TEXTS[i % 4], TEXTS[(i + 1) % 4]]} for i in range(16)]
     responses = asyncio.run(post_many(server.url, bodies))
-    alone = {t: post(server, {"inputs": t}).json() for t in TEXTS}
+    alone = {t: post(server, {"inputs": t}).json()[0] for t in TEXTS}
     for body, response in zip(bodies, responses):
         assert response.status_code == 200
         for text, row in zip(body["inputs"], response.json()):
@@ -178,7 +272,7 @@ def test_concurrent_requests_are_batched_and_answered_in_order(server):
     after = httpx.get(server.url + "/metrics").text
     forwards = metric(after, "rtsent_batch_size_count") - metric(before, "rtsent_batch_size_count")
     texts = metric(after, "rtsent_batch_size_sum") - metric(before, "rtsent_batch_size_sum")
-    single = metric(after, 'rtsent_batch_size_bucket{le="2"}') - metric(before, 'rtsent_batch_size_bucket{le="2"}')
+    single = metric(after, "rtsent_batch_size_bucket", le="2.0") - metric(before, "rtsent_batch_size_bucket", le="2.0")
     assert texts == 32 + 4  # the 16 pairs and the 4 single texts, each scored once
     assert forwards < 16 + 4 and single < forwards  # some forward passes held several requests
 
@@ -233,7 +327,7 @@ def test_overload_failure_and_graceful_stop(model):
     assert busy.headers["retry-after"] == "1" and "capacity" in busy.json()["error"]
     assert "--timeout-s" in next(r for r in overloaded if r.status_code == 504).json()["error"]
     for status in (200, 429, 500, 504):
-        assert metric(text, f'rtsent_requests_total{{status="{status}"}}') >= 1
+        assert metric(text, "rtsent_requests_total", status=str(status)) >= 1
     assert [r.status_code for r in stopped] == [200, 200] and len(stopped[1].json()) == 2
     assert code == 0
     assert "Traceback" not in srv.proc.stderr.read()

@@ -18,7 +18,8 @@ from rtsent import prepare, train
 from rtsent.cli import app
 from rtsent.config import PrepareConfig, TrainConfig
 from rtsent.errors import UsageError
-from rtsent.training.options import class_weights, label_position_loss
+from rtsent.core.modeling import label_position_loss
+from rtsent.training.options import class_weights
 from conftest import synthetic_review
 
 runner = CliRunner()

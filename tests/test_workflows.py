@@ -189,7 +189,9 @@ def test_label_loss_is_cross_entropy_over_the_label_words_of_the_full_forward(ti
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32).eval()
     rows, labels, label_ids = [[5, 6, 7, 8], [9, 10]], torch.tensor([1, 0]), [3, 4]
-    trainer = train.LabelPositionTrainer.__new__(train.LabelPositionTrainer)
+    from rtsent.training.trainer import LabelPositionTrainer
+
+    trainer = LabelPositionTrainer.__new__(LabelPositionTrainer)
     trainer.label_token_ids, trainer.loss_kind, trainer.class_weights = torch.tensor(label_ids), "label", None
     batch = {**pad_batch(rows, pad_id=0), "labels": labels}
     with torch.no_grad():

@@ -1,4 +1,4 @@
-"""Load tokenizer and model; hidden state at the last prompt token; label-word scores.
+"""Load tokenizer and model; hidden state at the last prompt token; label-word scores; the loss there.
 
 No [batch, length, vocab] tensor is ever formed: the output embedding is applied to one hidden
 state per example, either in full (the seed recipe's LM loss) or only to the label words' rows.
@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from rtsent.errors import ArtifactError, UsageError, first_line
 
@@ -93,6 +94,7 @@ def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype
     The config as loaded is kept in `model.rtsent_restore`, so that a saved model describes the same
     architecture as the one it came from, whatever was changed for training (see saved_config).
     """
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForCausalLM
 
     from rtsent.core import families
@@ -117,12 +119,10 @@ def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype
                                                          **extra)
     except UsageError:
         raise
+    except SafetensorError as exc:  # a truncated or damaged weights file
+        raise ArtifactError(f"the weights in {source} are unreadable ({exc}); re-export or re-train the model") from None
     except (OSError, ValueError, RuntimeError) as exc:
         raise _load_error("model", name, exc) from None
-    except Exception as exc:  # safetensors raises its own error type for truncated files
-        if type(exc).__name__ == "SafetensorError":
-            raise ArtifactError(f"the weights in {source} are unreadable ({exc}); re-export or re-train the model") from None
-        raise
     families.swap_kernels(model, compute)
     model.rtsent_restore = loaded
     return model
@@ -187,9 +187,9 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 def cpu_has_fast_bf16() -> bool:
     """True on CPUs with native bf16 matmul (AVX-512 BF16 or AMX), where bf16 is several times faster."""
-    cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, c, lambda: False)() for c in checks)
+    from rtsent import compat
+
+    return compat.cpu_has_native_bf16()
 
 
 def default_device() -> torch.device:
@@ -227,6 +227,23 @@ def label_logits(model: Any, hidden: torch.Tensor, label_ids: torch.Tensor) -> t
     if getattr(head, "bias", None) is not None:
         scores = scores + head.bias[label_ids].to(hidden.dtype)
     return final_logits(model, scores)
+
+
+def label_position_loss(logits: torch.Tensor, labels: torch.Tensor, label_ids: torch.Tensor, kind: str,
+                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Cross-entropy of the label word at the label position, a mean over the batch.
+
+    logits: [batch, vocab] at the last prompt token; labels: class ids; label_ids: token id per class.
+    kind "lm" scores the whole vocabulary, "label" the label words only. With class_weights, each
+    example counts class_weights[its class] times: sum(w_y * loss) / sum(w_y), as F.cross_entropy's weight=.
+    """
+    if kind == "label":
+        return F.cross_entropy(logits[:, label_ids], labels, weight=class_weights)
+    per_example = F.cross_entropy(logits, label_ids[labels], reduction="none")
+    if class_weights is None:
+        return per_example.mean()
+    weights = class_weights[labels]
+    return (per_example * weights).sum() / weights.sum()
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:

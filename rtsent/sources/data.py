@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from rtsent import compat
 from rtsent.artifacts.cache import hash_files
 from rtsent.errors import DataError, UsageError, first_line
+from rtsent.sources.inputs import TABLE_FORMATS as FORMATS
 
-FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
 ROLES = ("train", "validation", "test")
 NO_LABEL = -1  # datasets' ClassLabel value for "no label" (e.g. GLUE test splits, whose labels are hidden)
 
@@ -129,7 +130,7 @@ def _open_hub(name: str, subset: str | None) -> Source:
         dd = datasets.load_dataset(name, subset)
     except Exception as exc:  # offline, unknown name or subset, gated: explain() reads huggingface_hub's error types
         raise explain(exc, f"{name}:{subset}" if subset else name, "dataset") from None
-    return DictSource(name, dd, lambda s: f"hub:{name}:{subset}:{dd[s]._fingerprint}")
+    return DictSource(name, dd, lambda s: f"hub:{name}:{subset}:{compat.dataset_fingerprint(dd[s])}")
 
 
 def _class_names(features: Any) -> dict[str, list[str]]:

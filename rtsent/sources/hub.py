@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from rtsent import compat
 from rtsent.errors import HubError
 
 PROBE_TIMEOUT_S = 10.0
@@ -15,17 +16,12 @@ _probed: set[tuple[str, str]] = set()
 
 
 def _offline() -> bool:
-    import huggingface_hub.constants as constants
-
-    return bool(constants.HF_HUB_OFFLINE)
+    return compat.hub_offline()
 
 
 def _go_offline() -> None:
     """This process uses cached copies only from now on (huggingface_hub would retry for most of a minute)."""
-    import huggingface_hub.constants as constants
-
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    constants.HF_HUB_OFFLINE = True  # already-imported huggingface_hub reads its constant at call time
+    compat.set_hub_offline()
 
 
 def probe(name: str, repo_type: str = "model") -> None:

@@ -15,6 +15,7 @@ from typing import Any, Iterator, Sequence
 from rtsent.errors import DataError, UsageError, first_line
 
 TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
+"""File suffixes of tables and the reader each takes (the training data's too: sources/data.py)."""
 
 
 @dataclass(frozen=True)
@@ -136,10 +137,19 @@ def _jsonl_rows(path: Path, text_column: str, keep: Sequence[str]) -> Iterator[R
             yield Row(record[text_column], {c: record.get(c) for c in keep})
 
 
+EMPTY = "empty text"
+
+
 def problem(text: Any) -> str | None:
-    """Why a row gets no label, or None when it can be classified."""
+    """Why a text cannot be classified, or None when it can: the one decision predict, its arguments and
+    serve all use. Empty or blank ("empty text"), not a string, or lone surrogates (undecodable argv bytes,
+    JSON's \\ud800 escapes) that no UTF-8 encodes."""
     if text is None or (isinstance(text, str) and not text.strip()):
-        return "empty text"
+        return EMPTY
     if not isinstance(text, str):
         return f"text is not a string ({type(text).__name__})"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not valid UTF-8 text (a lone surrogate)"
     return None

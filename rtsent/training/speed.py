@@ -21,6 +21,8 @@ from typing import Any, Iterator
 
 import torch
 
+from rtsent import compat
+
 # glibc's mallopt parameters (malloc.h) and its defaults for 64-bit Linux.
 M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
 DEFAULT_TRIM_THRESHOLD, DEFAULT_MMAP_MAX = 128 * 1024, 65536
@@ -104,9 +106,9 @@ def fold_clipping_into_adamw(optimizer: Any, parameters: Any, max_norm: float) -
     norm = torch.nn.utils.get_total_norm(grads)
     inner = unwrap_optimizer(optimizer)
     if not getattr(inner, "_rtsent_clears_grad_scale", False):  # the division applies to one step only
-        inner.register_step_post_hook(lambda opt, args, kwargs: setattr(opt, "grad_scale", None))
+        inner.register_step_post_hook(lambda opt, args, kwargs: compat.set_grad_scale(opt, None))
         inner._rtsent_clears_grad_scale = True
-    inner.grad_scale = (1.0 / torch.clamp(max_norm / (norm.float() + 1e-6), max=1.0)).reshape(())
+    compat.set_grad_scale(inner, (1.0 / torch.clamp(max_norm / (norm.float() + 1e-6), max=1.0)).reshape(()))
     return norm
 
 

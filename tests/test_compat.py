@@ -1,0 +1,126 @@
+"""rtsent.compat: every private hook of a library that rtsent relies on, checked against the installed versions.
+
+When an upgrade renames or reshapes one, the test that fails names it here, instead of training or serving
+silently taking another path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+
+import pytest
+import torch
+
+from rtsent import compat
+
+
+@pytest.mark.parametrize("module, attribute, parameters", compat.PRIVATE_HOOKS,
+                         ids=[f"{m}.{a}" for m, a, _ in compat.PRIVATE_HOOKS])
+def test_each_private_hook_still_exists_with_the_arguments_rtsent_passes(module, attribute, parameters):
+    target = importlib.import_module(module)
+    for part in attribute.split("."):
+        assert hasattr(target, part), f"{module}.{attribute} is gone: update rtsent/compat.py"
+        target = getattr(target, part)
+    if parameters is not None:
+        assert callable(target)
+        names = tuple(inspect.signature(inspect.unwrap(target)).parameters)
+        assert names[: len(parameters)] == parameters, f"{module}.{attribute}{names}: update rtsent/compat.py"
+
+
+def test_fused_adamw_divides_its_gradients_by_grad_scale():
+    def step(scale):
+        p = torch.nn.Parameter(torch.ones(3))
+        p.grad = torch.tensor([4.0, -2.0, 1.0])
+        opt = torch.optim.SGD([p], lr=0.5) if scale is None else torch.optim.Adam([p], lr=0.5, fused=True)
+        if scale is not None:
+            compat.set_grad_scale(opt, torch.tensor(scale))
+        opt.step()
+        return opt.state[p]["exp_avg"] if scale is not None else None
+
+    # Adam's first moment after one step is (1 - beta1) * gradient: with grad_scale 2 it saw gradient / 2.
+    assert torch.allclose(step(2.0), 0.1 * torch.tensor([2.0, -1.0, 0.5]))
+
+
+def test_cpu_bf16_probe_answers_a_boolean():
+    assert isinstance(compat.cpu_has_native_bf16(), bool)
+
+
+def test_dataset_fingerprint_follows_the_content():
+    from datasets import Dataset
+
+    a, b = Dataset.from_dict({"x": [1, 2]}), Dataset.from_dict({"x": [1, 3]})
+    assert compat.dataset_fingerprint(a) == compat.dataset_fingerprint(Dataset.from_dict({"x": [1, 2]}))
+    assert compat.dataset_fingerprint(a) != compat.dataset_fingerprint(b)
+
+
+def test_the_trainer_calls_rtsents_hooks(tmp_path):
+    """The hooks of compat.trainer_base are reached from the Trainer's own private steps."""
+    from transformers import TrainingArguments
+
+    called = []
+
+    class Probe(compat.trainer_base()):
+        def train_sampler(self, dataset):
+            called.append("sampler")
+            return super().train_sampler(dataset)
+
+        def clip_gradients(self, model, default):
+            called.append("clip")
+            return default(model)
+
+        def after_rng_saved(self, output_dir):
+            called.append("rng")
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 1))
+
+    class Wrapped(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = model
+
+        def forward(self, x, labels):
+            return {"loss": ((self.net(x).squeeze(-1) - labels) ** 2).mean()}
+
+    data = [{"x": torch.tensor([float(i), 1.0]), "labels": torch.tensor(float(i))} for i in range(8)]
+    args = TrainingArguments(str(tmp_path), per_device_train_batch_size=4, max_steps=2, save_strategy="steps",
+                             save_steps=2, report_to="none", use_cpu=True, disable_tqdm=True, max_grad_norm=1.0)
+    Probe(Wrapped(), args, train_dataset=data).train()
+    assert {"sampler", "clip", "rng"} <= set(called)
+
+
+def test_the_onnx_fuser_skips_only_gpt2s_own_post_processing():
+    # test_engines checks the fuser on a real export (SkipLayerNormalization fused); here, which
+    # post-processing runs: the generic one of GPT-2's base class, not GPT-2's (it needs a Gemm bias).
+    from onnx import TensorProto, helper
+    from onnxruntime.transformers.optimizer import MODEL_TYPES
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [x],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    fuser = compat.onnx_fuser("gpt2", helper.make_model(graph), 1, 4)
+    gpt2 = MODEL_TYPES["gpt2"][0]
+    assert isinstance(fuser, gpt2) and type(fuser).postprocess is not gpt2.postprocess
+
+
+def test_hub_offline_switch():
+    from huggingface_hub import constants
+
+    before = constants.HF_HUB_OFFLINE
+    try:
+        compat.set_hub_offline()
+        assert compat.hub_offline() and constants.HF_HUB_OFFLINE is True
+    finally:
+        constants.HF_HUB_OFFLINE = before
+
+
+def test_uvicorn_server_keeps_the_stop_signal():
+    import signal
+
+    import uvicorn
+
+    server = compat.uvicorn_server()(uvicorn.Config(lambda scope, receive, send: None))
+    before = signal.getsignal(signal.SIGTERM)
+    with server.capture_signals():
+        assert signal.getsignal(signal.SIGTERM) == server.handle_exit
+    assert signal.getsignal(signal.SIGTERM) == before  # restored, not re-raised
