@@ -388,14 +388,22 @@ def runs_(
 def export_(
     model: Optional[str] = typer.Argument(None, help="Model folder written by `rtsent train` (default: the latest run's model)."),
     int8: bool = typer.Option(ExportConfig.int8, "--int8", help="Also write a dynamically quantized int8 graph."),
+    seq_cls: bool = typer.Option(ExportConfig.seq_cls, "--seq-cls", help="Write a standard *ForSequenceClassification folder instead: transformers' text-classification pipeline, vLLM and text-embeddings-inference serve it as it is."),
+    output: Optional[str] = typer.Option(None, help="With --seq-cls: the folder to write (default: runs/<name>/seq-cls)."),
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
-    """Add an ONNX graph and tokenizer.json to a model folder: predict without torch or transformers."""
-    cfg = ExportConfig(model=model, int8=int8)
+    """Add an ONNX graph and tokenizer.json to a model folder (predict without torch), or --seq-cls: export
+    the classifier as a standard sequence-classification folder."""
+    cfg = ExportConfig(model=model, int8=int8, seq_cls=seq_cls, output=output)
     from rtsent import export as stage
 
     folder, record = stage.run(cfg, _workspace(workdir), _log)
-    _log(f"wrote {', '.join(record['graphs'].values())} in {folder} (the onnx engine)")
+    if seq_cls:
+        sends = record["client_sends"]
+        _log(f"wrote {folder}: pipeline('text-classification', model='{folder}'), vLLM and text-embeddings-inference "
+             f"serve it; clients send {sends!r}")
+    else:
+        _log(f"wrote {', '.join(record['graphs'].values())} in {folder} (the onnx engine)")
 
 
 @app.command()

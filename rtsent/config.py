@@ -359,6 +359,18 @@ class ExportConfig:
     """Model folder written by `rtsent train`; default: the latest run's model."""
     int8: bool = False
     """Also write a dynamically quantized int8 graph (smaller, faster on CPU)."""
+    seq_cls: bool = False
+    """Write a standard *ForSequenceClassification folder instead (transformers' pipeline, vLLM, TEI)."""
+    output: str | None = None
+    """With seq_cls: the folder to write; default runs/<name>/seq-cls (or <model>-seq-cls)."""
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.output and not self.seq_cls:
+            problems.append("--output names the folder of --seq-cls; add --seq-cls (ONNX graphs go into the model folder)")
+        if self.seq_cls and self.int8:
+            problems.append("--int8 adds a graph to the model folder; run it without --seq-cls")
+        _check(problems)
 
 
 def _scoring_problems(precision: str, engine: str) -> list[str]:

@@ -19,15 +19,59 @@ from typing import Any, Callable, Iterator
 from rtsent.artifacts.model import ModelMeta, ModelPaths, resolve_model
 from rtsent.artifacts.workspace import Workspace
 from rtsent.config import ExportConfig
-from rtsent.errors import first_line
+from rtsent.errors import UsageError, first_line
 
 OPSET = 20
 
 
 def run(cfg: ExportConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None) -> tuple[Path, dict[str, Any]]:
-    """Export cfg.model (default: the latest run's model); returns the folder and its rtsent.json "onnx" entry."""
+    """Export cfg.model (default: the latest run's model): its ONNX graphs, added to the folder, or with
+    cfg.seq_cls a *ForSequenceClassification folder. Returns the folder written and what was recorded."""
     folder = Path(resolve_model(ws, cfg.model))
+    if cfg.seq_cls:
+        return _seq_cls(folder, cfg, ws, log)
     return folder, export_folder(folder, cfg.int8, log)
+
+
+def _seq_cls(folder: Path, cfg: ExportConfig, ws: Workspace, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
+    """The sequence-classification folder, built beside its destination and renamed into place."""
+    from rtsent.artifacts.cache import publish
+    from rtsent.seqcls import SEQCLS_FILE, export_seqcls
+
+    out = Path(cfg.output).expanduser() if cfg.output else _seqcls_destination(folder)
+    if out.exists() and not (out / SEQCLS_FILE).is_file():
+        raise UsageError(f"--output {out} already exists and is not a sequence-classification export; "
+                         f"pass a new folder")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _temp_folder(out.parent, prefix=f".{out.name}-") as tmp:
+        log(f"writing the sequence-classification folder {out}")
+        record = export_seqcls(folder, tmp, _validation_texts(ModelMeta.read(folder), ws), log)
+        publish(tmp, out)
+    return out, record
+
+
+def _seqcls_destination(folder: Path) -> Path:
+    """runs/<name>/seq-cls beside a run's model/, else <folder>-seq-cls."""
+    return folder.parent / "seq-cls" if folder.name == "model" else folder.with_name(folder.name + "-seq-cls")
+
+
+def _validation_texts(meta: ModelMeta, ws: Workspace, limit: int = 2000) -> list[str]:
+    """Reviews to check the folder's tokenizer on: the model's validation split where it can be read."""
+    from rtsent.artifacts.workspace import MANIFEST, read_json
+    from rtsent.errors import RtsentError
+    from rtsent.sources.data import open_source
+
+    manifest = ws.prepared(meta.prepared) / MANIFEST if meta.prepared else None
+    if manifest is None or not manifest.is_file() or not meta.data:
+        return []
+    config = read_json(manifest, "run `rtsent prepare` again").get("config", {})
+    try:
+        source = open_source(meta.data, config.get("subset"))
+        table = source.read("validation" if "validation" in source.available else source.available[0]).table
+        texts = table.column(config.get("text_column", "text")).to_pylist()[:limit]
+    except (RtsentError, KeyError, OSError):
+        return []
+    return [t for t in texts if isinstance(t, str) and t.strip()]
 
 
 def export_folder(folder: Path, int8: bool = False, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -58,8 +102,8 @@ def after_training(folder: Path, log: Callable[[str], None]) -> None:
 
 
 @contextlib.contextmanager
-def _temp_folder(folder: Path) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=".export-"))
+def _temp_folder(folder: Path, prefix: str = ".export-") -> Iterator[Path]:
+    tmp = Path(tempfile.mkdtemp(dir=folder, prefix=prefix))
     try:
         yield tmp
     finally:
@@ -143,31 +187,32 @@ def _export_fp32(model: str, label_ids: list[int], path: Path, log: Callable[[st
 # dynamo one stays as its fallback. Both write the weights to a side file: the fuser then works on the
 # graph alone (see _fuse).
 EXPORTER = "torchscript"
-_NAMES = {"input_names": ["input_ids", "attention_mask"], "output_names": ["scores"], "opset_version": OPSET}
+INPUTS = ["input_ids", "attention_mask"]
 
 
-def _torchscript_export(module: Any, inputs: tuple[Any, ...], path: Path) -> None:
+def _torchscript_export(module: Any, inputs: tuple[Any, ...], path: Path, output: str = "scores") -> None:
     import onnx
     import torch
 
     whole = path.with_suffix(".whole.onnx")
-    torch.onnx.export(module, inputs, str(whole), dynamo=False, **_NAMES,
-                      dynamic_axes={name: {0: "batch", 1: "length"} for name in _NAMES["input_names"]})
+    torch.onnx.export(module, inputs, str(whole), dynamo=False, input_names=INPUTS, output_names=[output],
+                      opset_version=OPSET, dynamic_axes={name: {0: "batch", 1: "length"} for name in INPUTS})
     graph = onnx.load(str(whole))
     onnx.save_model(graph, str(path), save_as_external_data=True, location=path.name + ".data")
     whole.unlink()
 
 
-def _dynamo_export(module: Any, inputs: tuple[Any, ...], path: Path) -> None:
+def _dynamo_export(module: Any, inputs: tuple[Any, ...], path: Path, output: str = "scores") -> None:
     import torch
 
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
-    program = torch.onnx.export(module, inputs, dynamo=True, **_NAMES, optimize=True, verbose=False,
-                                dynamic_shapes={name: {0: batch, 1: length} for name in _NAMES["input_names"]})
+    program = torch.onnx.export(module, inputs, dynamo=True, input_names=INPUTS, output_names=[output],
+                                opset_version=OPSET, optimize=True, verbose=False,
+                                dynamic_shapes={name: {0: batch, 1: length} for name in INPUTS})
     program.save(str(path), external_data=True)
 
 
-EXPORTERS: dict[str, Callable[[Any, tuple[Any, ...], Path], None]] = {
+EXPORTERS: dict[str, Callable[..., None]] = {
     "torchscript": _torchscript_export, "dynamo": _dynamo_export}
 
 

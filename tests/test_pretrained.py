@@ -120,3 +120,41 @@ def test_the_trained_gguf_model_predicts_through_both_engines_like_its_own_forwa
         clf = open_classifier(str(result.model_dir), engine=engine, precision="fp32")
         np.testing.assert_allclose(clf.scores(clf.encoder.encode(texts).input_ids), np.array(expected),
                                    atol=2e-4, rtol=0, err_msg=engine)
+
+
+def test_the_sequence_classification_export_of_the_gguf_model_scores_like_predict(pretrained_run, tmp_path):
+    """SmolLM2 (Llama) through `rtsent export --seq-cls`: transformers' own pipeline on real reviews gives
+    rtsent predict's probabilities, its fitted temperature folded into the head."""
+    import os
+    import subprocess
+    import sys
+
+    import pyarrow.parquet as pq
+    from typer.testing import CliRunner
+    from transformers import pipeline
+
+    from rtsent.cli import app
+
+    ws, prepared, result, logs = pretrained_run
+    meta = json.loads((result.model_dir / "rtsent.json").read_text())
+    folder = tmp_path / "smol-seq-cls"
+    out = CliRunner().invoke(app, ["export", str(result.model_dir), "--seq-cls", "--output", str(folder),
+                                   "--workdir", str(ws.root)])
+    assert out.exit_code == 0, out.output
+    data = os.environ.get("RTSENT_TEST_DATA")
+    texts = (pq.read_table(f"{data}/validation.parquet").column("text").to_pylist()[:24] if data
+             else synthetic_split(16, seed=11)["text"]) + REVIEWS
+    cli = subprocess.run([sys.executable, "-m", "rtsent", "predict", *texts, "--model", str(result.model_dir),
+                          "--engine", "torch", "--precision", "fp32", "--format", "json"],
+                         capture_output=True, text=True, timeout=600)
+    assert cli.returncode == 0, cli.stderr
+    expected = [row["probabilities"] for row in json.loads(cli.stdout)]
+    got = pipeline("text-classification", model=str(folder), device="cpu")(texts, top_k=None, truncation=True)
+    for g, e in zip(got, expected):
+        scores = {r["label"]: r["score"] for r in g}
+        np.testing.assert_allclose([scores[k] for k in e], [e[k] for k in e], atol=1e-4, rtol=0)
+        assert max(scores, key=scores.get) == max(e, key=e.get)
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == ["LlamaForSequenceClassification"] and config["num_labels"] == 2
+    # A temperature far from 1, so the match shows it folded into the head (without it, scores move by > 1e-4).
+    assert abs(np.log(meta["calibration"]["temperature"])) > 0.05, meta["calibration"]

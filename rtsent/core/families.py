@@ -119,28 +119,42 @@ MULTIPLIES_LOGITS_SCALING = frozenset({"hyperclovax"})
 
 
 def final_logits(model: Any, logits: Any) -> Any:
-    """Apply what the family's forward does to lm_head's output (transformers 5): Cohere multiplies by
-    `logit_scale`; Granite divides by `logits_scaling` (MiniCPM3 divides the hidden state instead: the
-    same, the head being linear) and HyperCLOVAX multiplies by it; FalconH1 multiplies by
-    `lm_head_multiplier`; Gemma 2/3 soft-cap with `final_logit_softcapping`.
-    GPT-2, OPT, GPT-NeoX, Llama, Mistral and Qwen2 use the head's output as it is.
-    tests/test_families.py checks each against the family's own forward."""
+    """Apply what the family's forward does to lm_head's output (transformers 5): a constant factor
+    (logit_factor), then Gemma 2/3's soft-capping (softcap). GPT-2, OPT, GPT-NeoX, Llama, Mistral and
+    Qwen2 use the head's output as it is. tests/test_families.py checks each against the family's own forward."""
     import torch
 
-    config = model.config
-    scale = getattr(model, "logit_scale", None)
-    if isinstance(scale, (int, float)):
-        logits = logits * scale
-    scaling = getattr(config, "logits_scaling", None)
-    if isinstance(scaling, (int, float)):
-        logits = logits * scaling if config.model_type in MULTIPLIES_LOGITS_SCALING else logits / scaling
-    multiplier = getattr(config, "lm_head_multiplier", None)
-    if isinstance(multiplier, (int, float)):
-        logits = logits * multiplier
-    cap = getattr(config, "final_logit_softcapping", None)
+    factor = logit_factor(model)
+    if factor != 1.0:
+        logits = logits * factor
+    cap = softcap(model)
     if cap:
         logits = torch.tanh(logits / cap) * cap
     return logits
+
+
+def logit_factor(model: Any) -> float:
+    """The constant a family multiplies lm_head's output by: Cohere's `logit_scale`; Granite's
+    1 / `logits_scaling` (MiniCPM3 divides the hidden state instead: the same, the head being linear) and
+    HyperCLOVAX's `logits_scaling`; FalconH1's `lm_head_multiplier`; 1.0 for every other family."""
+    config = model.config
+    factor = 1.0
+    scale = getattr(model, "logit_scale", None)
+    if isinstance(scale, (int, float)):
+        factor *= scale
+    scaling = getattr(config, "logits_scaling", None)
+    if isinstance(scaling, (int, float)):
+        factor = factor * scaling if config.model_type in MULTIPLIES_LOGITS_SCALING else factor / scaling
+    multiplier = getattr(config, "lm_head_multiplier", None)
+    if isinstance(multiplier, (int, float)):
+        factor *= multiplier
+    return float(factor)
+
+
+def softcap(model: Any) -> float | None:
+    """Gemma 2/3's final_logit_softcapping (logits become tanh(x / cap) * cap), None where there is none."""
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    return float(cap) if cap else None
 
 
 # Config fields computed from others when a config is built (generic names): an override of their
