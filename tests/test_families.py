@@ -211,17 +211,25 @@ def test_prepare_train_evaluate_predict_for_each_family(family_dirs, family_data
     # The export describes the base model's architecture (no run-time dropout or kernel choices).
     assert _config_json(result.model_dir) == _config_json(family_dirs[family])
     report = evaluate.run(EvaluateConfig(model=str(result.model_dir), split="test", precision="fp32"), ws)
-    assert report["examples"] == 32 and 0 <= report["accuracy"] <= 1
+    # The accuracy of the exported model's own forward on the test reviews, each prompt tokenized whole.
+    import pyarrow.parquet as pq
+
+    from transformers import AutoModelForCausalLM
+
+    test = pq.read_table(family_data / "test.parquet").to_pydict()
+    plain = AutoModelForCausalLM.from_pretrained(str(result.model_dir)).eval()
+    label_ids = prepared.manifest["label_ids"]
+    with torch.no_grad():
+        predicted = [int(plain(**tok(TEMPLATE.format(text=t), return_tensors="pt")).logits[0, -1, label_ids].argmax())
+                     for t in test["text"]]
+    assert report["examples"] == 32
+    assert report["accuracy"] == pytest.approx(sum(p == y for p, y in zip(predicted, test["label"])) / 32)
     out = io.StringIO()
     texts = ("a wonderful and moving film", "dull, tedious, lifeless")
     predict.run(PredictConfig(model=str(result.model_dir), texts=texts, format="jsonl", precision="fp32"), ws, out=out)
     rows = [json.loads(line) for line in out.getvalue().splitlines()]
     assert [r["text"] for r in rows] == list(texts)
     # The scores predict reports are the exported model's own next-token logits after the prompt.
-    from transformers import AutoModelForCausalLM
-
-    plain = AutoModelForCausalLM.from_pretrained(str(result.model_dir)).eval()
-    label_ids = prepared.manifest["label_ids"]
     # predict applies the temperature fitted on validation at export (rtsent.json "calibration").
     temperature = json.loads((result.model_dir / "rtsent.json").read_text())["calibration"]["temperature"]
     for text, row in zip(texts, rows):
@@ -245,6 +253,18 @@ def test_dropout_reaches_every_dropout_rate_of_each_family(family_dirs, family, 
     assert {k: getattr(model.config, k) for k in keys} == {k: 0.25 for k in keys}
     rates = {m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)}
     assert rates <= {0.25}  # every dropout layer built from the config got the rate
+    # ...and it acts in the forward (Llama and Qwen2 have no Dropout modules: their attention drops by rate):
+    # two training-mode forwards differ at 0.25, and are identical once --dropout 0 switched it off.
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10]])
+
+    def two_forwards(m):
+        m.train()
+        with torch.no_grad():
+            return [torch.manual_seed(seed) and m(ids).logits for seed in (0, 1)]
+
+    dropped = two_forwards(model)
+    assert not torch.allclose(*dropped)
+    assert torch.equal(*two_forwards(load_model(str(family_dirs[family]), dropout=0.0)))
 
 
 @pytest.mark.parametrize("family, overrides, message", [
@@ -264,7 +284,9 @@ def test_config_overrides_are_checked_by_the_configs_own_names(family_dirs, fami
     ("llama", "num_hidden_layers=1,hidden_size=64,num_attention_heads=4",
      lambda m: (m.config.head_dim, m.model.layers[0].self_attn.q_proj.out_features, len(m.model.layers)) == (16, 64, 1)),
     ("qwen2", "num_hidden_layers=3", lambda m: len(m.config.layer_types) == 3 and len(m.model.layers) == 3),
-    ("gpt_neox", "hidden_size=48,num_attention_heads=3", lambda m: m.config.hidden_size == 48),
+    ("gpt_neox", "hidden_size=48,num_attention_heads=3",  # the built attention follows: 3 heads of 16, qkv 3 x 48
+     lambda m: (m.gpt_neox.layers[0].attention.head_size, m.gpt_neox.layers[0].attention.query_key_value.out_features,
+                m.gpt_neox.embed_in.embedding_dim) == (16, 144, 48)),
 ])
 def test_config_overrides_rebuild_derived_fields(family_dirs, family, overrides, check):
     assert check(load_model(str(family_dirs[family]), from_scratch=True, overrides=overrides))

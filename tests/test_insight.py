@@ -126,25 +126,63 @@ def validation_scores(space, model_dir):
     return clf, scores, torch.tensor(dd["validation"]["labels"])
 
 
-def test_training_records_temperature_and_timing(trained):
+@pytest.fixture(scope="module")
+def barely_trained(tmp_path_factory, tiny_model_dir, data_dir):
+    """Three steps of training: validation is not separable, so the fitted temperature is a real one (T != 1)."""
+    from rtsent import prepare, train
+    from rtsent.artifacts.workspace import Workspace
+    from rtsent.config import PrepareConfig, TrainConfig
+
+    space = Workspace.resolve(tmp_path_factory.mktemp("barely-ws"))
+    prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=32), space)
+    result = train.run(TrainConfig(model=str(tiny_model_dir), lr=3e-3, batch_size=8, max_steps=3, precision="fp32",
+                                   run_name="barely", warmup=0.0, plots=False, onnx=False), space)
+    return space, result
+
+
+def forward_scores(model_dir, rows):
+    """Label-word logits of the model's own full forward on prompt ids, one unpadded row at a time."""
+    import torch
+
+    from conftest import reference_scores
+
+    return torch.tensor(reference_scores(model_dir, rows), dtype=torch.float64)
+
+
+def test_the_fitted_temperature_minimises_the_validation_nll_of_the_models_own_forward(barely_trained):
+    import torch
     import torch.nn.functional as F
 
-    space, result = trained
-    meta = json.loads((result.model_dir / "rtsent.json").read_text())
-    cal = meta["calibration"]
-    assert cal["fitted_on"] == "validation" and cal["examples"] == 64
-    assert cal == result.calibration
-    clf, scores, y = validation_scores(space, result.model_dir)
-    t = cal["temperature"]
-    assert clf.temperature == t
+    from rtsent import prepare
+
+    space, result = barely_trained
+    cal = json.loads((result.model_dir / "rtsent.json").read_text())["calibration"]
+    dd, _ = prepare.load(space.find_prepared(None))
+    scores = forward_scores(result.model_dir, dd["validation"]["input_ids"])  # no rtsent scoring code
+    y = torch.tensor(dd["validation"]["labels"])
+    grid = np.exp(np.linspace(math.log(0.01), math.log(100), 4001))
+    best = grid[int(np.argmin(grid_nll(scores, y, grid)))]
+    assert abs(math.log(cal["temperature"]) - math.log(best)) <= 0.003, (cal["temperature"], best)
+    assert abs(math.log(best)) > 0.05  # a temperature that matters, unlike a separable split's T = 1
+    assert cal["fitted_on"] == "validation" and cal["examples"] == 64 == len(y)
     assert cal["nll_before"] == pytest.approx(F.cross_entropy(scores, y).item(), abs=1e-4)
-    assert cal["nll_after"] == pytest.approx(F.cross_entropy(scores / t, y).item(), abs=1e-4)
-    if (scores.argmax(-1) == y).all():  # separable validation: no finite optimum, T stays 1
-        assert t == 1.0 and "kept T = 1" in cal["note"]
-    else:
-        assert "note" not in cal and cal["nll_after"] <= cal["nll_before"]
-    timing = meta["training"]
-    assert timing["steps"] == result.steps and timing["train_examples"] == 256 and timing["seconds"] > 0
+    assert cal["nll_after"] == pytest.approx(F.cross_entropy(scores / best, y).item(), abs=1e-4)
+    timing = json.loads((result.model_dir / "rtsent.json").read_text())["training"]
+    assert timing["steps"] == 3 and timing["train_examples"] == 256 and timing["seconds"] > 0
+
+
+def test_a_separable_validation_split_keeps_t_at_one(trained):
+    import torch
+
+    from rtsent import prepare
+
+    space, result = trained
+    cal = json.loads((result.model_dir / "rtsent.json").read_text())["calibration"]
+    dd, _ = prepare.load(space.find_prepared(None))
+    scores = forward_scores(result.model_dir, dd["validation"]["input_ids"])
+    if not bool((scores.argmax(-1) == torch.tensor(dd["validation"]["labels"])).all()):
+        pytest.skip("the shared tiny model is not separable on this machine")
+    assert cal["temperature"] == 1.0 and "kept T = 1" in cal["note"]
 
 
 def test_training_curves_png_draws_the_metrics_log(trained, tmp_path):
@@ -252,13 +290,13 @@ def test_evaluate_data_csv_errors_and_plots_match_the_models_probabilities(train
         assert drawn[name] == hand == written["probability_histogram"]["counts"][name]
 
 
-def test_evaluate_test_split_reports_ece_before_and_after_temperature(trained, data_dir, tmp_path):
+def test_evaluate_test_split_reports_ece_before_and_after_temperature(barely_trained, data_dir, tmp_path):
     import pyarrow.parquet as pq
 
-    from rtsent import evaluate
+    from rtsent import evaluate, prepare
     from rtsent.config import EvaluateConfig
 
-    space, result = trained
+    space, result = barely_trained
     report = evaluate.run(EvaluateConfig(split="test", output=str(tmp_path / "t.json"), plots=False, errors=0), space)
     # mistakes on a prepared split: the review decoded from its ids, without the template
     confusion = report["confusion_matrix"]["rows_true_cols_predicted"]
@@ -266,11 +304,24 @@ def test_evaluate_test_split_reports_ece_before_and_after_temperature(trained, d
     originals = set(pq.read_table(data_dir / "test.parquet").column("text").to_pylist())
     for line in Path(report["errors"]["written_to"]).read_text().splitlines():
         assert json.loads(line)["text"] in originals
-    temp = report["calibration"]["temperature"]
+    # Before and after the temperature, from the model's own forward and a plain binning loop
+    dd, _ = prepare.load(space.find_prepared(None))
+    z = forward_scores(result.model_dir, dd["test"]["input_ids"]).numpy()
+    y = np.array(dd["test"]["labels"])
     t = json.loads((result.model_dir / "rtsent.json").read_text())["calibration"]["temperature"]
-    assert temp["value"] == t and temp["fitted_on"] == "validation" and "warning" not in temp
-    assert temp["after"]["ece"] == pytest.approx(report["ece"])
-    assert temp["before"]["accuracy"] == temp["after"]["accuracy"] == report["accuracy"]  # T never changes a label
+
+    def ece(probs):
+        counts = independent_bins(probs, y, 15)
+        conf = [[row.max() for row in probs if min(14, max(0, math.ceil(round(row.max() * 15, 9)) - 1)) == b]
+                for b in range(15)]
+        return sum(n / len(y) * abs(acc - np.mean(c)) for (n, acc), c in zip(counts, conf) if n)
+
+    softmax = lambda a: np.exp(a - a.max(1, keepdims=True)) / np.exp(a - a.max(1, keepdims=True)).sum(1, keepdims=True)
+    temp = report["calibration"]["temperature"]
+    assert temp["before"]["ece"] == pytest.approx(ece(softmax(z)), abs=1e-4)
+    assert temp["after"]["ece"] == pytest.approx(ece(softmax(z / t)), abs=1e-4)
+    assert temp["before"]["ece"] != pytest.approx(temp["after"]["ece"], abs=1e-4)  # T mattered
+    assert report["accuracy"] == pytest.approx(float((z.argmax(1) == y).mean()))  # and changed no label
     assert "plots" not in report and not (tmp_path / "plots").exists()
     validation = evaluate.run(EvaluateConfig(split="validation", output=str(tmp_path / "v.json"), plots=False), space)
     assert "fitted on validation" in validation["calibration"]["temperature"]["warning"]
@@ -296,9 +347,18 @@ def test_cli_evaluate_data_errors_calibrate_and_compare(trained, tiny_model_dir,
     first, second = combined["models"]
     assert first["model"] == str(result.model_dir) and second["model"] == str(tiny_model_dir)
     assert first["examples"] == second["examples"] == 40
+    # The zero-shot model's contextual calibration, by hand from its own forward: p_cf is the mean softmax
+    # of the content-free prompts, each review's probabilities are divided by it and renormalised.
+    from conftest import reference_probabilities
+
+    texts, labels = write_labelled_csv(tmp_path / "again.csv")
+    template = "{text}\nSentiment:"
+    p_cf = reference_probabilities(tiny_model_dir, [template.format(text=t) for t in ("N/A", "", "[MASK]")]).mean(0)
     ctx = second["calibration"]["contextual"]
-    assert ctx["content_free"] == ["N/A", "", "[MASK]"] and sum(ctx["p_cf"]) == pytest.approx(1.0)
-    assert second["accuracy"] == ctx["after"]["accuracy"]
+    assert ctx["content_free"] == ["N/A", "", "[MASK]"]
+    np.testing.assert_allclose(ctx["p_cf"], p_cf, atol=1e-5)
+    adjusted = reference_probabilities(tiny_model_dir, [template.format(text=t) for t in texts]) / p_cf
+    assert second["accuracy"] == pytest.approx(float((adjusted.argmax(1) == np.array(labels)).mean()))
     assert str(tiny_model_dir) in out.output and "comparison written to" in out.output
     bad = runner.invoke(app, ["evaluate", "--model", str(result.model_dir), "--data", str(data), "--workdir", str(space.root)])
     assert bad.exit_code == 2 and "no text column 'text'" in bad.output

@@ -89,18 +89,32 @@ def test_predict_on_any_string_gives_a_label_and_probabilities_or_a_clear_error(
     assert row["label"] == ("negative", "positive")[int(expected.argmax())] or abs(expected[0] - expected[1]) < 1e-4
 
 
-labels = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True, allow_infinity=True),
-                   st.text(max_size=12), st.sampled_from(["negative", "positive", "0", "1", " 1"]))
+NAMES = ("negative", "positive")
+# Each way a label can say "class c" (the expected answer comes from the generator, not from the code) ...
+spelled_classes = st.sampled_from([0, 1]).flatmap(lambda c: st.tuples(st.just(c), st.sampled_from(
+    [c, float(c), str(c), f" {c} ", f"{c}\n", NAMES[c]])))
+# ... and values that are no class of a two-class problem.
+not_classes = st.one_of(
+    st.none(), st.booleans(), st.integers().filter(lambda v: v not in (0, 1)),
+    st.floats(allow_nan=True, allow_infinity=True).filter(lambda v: v not in (0.0, 1.0)),
+    st.text(max_size=12).filter(lambda t: t not in NAMES and not t.strip().isdecimal()),
+    st.integers(min_value=2, max_value=10**6).map(str))
 
 
 @SETTINGS
-@given(label=labels)
-def test_any_label_value_is_a_class_id_or_a_data_error(label):
+@given(case=spelled_classes)
+def test_every_spelling_of_a_class_gives_its_id(case):
     from rtsent.sources.data import label_id
 
-    try:
-        value = label_id(label, ("negative", "positive"), "train.csv row 0")
-    except DataError as exc:
-        assert str(exc).startswith("train.csv row 0: label ")
-        return
-    assert value in (0, 1)
+    expected, label = case
+    assert label_id(label, NAMES, "train.csv row 0") == expected
+
+
+@SETTINGS
+@given(label=not_classes)
+def test_a_value_that_is_no_class_is_a_data_error_naming_the_row(label):
+    from rtsent.sources.data import label_id
+
+    with pytest.raises(DataError) as info:
+        label_id(label, NAMES, "train.csv row 0")
+    assert str(info.value).startswith("train.csv row 0: label ")

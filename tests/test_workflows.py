@@ -70,7 +70,14 @@ def test_zero_shot_report_goes_under_the_workspace(ws, tiny_model_dir, data_dir,
     report = evaluate.run(EvaluateConfig(model=str(model), prompt=PromptConfig()), ws)
     assert sorted(p.name for p in model.iterdir()) == before
     written = ws.evals_dir / report["written_to"].split("/evals/")[1]
-    assert written.is_file() and json.loads(written.read_text())["accuracy"] == report["accuracy"]
+    # The file under evals/ holds this model's figures: the accuracy of its own forward on the split.
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data_dir / "validation.parquet").to_pydict()
+    pred = reference_scores(model, [t + "\nSentiment:" for t in table["text"]]).argmax(1)
+    expected = float((pred == np.array(table["label"])).mean())
+    assert written.is_file() and json.loads(written.read_text())["accuracy"] == pytest.approx(expected)
+    assert json.loads(written.read_text())["model"] == str(model)
 
 
 # 4. predict keeps one output row per input row, and carries columns ------------------------------------
