@@ -6,17 +6,20 @@ option errors are instant. Errors are printed here and only here, as one line wi
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import functools
+import inspect
 import os
 import sys
+import typing
 from typing import Any, Callable, List, Optional
 
 import typer
 
-from rtsent.config import (DEFAULT_DATA, DEFAULT_LABEL_WORDS, DEFAULT_MODEL, DEFAULT_TEMPLATE, EvaluateConfig, ExportConfig,
-                           PredictConfig, PrepareConfig, PromptConfig, PushConfig, ServeConfig, TrainConfig, split_list,
-                           unescape)
+from rtsent.config import (DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, TEMPLATE_HELP, WORDS_HELP, WORKDIR_HELP,
+                           EvaluateConfig, ExportConfig, PredictConfig, PrepareConfig, PromptConfig, PushConfig,
+                           ServeConfig, TrainConfig, split_list, unescape)
 from rtsent.errors import RtsentError
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -49,11 +52,6 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-WORKDIR_HELP = "Workspace folder for prepared data and runs (default: ./data)."
-TEMPLATE_HELP = "Prompt template with {text} where the review goes (\\n understood)."
-WORDS_HELP = "Comma-separated label words, one per class in class-id order, each one token (\\n understood)."
-ENGINE_HELP = "auto (the ONNX graph when the model folder has one, else torch), torch or onnx."
-SCORING_PRECISION_HELP = "auto, fp32, bf16 or fp16 (torch); auto, fp32 or int8 (onnx; auto is int8 when exported)."
 
 
 def _stderr():
@@ -187,28 +185,91 @@ def _print_version() -> None:
     raise typer.Exit()
 
 
+# ---------------------------------------------------------------- options from the configs
+
+
+def _option(name: str, default: Any, help: str, annotation: Any, flags: tuple[str, ...] = (), argument: bool = False,
+            **extra: Any) -> inspect.Parameter:
+    info = (typer.Argument(default, help=help, **extra) if argument
+            else typer.Option(default, *flags, help=help, **extra))
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=info, annotation=annotation)
+
+
+WORKDIR = _option("workdir", None, WORKDIR_HELP, Optional[str], envvar="RTSENT_HOME")
+
+
+def _cli_type(hint: Any) -> Any:
+    """The type Typer parses an option as: X | None as Optional[X], tuple[str, ...] as a comma-separated str."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if typing.get_origin(hint) is tuple:
+        return Optional[str]
+    if type(None) in typing.get_args(hint):
+        return Optional[_cli_type(args[0])]
+    return hint
+
+
+def _from_cli(hint: Any, value: Any) -> Any:
+    """The config's value of what Typer parsed: a tuple from repeated arguments or a comma-separated option."""
+    if typing.get_origin(hint) is not tuple:
+        return value
+    if isinstance(value, (list, tuple)):
+        return tuple(value)
+    return tuple(item.strip() for item in (value or "").split(",") if item.strip())
+
+
+def config_options(config: type, *extras: inspect.Parameter) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Give a command one option per field of its config (default, help and flags from the field's opt()),
+    plus `extras`; the command receives the config's fields as one dict, the extras by name."""
+    hints = typing.get_type_hints(config)
+    fields = [f for f in dataclasses.fields(config) if f.metadata.get("cli", True)]
+    params = []
+    for f in fields:
+        argument = f.metadata.get("argument", False)
+        default = ... if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        hint = List[str] if argument and typing.get_origin(hints[f.name]) is tuple else _cli_type(hints[f.name])
+        if typing.get_origin(hints[f.name]) is tuple:
+            default = None
+        params.append(_option(f.name, default, f.metadata["help"], hint, f.metadata.get("flags", ()), argument))
+    params += extras
+    names = {f.name for f in fields}
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def command(**values: Any) -> Any:
+            given = {k: _from_cli(hints[k], v) for k, v in values.items() if k in names}
+            return fn(given, **{k: v for k, v in values.items() if k not in names})
+
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        return command
+
+    return decorate
+
+
+PROMPT_OPTIONS = (
+    _option("template", DEFAULT_TEMPLATE.replace("\n", "\\n"), TEMPLATE_HELP, str),
+    _option("label_words", ",".join(DEFAULT_LABEL_WORDS), WORDS_HELP, str),
+    _option("label_names", None, "Comma-separated class names (default: the label words, stripped).", Optional[str]),
+)
+ZERO_SHOT_OPTIONS = (
+    _option("zero_shot", False, "Score a base model (no rtsent.json) with the default prompt.", bool, ("--zero-shot",)),
+    _option("template", None, "Zero-shot: " + TEMPLATE_HELP, Optional[str]),
+    _option("label_words", None, "Zero-shot: " + WORDS_HELP, Optional[str]),
+    _option("label_names", None, "Zero-shot: comma-separated class names.", Optional[str]),
+)
+
+
+# ---------------------------------------------------------------- commands
+
+
 @app.command()
 @handled
-def prepare(
-    data: str = typer.Option(DEFAULT_DATA, help="Hub dataset name, or a folder of train/validation/test .parquet/.csv/.jsonl files, or a save_to_disk folder."),
-    model: str = typer.Option(DEFAULT_MODEL, help="Model (hub name or folder) whose tokenizer to use."),
-    template: str = typer.Option(DEFAULT_TEMPLATE.replace("\n", "\\n"), help=TEMPLATE_HELP),
-    label_words: str = typer.Option(",".join(DEFAULT_LABEL_WORDS), help=WORDS_HELP),
-    label_names: Optional[str] = typer.Option(None, help="Comma-separated class names (default: the label words, stripped)."),
-    max_len: int = typer.Option(PrepareConfig.max_len, help="Longest prompt in tokens; longer reviews lose their tail, never the template."),
-    text_column: str = typer.Option(PrepareConfig.text_column, help="Column holding the review text."),
-    label_column: str = typer.Option(PrepareConfig.label_column, help="Column holding the label (0..K-1, a label name, or a ClassLabel matched by name)."),
-    force: bool = typer.Option(False, "--force", help="Rebuild even if this exact dataset is cached."),
-    subset: Optional[str] = typer.Option(None, help="Hub dataset configuration, e.g. --data glue --subset sst2."),
-    splits: str = typer.Option(PrepareConfig.splits, help="Which dataset split feeds train/validation/test, e.g. validation=test,test=none (default: the same names; none drops test, or carves validation from train)."),
-    validation_fraction: float = typer.Option(PrepareConfig.validation_fraction, help="Without a validation split: share of each class of train held out as validation."),
-    seed: int = typer.Option(PrepareConfig.seed, help="Seed of the held-out validation draw."),
-    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
-) -> None:
+@config_options(PrepareConfig, *PROMPT_OPTIONS, WORKDIR)
+def prepare(fields: dict[str, Any], template: str, label_words: str, label_names: Optional[str],
+            workdir: Optional[str]) -> None:
     """Tokenize the dataset once and cache it in the workspace, keyed by a fingerprint."""
-    cfg = PrepareConfig(data=data, model=model, prompt=_prompt(template, label_words, label_names), max_len=max_len,
-                        text_column=text_column, label_column=label_column, force=force, subset=subset,
-                        splits=splits, validation_fraction=validation_fraction, seed=seed)
+    cfg = PrepareConfig(**fields, prompt=_prompt(template, label_words, label_names))
     from rtsent import prepare as stage
     from rtsent.console import print_prepared
 
@@ -217,53 +278,10 @@ def prepare(
 
 @app.command()
 @handled
-def train(
-    model: str = typer.Option(TrainConfig.model, help="Starting model: hub name or local folder."),
-    prepared: Optional[str] = typer.Option(None, help="Prepared dataset folder or fingerprint (default: the latest)."),
-    lr: Optional[float] = typer.Option(None, help="Peak learning rate (default 5e-5; 5e-4 with --lora)."),
-    batch_size: int = typer.Option(TrainConfig.batch_size, help="Training examples per step."),
-    eval_batch_size: int = typer.Option(TrainConfig.eval_batch_size, help="Examples per evaluation batch."),
-    epochs: float = typer.Option(TrainConfig.epochs, help="Passes over the training split."),
-    max_steps: int = typer.Option(TrainConfig.max_steps, help="Stop after N steps (overrides --epochs when > 0)."),
-    warmup: float = typer.Option(TrainConfig.warmup, help="Warm-up: a ratio of all steps when < 1, else steps."),
-    weight_decay: float = typer.Option(TrainConfig.weight_decay, help="AdamW weight decay."),
-    eval_every: Optional[int] = typer.Option(None, help="Evaluate on validation every N steps (default: once per epoch)."),
-    save_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps, a multiple of --eval-every, and at every new best evaluation (default: at each evaluation)."),
-    save_limit: int = typer.Option(TrainConfig.save_limit, help="Checkpoints kept on disk (best and latest included)."),
-    seed: int = typer.Option(TrainConfig.seed, help="Random seed (weights init, data order)."),
-    loss: str = typer.Option(TrainConfig.loss, help="lm: cross-entropy over the vocabulary (seed recipe); label: over the label words only."),
-    precision: str = typer.Option(TrainConfig.precision, help="auto (bf16 where the CPU/GPU is fast at it, fp16 on older GPUs, else fp32), fp32, bf16 or fp16."),
-    dropout: float = typer.Option(TrainConfig.dropout, help="Dropout of every dropout layer; 0.1 restores GPT-2's pretraining value (slower on CPU)."),
-    gradient_checkpointing: bool = typer.Option(False, "--gradient-checkpointing", help="Recompute activations to save memory (slower)."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the model (lengths bucketed to multiples of 16)."),
-    run_name: Optional[str] = typer.Option(None, help="Name of the run folder (default: run-<date>-<time>)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue a run (--run-name, default the latest) from its last checkpoint."),
-    from_scratch: bool = typer.Option(False, "--from-scratch", help="Random weights from the model's config instead of its weights."),
-    config_overrides: str = typer.Option("", help="With --from-scratch: config changes such as n_layer=2,n_embd=64,n_head=2 (the config's own key names)."),
-    early_stopping: Optional[int] = typer.Option(None, help="Stop after N evaluations without a better validation accuracy."),
-    class_weights: str = typer.Option(TrainConfig.class_weights, help="auto: weight each class's loss by its inverse frequency in train (imbalanced data); none."),
-    report_to: str = typer.Option(TrainConfig.report_to, help="Also log to these Trainer integrations: tensorboard (events in runs/<name>/tensorboard), wandb, mlflow, ... (comma-separated, installed ones), or none."),
-    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the training-curves PNG (runs/<name>/plots/)."),
-    onnx: bool = typer.Option(TrainConfig.onnx, "--onnx/--no-onnx", help="Also export an ONNX graph of the model (the fast predict engine)."),
-    train_layers: Optional[int] = typer.Option(None, help="Train only the last N transformer blocks (and the final norm); embeddings and earlier blocks stay frozen, and the backward pass stops there (faster, less memory). Default: every block."),
-    lora: bool = typer.Option(False, "--lora", help="Train LoRA adapters (peft) instead of every weight."),
-    lora_r: int = typer.Option(TrainConfig.lora_r, help="LoRA rank."),
-    lora_alpha: float = typer.Option(TrainConfig.lora_alpha, help="LoRA alpha (the update is scaled by alpha/r)."),
-    lora_dropout: float = typer.Option(TrainConfig.lora_dropout, help="Dropout on the LoRA input."),
-    lora_targets: Optional[str] = typer.Option(None, help="Comma-separated layer names to adapt (default: the model family's, e.g. c_attn for GPT-2, q_proj,v_proj for Llama)."),
-    lora_export: str = typer.Option(TrainConfig.lora_export, help="merged: a plain model folder (no peft needed to load); adapter: the adapter alone, loaded with its base model."),
-    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
-) -> None:
+@config_options(TrainConfig, WORKDIR)
+def train(fields: dict[str, Any], workdir: Optional[str]) -> None:
     """Fine-tune on the prepared data; keep the best checkpoint by validation accuracy and export it."""
-    cfg = TrainConfig(model=model, prepared=prepared, lr=lr, batch_size=batch_size, eval_batch_size=eval_batch_size,
-                      epochs=epochs, max_steps=max_steps, warmup=warmup, weight_decay=weight_decay,
-                      eval_every=eval_every, save_every=save_every, save_limit=save_limit, seed=seed, loss=loss,
-                      precision=precision, dropout=dropout, gradient_checkpointing=gradient_checkpointing, compile=compile,
-                      run_name=run_name, resume=resume, from_scratch=from_scratch,
-                      config_overrides=config_overrides, early_stopping=early_stopping, class_weights=class_weights,
-                      report_to=report_to, plots=not no_plots, onnx=onnx, train_layers=train_layers, lora=lora, lora_r=lora_r,
-                      lora_alpha=lora_alpha, lora_dropout=lora_dropout, lora_targets=lora_targets,
-                      lora_export=lora_export)
+    cfg = TrainConfig(**fields)
     from rtsent import train as stage
     from rtsent.console import print_trained
 
@@ -274,65 +292,33 @@ def train(
 
 @app.command()
 @handled
-def evaluate(
-    model: Optional[List[str]] = typer.Option(None, help="Exported model folder, or a base model for zero-shot (default: the latest run's model); repeat to compare models side by side."),
-    split: str = typer.Option(EvaluateConfig.split, help="validation or test."),
-    prepared: Optional[str] = typer.Option(None, help="Prepared dataset folder or fingerprint (default: the model's, else the latest)."),
-    data: Optional[str] = typer.Option(None, help="Score a labelled .csv/.jsonl/.parquet file (or a folder's <split> file) instead of prepared data."),
-    text_column: str = typer.Option(EvaluateConfig.text_column, help="With --data: the text column."),
-    label_column: str = typer.Option(EvaluateConfig.label_column, help="With --data: the label column (class ids or label names)."),
-    zero_shot: bool = typer.Option(False, "--zero-shot", help="Score a base model (no rtsent.json) with the default prompt."),
-    template: Optional[str] = typer.Option(None, help="Zero-shot: " + TEMPLATE_HELP),
-    label_words: Optional[str] = typer.Option(None, help="Zero-shot: " + WORDS_HELP),
-    label_names: Optional[str] = typer.Option(None, help="Zero-shot: comma-separated class names."),
-    calibrate: bool = typer.Option(False, "--calibrate", help="Contextual calibration (content-free inputs 'N/A', '', '[MASK]'); reports accuracy and ECE with and without."),
-    errors: Optional[int] = typer.Option(None, help="Print the N most confident mistakes; write every mistake to <report>-errors.jsonl."),
-    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG figures written next to the report."),
-    batch_size: int = typer.Option(EvaluateConfig.batch_size, help="Examples per batch."),
-    precision: str = typer.Option(EvaluateConfig.precision, help=SCORING_PRECISION_HELP),
-    engine: str = typer.Option(EvaluateConfig.engine, help=ENGINE_HELP),
-    output: Optional[str] = typer.Option(None, help="Where to write the JSON report (default: next to the model)."),
-    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
-) -> None:
+@config_options(EvaluateConfig, _option("model", None, "Exported model folder or run name, or a base model for "
+                                        "zero-shot (default: the latest run's model); repeat to compare models side "
+                                        "by side.", Optional[List[str]]), *ZERO_SHOT_OPTIONS, WORKDIR)
+def evaluate(fields: dict[str, Any], model: Optional[List[str]], zero_shot: bool, template: Optional[str],
+             label_words: Optional[str], label_names: Optional[str], workdir: Optional[str]) -> None:
     """Accuracy, macro-F1, per-class precision/recall, confusion matrix and calibration on a split."""
-    prompt = _prompt(template, label_words, label_names, required=zero_shot)
     models = list(model or [])
-    cfg = EvaluateConfig(model=models[0] if len(models) == 1 else None, split=split, prepared=prepared, prompt=prompt,
-                         batch_size=batch_size, precision=precision, engine=engine, output=output, data=data, text_column=text_column,
-                         label_column=label_column, calibrate=calibrate, errors=errors, plots=not no_plots)
+    cfg = EvaluateConfig(**fields, model=models[0] if len(models) == 1 else None,
+                         prompt=_prompt(template, label_words, label_names, required=zero_shot))
+    from rtsent import console
     from rtsent import evaluate as stage
-    from rtsent import console as report
 
     if len(models) > 1:
-        report.print_comparison(stage.compare(cfg, models, _workspace(workdir), _log))
+        console.print_comparison(stage.compare(cfg, models, _workspace(workdir), _log))
     else:
-        report.print_evaluation(stage.run(cfg, _workspace(workdir), _log))
+        console.print_evaluation(stage.run(cfg, _workspace(workdir), _log))
 
 
 @app.command()
 @handled
-def predict(
-    texts: Optional[List[str]] = typer.Argument(None, help="Reviews to classify; '-' reads one per line from stdin."),
-    file: Optional[str] = typer.Option(None, "--file", "-f", help="txt (one review a line), csv, jsonl or parquet."),
-    text_column: str = typer.Option(PredictConfig.text_column, help="Text column of a csv/jsonl/parquet file."),
-    keep_columns: Optional[str] = typer.Option(None, help="Comma-separated columns of a csv/jsonl/parquet file to copy into each output row, e.g. id."),
-    model: Optional[str] = typer.Option(None, help="Exported model folder (default: the latest run's model)."),
-    output_format: str = typer.Option(PredictConfig.format, "--format", help="auto (table for arguments, jsonl for files), table, json, jsonl or csv."),
-    batch_size: int = typer.Option(PredictConfig.batch_size, help="Reviews per batch."),
-    precision: str = typer.Option(PredictConfig.precision, help=SCORING_PRECISION_HELP),
-    engine: str = typer.Option(PredictConfig.engine, help=ENGINE_HELP),
-    max_len: Optional[int] = typer.Option(None, help="Longest prompt in tokens (default: the model's training max-len)."),
-    template: Optional[str] = typer.Option(None, help="Zero-shot base model only: " + TEMPLATE_HELP),
-    label_words: Optional[str] = typer.Option(None, help="Zero-shot base model only: " + WORDS_HELP),
-    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
-) -> None:
+@config_options(PredictConfig, *(_option(o.name, None, "Zero-shot base model only: " + h, Optional[str])
+                                 for o, h in zip(PROMPT_OPTIONS[:2], (TEMPLATE_HELP, WORDS_HELP))), WORKDIR)
+def predict(fields: dict[str, Any], template: Optional[str], label_words: Optional[str], workdir: Optional[str]) -> None:
     """Label and probability (softmax over the label words) for each review; one output row per input row."""
-    texts = list(texts or [])
-    if texts == ["-"]:
-        texts, file = [], "-"
-    cfg = PredictConfig(model=model, texts=tuple(texts), file=file, text_column=text_column, format=output_format,
-                        batch_size=batch_size, precision=precision, engine=engine, max_len=max_len,
-                        keep_columns=tuple(c.strip() for c in keep_columns.split(",") if c.strip()) if keep_columns else ())
+    if fields["texts"] == ("-",):
+        fields = {**fields, "texts": (), "file": "-"}
+    cfg = PredictConfig(**fields)
     from rtsent import predict as stage
 
     stats = stage.run(cfg, _workspace(workdir), prompt=_prompt(template, label_words, None, required=False))
@@ -354,14 +340,14 @@ def report_(
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """Summary of a run: config, data, best step, validation/test metrics, timing, calibration, plots."""
-    from rtsent import report as runs
+    from rtsent import report
     from rtsent.console import print_run
 
-    summary = runs.run_report(_workspace(workdir), run)
+    summary = report.run_report(_workspace(workdir), run)
     if output_format == "table":
         print_run(summary)
     else:
-        typer.echo(f"report written to {runs.write_report(summary, output_format, output)}")
+        typer.echo(f"report written to {report.write_report(summary, output_format, output)}")
 
 
 @app.command("runs")
@@ -371,10 +357,10 @@ def runs_(
     workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
 ) -> None:
     """The workspace's runs with their key metrics, newest first."""
-    from rtsent import report as runs
+    from rtsent import report
     from rtsent.console import print_runs
 
-    listed = runs.list_runs(_workspace(workdir), output_format)
+    listed = report.list_runs(_workspace(workdir), output_format)
     if output_format == "json":
         import json
 
@@ -385,65 +371,40 @@ def runs_(
 
 @app.command("export")
 @handled
-def export_(
-    model: Optional[str] = typer.Argument(None, help="Model folder written by `rtsent train` (default: the latest run's model)."),
-    int8: bool = typer.Option(ExportConfig.int8, "--int8", help="Also write a dynamically quantized int8 graph."),
-    seq_cls: bool = typer.Option(ExportConfig.seq_cls, "--seq-cls", help="Write a standard *ForSequenceClassification folder instead: transformers' text-classification pipeline, vLLM and text-embeddings-inference serve it as it is."),
-    output: Optional[str] = typer.Option(None, help="With --seq-cls: the folder to write (default: runs/<name>/seq-cls)."),
-    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
-) -> None:
+@config_options(ExportConfig, WORKDIR)
+def export_(fields: dict[str, Any], workdir: Optional[str]) -> None:
     """Add an ONNX graph and tokenizer.json to a model folder (predict without torch), or --seq-cls: export
     the classifier as a standard sequence-classification folder."""
-    cfg = ExportConfig(model=model, int8=int8, seq_cls=seq_cls, output=output)
+    cfg = ExportConfig(**fields)
     from rtsent import export as stage
 
     folder, record = stage.run(cfg, _workspace(workdir), _log)
-    if seq_cls:
-        sends = record["client_sends"]
+    if cfg.seq_cls:
         _log(f"wrote {folder}: pipeline('text-classification', model='{folder}'), vLLM and text-embeddings-inference "
-             f"serve it; clients send {sends!r}")
+             f"serve it; clients send {record['client_sends']!r}")
     else:
         _log(f"wrote {', '.join(record['graphs'].values())} in {folder} (the onnx engine)")
 
 
 @app.command()
 @handled
-def push(
-    run: str = typer.Argument(..., help="Run name (its exported model) or an exported model folder."),
-    repo_id: str = typer.Option(..., help="Hub repository to upload to: user/name or org/name."),
-    private: bool = typer.Option(False, "--private", help="Create the repository as private."),
-    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
-) -> None:
+@config_options(PushConfig, WORKDIR)
+def push(fields: dict[str, Any], workdir: Optional[str]) -> None:
     """Upload an exported model (weights, tokenizer, rtsent.json, model card) to the Hugging Face hub."""
-    cfg = PushConfig(run=run, repo_id=repo_id, private=private)
     from rtsent import push as stage
 
-    typer.echo(stage.run(cfg, _workspace(workdir), _log))
+    typer.echo(stage.run(PushConfig(**fields), _workspace(workdir), _log))
 
 
 @app.command()
 @handled
-def serve(
-    model: Optional[str] = typer.Option(None, help="Exported model folder (default: the latest run's model)."),
-    host: str = typer.Option(ServeConfig.host, help="Interface to listen on (0.0.0.0 opens it to the network)."),
-    port: int = typer.Option(ServeConfig.port, help="TCP port (0 picks a free one)."),
-    engine: str = typer.Option(ServeConfig.engine, help="auto (the fastest the model folder supports), torch or onnx."),
-    precision: str = typer.Option(ServeConfig.precision, help="auto, fp32, bf16, fp16 or int8 (the onnx engine's int8 graph)."),
-    max_batch_size: int = typer.Option(ServeConfig.max_batch_size, help="Most texts scored together in one forward pass."),
-    max_wait_ms: float = typer.Option(ServeConfig.max_wait_ms, help="How long a request waits for others to join its batch."),
-    max_queue: int = typer.Option(ServeConfig.max_queue, help="Requests waiting for the model before new ones get 429."),
-    max_texts: int = typer.Option(ServeConfig.max_texts, help="Most texts in one request (413 beyond)."),
-    max_body_bytes: int = typer.Option(ServeConfig.max_body_bytes, help="Largest request body in bytes (413 beyond)."),
-    timeout_s: float = typer.Option(ServeConfig.timeout_s, help="Seconds before a request is answered 504."),
-    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
-) -> None:
-    """Serve the classifier over HTTP: POST /predict (batched), GET /health, /info, /metrics, /docs."""
-    cfg = ServeConfig(model=model, host=host, port=port, engine=engine, precision=precision, max_batch_size=max_batch_size,
-                      max_wait_ms=max_wait_ms, max_queue=max_queue, max_texts=max_texts,
-                      max_body_bytes=max_body_bytes, timeout_s=timeout_s)
+@config_options(ServeConfig, WORKDIR)
+def serve(fields: dict[str, Any], workdir: Optional[str]) -> None:
+    """Serve the classifier over HTTP: POST /predict (Hugging Face's shape), POST /classify (vLLM's), GET /health,
+    /info, /metrics, /docs."""
     from rtsent import serve as stage
 
-    stage.run(cfg, _workspace(workdir), _log)
+    stage.run(ServeConfig(**fields), _workspace(workdir), _log)
 
 
 def main() -> None:

@@ -24,6 +24,30 @@ FORMATS = ("auto", "table", "json", "jsonl", "csv")
 CLASS_WEIGHTS = ("none", "auto")
 
 
+def opt(default: Any = None, help: str = "", *, flags: tuple[str, ...] = (), argument: bool = False,
+        cli: bool = True, factory: Any = None) -> Any:
+    """A config field and its command-line option, written once: the default, the help text (the field's
+    documentation too), the flag spelling (default --field-name), whether it is a positional argument, and
+    whether it is a command-line option at all. cli.py builds every command's options from these."""
+    meta = {"help": help, "flags": flags, "argument": argument, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    if default is REQUIRED:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+REQUIRED = dataclasses.MISSING
+"""opt()'s default for a field the user must give."""
+
+
+WORKDIR_HELP = "Workspace folder for prepared data and runs (default: ./data)."
+TEMPLATE_HELP = "Prompt template with {text} where the review goes (\\n understood)."
+WORDS_HELP = "Comma-separated label words, one per class in class-id order, each one token (\\n understood)."
+ENGINE_HELP = "auto (the ONNX graph when the model folder has one, else torch), torch or onnx."
+SCORING_PRECISION_HELP = "auto, fp32, bf16 or fp16 (torch); auto, fp32 or int8 (onnx; auto is int8 when exported)."
+
+
 def _check(problems: list[str]) -> None:
     """Raise one UsageError that lists every problem found, or nothing."""
     if problems:
@@ -98,25 +122,21 @@ class PromptConfig:
 class PrepareConfig:
     """Options of `rtsent prepare`."""
 
-    data: str = DEFAULT_DATA
-    """Hub dataset name, or a local folder of train/validation/test files, or a save_to_disk folder."""
-    model: str = DEFAULT_MODEL
-    """Model whose tokenizer is used (hub name or local folder)."""
-    prompt: PromptConfig = field(default_factory=PromptConfig)
-    max_len: int = 128
-    """Longest prompt in tokens; longer reviews lose their tail, never the template's."""
-    text_column: str = "text"
-    label_column: str = "label"
-    force: bool = False
-    """Rebuild even when a prepared dataset with the same fingerprint exists."""
-    subset: str | None = None
-    """Hub dataset configuration (the second argument of datasets.load_dataset), e.g. sst2 of glue."""
-    splits: str = ""
-    """Comma-separated role=split pairs, e.g. validation=test,test=none; unmapped roles use their own name."""
-    validation_fraction: float = 0.1
-    """Share of each class of train held out as validation when the data has no validation split."""
-    seed: int = 42
-    """Seed of that held-out draw."""
+    data: str = opt(DEFAULT_DATA, "Hub dataset name, or a folder of train/validation/test .parquet/.csv/.jsonl files, "
+                                  "or a save_to_disk folder.")
+    model: str = opt(DEFAULT_MODEL, "Model (hub name, folder or .gguf file) whose tokenizer to use.")
+    prompt: PromptConfig = opt(factory=PromptConfig, cli=False)
+    """Built from --template, --label-words and --label-names."""
+    max_len: int = opt(128, "Longest prompt in tokens; longer reviews lose their tail, never the template.")
+    text_column: str = opt("text", "Column holding the review text.")
+    label_column: str = opt("label", "Column holding the label (0..K-1, a label name, or a ClassLabel matched by name).")
+    force: bool = opt(False, "Rebuild even if this exact dataset is cached.", flags=("--force",))
+    subset: str | None = opt(None, "Hub dataset configuration (datasets.load_dataset's second argument), e.g. "
+                                   "--data glue --subset sst2.")
+    splits: str = opt("", "Which dataset split feeds train/validation/test, e.g. validation=test,test=none (default: "
+                          "the same names; none drops test, or carves validation from train).")
+    validation_fraction: float = opt(0.1, "Without a validation split: share of each class of train held out as validation.")
+    seed: int = opt(42, "Seed of the held-out validation draw.")
 
     def __post_init__(self) -> None:
         problems = [f"--max-len must be at least 2, got {self.max_len}"] if self.max_len < 2 else []
@@ -151,66 +171,56 @@ LORA_LR = 5e-4
 class TrainConfig:
     """Options of `rtsent train`."""
 
-    model: str = DEFAULT_MODEL
-    """Starting weights (hub name or local folder), or the config to build from with from_scratch."""
-    prepared: str | None = None
-    """Prepared dataset folder or fingerprint; default: the latest one in the workspace."""
-    lr: float | None = None
-    """Peak learning rate; None: FULL_LR, or LORA_LR with --lora (a rank-8 adapter needs a larger step:
-    SmolLM2-135M, one epoch: LoRA test accuracy 0.793 at 5e-5 (the issue), 0.859 at 5e-4, docs/benchmarks.md)."""
-    batch_size: int = 32
-    eval_batch_size: int = 64
-    epochs: float = 2.0
-    max_steps: int = -1
-    """Stop after this many optimizer steps (overrides epochs when > 0)."""
-    warmup: float = 0.06
-    """Warm-up: a ratio of all steps when < 1, else a number of steps."""
-    weight_decay: float = 0.01
-    eval_every: int | None = None
-    """Evaluate on validation every N steps; default: once per epoch."""
-    save_every: int | None = None
-    """Checkpoint every N steps (a multiple of eval_every), and at every new best evaluation; default: at each evaluation."""
-    save_limit: int = 2
-    """Checkpoints kept on disk (the best and the latest are always among them)."""
-    seed: int = 42
-    loss: str = "lm"
-    """lm: cross-entropy over the whole vocabulary (the seed recipe); label: over the label words."""
-    precision: str = "auto"
-    dropout: float | None = 0.0
-    """Dropout rate of every dropout layer; None keeps the model config's (GPT-2: 0.1)."""
-    gradient_checkpointing: bool = False
-    compile: bool = False
-    """torch.compile the model (lengths are bucketed to multiples of 16 so shapes repeat)."""
-    run_name: str | None = None
-    resume: bool = False
-    from_scratch: bool = False
-    config_overrides: str = ""
-    """Comma-separated key=value overrides of the model config, used with from_scratch."""
-    early_stopping: int | None = None
-    """Stop after this many evaluations without a better validation accuracy; None: never."""
-    class_weights: str = "none"
-    """auto: weight the loss of each class by its inverse frequency in the train split."""
-    report_to: str = "none"
-    """Comma-separated Trainer integrations to log to (tensorboard, wandb, mlflow, ...), or none."""
-    plots: bool = True
-    """Draw the training curves to runs/<name>/plots/training.png at the end."""
-    onnx: bool = True
-    """Also export the model as an ONNX graph (the fast engine of evaluate/predict)."""
-    train_layers: int | None = None
-    """Train only the last N transformer blocks and what follows them (final norm, an untied head); the
-    embeddings and every earlier block stay frozen, so the backward pass stops at block L-N. None: all.
-    With lora: adapters in those blocks only."""
-    lora: bool = False
-    """Train LoRA adapters (peft) instead of every weight."""
-    lora_r: int = 8
-    """Rank of the LoRA update matrices."""
-    lora_alpha: float = 16.0
-    """LoRA scaling: the update is multiplied by alpha / r."""
-    lora_dropout: float = 0.0
-    lora_targets: str | None = None
-    """Comma-separated layer names LoRA adapts; default: the family's (GPT-2: c_attn, Llama: q_proj,v_proj)."""
-    lora_export: str = "merged"
-    """merged: a plain model folder (adapter merged into the weights); adapter: the adapter alone."""
+    model: str = opt(DEFAULT_MODEL, "Starting model: hub name, local folder or .gguf file (with --from-scratch: "
+                                    "the config to build from).")
+    prepared: str | None = opt(None, "Prepared dataset folder or fingerprint (default: the latest).")
+    lr: float | None = opt(None, "Peak learning rate (default 5e-5; 5e-4 with --lora).")
+    """None is resolved to FULL_LR, or LORA_LR with --lora (a rank-8 adapter needs a larger step: SmolLM2-135M,
+    one epoch: LoRA test accuracy 0.793 at 5e-5, 0.859 at 5e-4, docs/benchmarks.md)."""
+    batch_size: int = opt(32, "Training examples per step.")
+    eval_batch_size: int = opt(64, "Examples per evaluation batch.")
+    epochs: float = opt(2.0, "Passes over the training split.")
+    max_steps: int = opt(-1, "Stop after N steps (overrides --epochs when > 0).")
+    warmup: float = opt(0.06, "Warm-up: a ratio of all steps when < 1, else steps.")
+    weight_decay: float = opt(0.01, "AdamW weight decay.")
+    eval_every: int | None = opt(None, "Evaluate on validation every N steps (default: once per epoch).")
+    save_every: int | None = opt(None, "Checkpoint every N steps, a multiple of --eval-every, and at every new best "
+                                       "evaluation (default: at each evaluation).")
+    save_limit: int = opt(2, "Checkpoints kept on disk (best and latest included).")
+    seed: int = opt(42, "Random seed (weights init, data order).")
+    loss: str = opt("lm", "lm: cross-entropy over the vocabulary (seed recipe); label: over the label words only.")
+    precision: str = opt("auto", "auto (bf16 where the CPU/GPU is fast at it, fp16 on older GPUs, else fp32), fp32, "
+                                 "bf16 or fp16.")
+    dropout: float | None = opt(0.0, "Dropout of every dropout layer; 0.1 restores GPT-2's pretraining value (slower "
+                                     "on CPU).")
+    gradient_checkpointing: bool = opt(False, "Recompute activations to save memory (slower).",
+                                       flags=("--gradient-checkpointing",))
+    compile: bool = opt(False, "torch.compile the model (lengths bucketed to multiples of 16).", flags=("--compile",))
+    run_name: str | None = opt(None, "Name of the run folder (default: run-<date>-<time>).")
+    resume: bool = opt(False, "Continue a run (--run-name, default the latest) from its last checkpoint.",
+                       flags=("--resume",))
+    from_scratch: bool = opt(False, "Random weights from the model's config instead of its weights.",
+                             flags=("--from-scratch",))
+    config_overrides: str = opt("", "With --from-scratch: config changes such as n_layer=2,n_embd=64,n_head=2 (the "
+                                    "config's own key names).")
+    early_stopping: int | None = opt(None, "Stop after N evaluations without a better validation accuracy.")
+    class_weights: str = opt("none", "auto: weight each class's loss by its inverse frequency in train (imbalanced "
+                                     "data); none.")
+    report_to: str = opt("none", "Also log to these Trainer integrations: tensorboard (events in "
+                                 "runs/<name>/tensorboard), wandb, mlflow, ... (comma-separated, installed ones), or none.")
+    plots: bool = opt(True, "Draw the training curves (runs/<name>/plots/training.png).")
+    onnx: bool = opt(True, "Also export an ONNX graph of the model (the fast predict engine).")
+    train_layers: int | None = opt(None, "Train only the last N transformer blocks (and the final norm); embeddings and "
+                                         "earlier blocks stay frozen, and the backward pass stops there (faster, less "
+                                         "memory); with --lora, adapters in those blocks only. Default: every block.")
+    lora: bool = opt(False, "Train LoRA adapters (peft) instead of every weight.", flags=("--lora",))
+    lora_r: int = opt(8, "LoRA rank.")
+    lora_alpha: float = opt(16.0, "LoRA alpha (the update is scaled by alpha/r).")
+    lora_dropout: float = opt(0.0, "Dropout on the LoRA input.")
+    lora_targets: str | None = opt(None, "Comma-separated layer names to adapt (default: the model family's, e.g. "
+                                         "c_attn for GPT-2, q_proj,v_proj for Llama).")
+    lora_export: str = opt("merged", "merged: a plain model folder (no peft needed to load); adapter: the adapter "
+                                     "alone, loaded with its base model.")
 
     def __post_init__(self) -> None:
         if self.lr is None:  # resolved once, so run.json, the card and resume see the rate that was used
@@ -275,28 +285,27 @@ class TrainConfig:
 class EvaluateConfig:
     """Options of `rtsent evaluate`."""
 
-    model: str | None = None
-    """Exported model folder, or a base model for zero-shot; default: the latest run's model."""
-    split: str = "validation"
-    prepared: str | None = None
-    prompt: PromptConfig | None = None
+    model: str | None = opt(None, cli=False)
+    """Exported model folder, or a base model for zero-shot; default: the latest run's model (the command
+    takes --model repeatedly to compare models: evaluate.compare)."""
+    split: str = opt("validation", "validation or test.")
+    prepared: str | None = opt(None, "Prepared dataset folder or fingerprint (default: the model's, else the latest).")
+    prompt: PromptConfig | None = opt(None, cli=False)
     """Prompt for a base model that has no rtsent.json (zero-shot)."""
-    batch_size: int = 64
-    precision: str = "auto"
-    engine: str = "auto"
-    output: str | None = None
-    bins: int = 15
+    batch_size: int = opt(64, "Examples per batch.")
+    precision: str = opt("auto", SCORING_PRECISION_HELP)
+    engine: str = opt("auto", ENGINE_HELP)
+    output: str | None = opt(None, "Where to write the JSON report (default: next to the model).")
+    bins: int = opt(15, cli=False)
     """Bins of the expected calibration error."""
-    data: str | None = None
-    """A labelled csv/jsonl/parquet file (or a folder's <split> file) to score instead of prepared data."""
-    text_column: str = "text"
-    label_column: str = "label"
-    calibrate: bool = False
-    """Contextual calibration (content-free inputs through the same prompt), for zero-shot models."""
-    errors: int | None = None
-    """Print this many most confident mistakes and write every mistake next to the report."""
-    plots: bool = True
-    """Draw confusion matrix, reliability diagram and probability histogram next to the report."""
+    data: str | None = opt(None, "Score a labelled .csv/.jsonl/.parquet file (or a folder's <split> file) instead of "
+                                 "prepared data.")
+    text_column: str = opt("text", "With --data: the text column.")
+    label_column: str = opt("label", "With --data: the label column (class ids or label names).")
+    calibrate: bool = opt(False, "Contextual calibration (content-free inputs 'N/A', '', '[MASK]'); reports accuracy "
+                                 "and ECE with and without.", flags=("--calibrate",))
+    errors: int | None = opt(None, "Print the N most confident mistakes; write every mistake to <report>-errors.jsonl.")
+    plots: bool = opt(True, "Draw the confusion matrix, reliability diagram and probability histogram next to the report.")
 
     def __post_init__(self) -> None:
         problems = []
@@ -316,20 +325,18 @@ class EvaluateConfig:
 class PredictConfig:
     """Options of `rtsent predict`."""
 
-    model: str | None = None
-    texts: tuple[str, ...] = ()
-    file: str | None = None
-    """txt (one review a line), csv, jsonl or parquet; '-' reads lines from stdin."""
-    text_column: str = "text"
-    format: str = "auto"
-    """auto: a table for texts given as arguments, jsonl for files and stdin."""
-    batch_size: int = 64
-    precision: str = "auto"
-    engine: str = "auto"
-    max_len: int | None = None
-    """Longest prompt; default: the max-len the model was trained with."""
-    keep_columns: tuple[str, ...] = ()
-    """Columns of a csv/jsonl/parquet --file copied into each output row (e.g. an id)."""
+    texts: tuple[str, ...] = opt((), "Reviews to classify; '-' reads one per line from stdin.", argument=True)
+    file: str | None = opt(None, "txt (one review a line), csv, jsonl or parquet; '-' reads lines from stdin.",
+                           flags=("--file", "-f"))
+    text_column: str = opt("text", "Text column of a csv/jsonl/parquet file.")
+    keep_columns: tuple[str, ...] = opt((), "Comma-separated columns of a csv/jsonl/parquet file to copy into each "
+                                            "output row, e.g. id.")
+    model: str | None = opt(None, "Exported model folder or run name (default: the latest run's model).")
+    format: str = opt("auto", "auto (table for arguments, jsonl for files), table, json, jsonl or csv.")
+    batch_size: int = opt(64, "Reviews per batch.")
+    precision: str = opt("auto", SCORING_PRECISION_HELP)
+    engine: str = opt("auto", ENGINE_HELP)
+    max_len: int | None = opt(None, "Longest prompt in tokens (default: the model's training max-len).")
 
     def __post_init__(self) -> None:
         problems = []
@@ -355,14 +362,13 @@ class PredictConfig:
 class ExportConfig:
     """Options of `rtsent export`."""
 
-    model: str | None = None
-    """Model folder written by `rtsent train`; default: the latest run's model."""
-    int8: bool = False
-    """Also write a dynamically quantized int8 graph (smaller, faster on CPU)."""
-    seq_cls: bool = False
-    """Write a standard *ForSequenceClassification folder instead (transformers' pipeline, vLLM, TEI)."""
-    output: str | None = None
-    """With seq_cls: the folder to write; default runs/<name>/seq-cls (or <model>-seq-cls)."""
+    model: str | None = opt(None, "Model folder written by `rtsent train`, or a run name (default: the latest run's "
+                                  "model).", argument=True)
+    int8: bool = opt(False, "Also write a dynamically quantized int8 graph.", flags=("--int8",))
+    seq_cls: bool = opt(False, "Write a standard *ForSequenceClassification folder instead: transformers' "
+                               "text-classification pipeline, vLLM and text-embeddings-inference serve it as it is.",
+                        flags=("--seq-cls",))
+    output: str | None = opt(None, "With --seq-cls: the folder to write (default: runs/<name>/seq-cls).")
 
     def __post_init__(self) -> None:
         problems = []
@@ -386,11 +392,9 @@ def _scoring_problems(precision: str, engine: str) -> list[str]:
 class PushConfig:
     """Options of `rtsent push`."""
 
-    run: str
-    """Run name (its exported model) or an exported model folder."""
-    repo_id: str
-    """Hub repository, "user/name" or "org/name"."""
-    private: bool = False
+    run: str = opt(REQUIRED, "Run name (its exported model) or an exported model folder.", argument=True)
+    repo_id: str = opt(REQUIRED, "Hub repository to upload to: user/name or org/name.")
+    private: bool = opt(False, "Create the repository as private.", flags=("--private",))
 
     def __post_init__(self) -> None:
         _check([] if self.repo_id.strip() else ["--repo-id must not be empty"])
@@ -400,26 +404,17 @@ class PushConfig:
 class ServeConfig:
     """Options of `rtsent serve`."""
 
-    model: str | None = None
-    """Exported model folder; default: the latest run's model."""
-    host: str = "127.0.0.1"
-    """Interface to listen on; loopback unless the user opens it on purpose (e.g. 0.0.0.0)."""
-    port: int = 8000
-    engine: str = "auto"
-    """auto (the fastest the folder supports), torch or onnx."""
-    precision: str = "auto"
-    max_batch_size: int = 32
-    """Most texts scored in one forward pass; concurrent requests are gathered up to this."""
-    max_wait_ms: float = 5.0
-    """How long the first queued request waits for others to join its batch."""
-    max_queue: int = 256
-    """Requests waiting for the model; beyond this a request is answered 429 with Retry-After."""
-    max_texts: int = 64
-    """Most texts in one request (413 beyond)."""
-    max_body_bytes: int = 1_000_000
-    """Largest request body in bytes (413 beyond)."""
-    timeout_s: float = 30.0
-    """A request not answered within this many seconds gets 504."""
+    model: str | None = opt(None, "Exported model folder or run name (default: the latest run's model).")
+    host: str = opt("127.0.0.1", "Interface to listen on (0.0.0.0 opens it to the network).")
+    port: int = opt(8000, "TCP port (0 picks a free one).")
+    engine: str = opt("auto", "auto (the fastest the model folder supports), torch or onnx.")
+    precision: str = opt("auto", "auto, fp32, bf16, fp16 or int8 (the onnx engine's int8 graph).")
+    max_batch_size: int = opt(32, "Most texts scored together in one forward pass; concurrent requests are gathered up to this.")
+    max_wait_ms: float = opt(5.0, "How long a request waits for others to join its batch.")
+    max_queue: int = opt(256, "Requests waiting for the model before new ones get 429 (with Retry-After).")
+    max_texts: int = opt(64, "Most texts in one request (413 beyond).")
+    max_body_bytes: int = opt(1_000_000, "Largest request body in bytes (413 beyond).")
+    timeout_s: float = opt(30.0, "Seconds before a request is answered 504.")
 
     def __post_init__(self) -> None:
         problems = []
