@@ -122,6 +122,7 @@ class ModelMeta:
     rtsent_version: str = ""
     created: str = ""
     version: int = META_VERSION
+    """The format the record was read in; it is always written in the current one."""
 
     @property
     def temperature(self) -> float:
@@ -143,7 +144,7 @@ class ModelMeta:
     def to_dict(self) -> dict[str, Any]:
         from rtsent.config import to_dict
 
-        out = {"version": self.version, "rtsent_version": self.rtsent_version, "created": self.created,
+        out = {"version": META_VERSION, "rtsent_version": self.rtsent_version, "created": self.created,
                "prompt": to_dict(self.prompt), "label_ids": list(self.label_ids), "max_len": self.max_len,
                "tokenizer": self.tokenizer, "prepared": self.prepared, "data": self.data, "run": self.run,
                "train": self.train, "best": self.best, "calibration": self.calibration, "training": self.training}
