@@ -297,7 +297,9 @@ def test_evaluate_test_split_reports_ece_before_and_after_temperature(barely_tra
     from rtsent.config import EvaluateConfig
 
     space, result = barely_trained
-    report = evaluate.run(EvaluateConfig(split="test", output=str(tmp_path / "t.json"), plots=False, errors=0), space)
+    # fp32 like the reference forward (auto is bf16 on a CPU with native bf16)
+    report = evaluate.run(EvaluateConfig(split="test", output=str(tmp_path / "t.json"), plots=False, errors=0,
+                                         precision="fp32"), space)
     # mistakes on a prepared split: the review decoded from its ids, without the template
     confusion = report["confusion_matrix"]["rows_true_cols_predicted"]
     assert report["errors"]["count"] == confusion[0][1] + confusion[1][0] and report["errors"]["top"] == []
@@ -341,7 +343,7 @@ def test_cli_evaluate_data_errors_calibrate_and_compare(trained, tiny_model_dir,
     assert all(Path(p).is_file() and str(p) in out.output for p in one["plots"])
     # zero-shot base model with contextual calibration and the fine-tuned model, side by side
     out = runner.invoke(app, ["evaluate", "--model", str(result.model_dir), "--model", str(tiny_model_dir),
-                              "--zero-shot", "--calibrate", "--no-plots", "--output", str(tmp_path / "all.json"), *common])
+                              "--zero-shot", "--calibrate", "--no-plots", "--precision", "fp32", "--output", str(tmp_path / "all.json"), *common])
     assert out.exit_code == 0, out.output
     combined = json.loads((tmp_path / "all.json").read_text())
     first, second = combined["models"]
