@@ -52,6 +52,8 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     clean_stale(ws)
     model = str(resolve_model(ws, cfg.model, base_ok=True))
     clf = open_classifier(model, cfg.prompt, precision=cfg.precision, engine=cfg.engine)
+    if clf.choice is not None:
+        log(clf.choice.line())
     examples = _from_file(clf, cfg) if cfg.data else _from_prepared(clf, cfg, ws)
     out = Path(cfg.output) if cfg.output else _report_path(model, examples.split, ws)
     _check_writable(out)  # before the scoring, not after it
@@ -79,6 +81,7 @@ def _report(clf: Classifier, model: str, examples: Examples, probs: np.ndarray, 
         "prompt": to_dict(clf.prompt),
         "engine": clf.engine,
         "precision": clf.precision,
+        "engine_choice": clf.choice.to_dict() if clf.choice else None,
         "seconds": round(seconds, 3),
         "examples_per_s": round(len(examples.rows) / seconds, 2) if seconds else None,
         "probabilities": calibrated["applied"],

@@ -16,6 +16,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import numpy as np
+
 from rtsent.artifacts.model import ModelMeta, ModelPaths, resolve_model
 from rtsent.artifacts.workspace import Workspace
 from rtsent.config import ExportConfig
@@ -30,7 +32,8 @@ def run(cfg: ExportConfig, ws: Workspace, log: Callable[[str], None] = lambda _:
     folder = Path(resolve_model(ws, cfg.model))
     if cfg.seq_cls:
         return _seq_cls(folder, cfg, ws, log)
-    return folder, export_folder(folder, cfg.int8, log)
+    check = validation_rows(ModelMeta.read(folder), ws) if cfg.int8 else None
+    return folder, export_folder(folder, cfg.int8, log, check)
 
 
 def _seq_cls(folder: Path, cfg: ExportConfig, ws: Workspace, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
@@ -74,31 +77,89 @@ def _validation_texts(meta: ModelMeta, ws: Workspace, limit: int = 2000) -> list
     return [t for t in texts if isinstance(t, str) and t.strip()]
 
 
-def export_folder(folder: Path, int8: bool = False, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+Rows = tuple[list[list[int]], list[int]]
+"""Validation prompts (token ids) and their class ids: what the int8 graph is checked on."""
+
+INT8_MIN_AGREEMENT = 0.995
+INT8_MAX_ACCURACY_DROP = 0.005
+
+
+def export_folder(folder: Path, int8: bool = False, log: Callable[[str], None] = lambda _: None,
+                  check: Rows | None = None, keep_failed_int8: bool = True) -> dict[str, Any]:
     """Export the graph(s) of a model folder made by `rtsent train`; returns its rtsent.json "onnx" entry.
 
-    Files are built in a temporary folder inside the model folder and renamed into place; rtsent.json,
-    which tells the engines what exists, is updated last. Raises ArtifactError for a folder that is not
-    an rtsent model.
+    With int8, the quantized graph is checked against the fp32 one on `check` (its record "int8_check";
+    auto scoring uses the int8 graph only where the check passed); a failed graph is dropped unless
+    keep_failed_int8 (an explicit `rtsent export --int8` keeps it for --precision int8). Files are built in
+    a temporary folder inside the model folder and renamed into place; rtsent.json, which tells the
+    engines what exists, is updated last. Raises ArtifactError for a folder that is not an rtsent model.
     """
     paths = ModelPaths(folder)
     meta = ModelMeta.read(folder)
     with _temp_folder(folder) as tmp:
         record = _build(paths, meta, tmp, int8, log)
+        if int8:
+            record["int8_check"] = _check_int8(tmp, meta.replace(onnx=record), check, log)
+            if not record["int8_check"]["accepted"] and not keep_failed_int8:
+                del record["graphs"]["int8"]
         for name in [record["tokenizer"], *record["graphs"].values()]:
             os.replace(tmp / name, folder / name)
     meta.replace(onnx=record).write(folder)
-    if not int8:  # a stale int8 graph would no longer be listed; remove it with the entry
+    if "int8" not in record["graphs"]:  # a stale int8 graph would no longer be listed; remove it with the entry
         paths.onnx("int8").unlink(missing_ok=True)
     return record
 
 
-def after_training(folder: Path, log: Callable[[str], None]) -> None:
+def after_training(folder: Path, log: Callable[[str], None], int8: bool = True, check: Rows | None = None) -> None:
     """Export inside train's staging folder; a model family that does not export keeps the torch engine."""
     try:
-        export_folder(folder, log=log)
+        export_folder(folder, int8 and check is not None, log, check, keep_failed_int8=False)
     except Exception as exc:  # any exporter failure: the model itself is fine, only the fast engine is missing
         log(f"ONNX export failed ({_first_line(exc)}); predict will use the torch engine")
+
+
+def validation_rows(meta: ModelMeta, ws: Workspace) -> Rows | None:
+    """The validation prompts and labels the model was selected on (its prepared data), None where gone."""
+    from rtsent import prepare
+    from rtsent.errors import RtsentError
+
+    try:
+        dd, _ = prepare.load(ws.prepared(meta.prepared), ws) if meta.prepared else (None, None)
+    except (RtsentError, OSError, KeyError):
+        return None
+    if dd is None or "validation" not in dd:
+        return None
+    return list(dd["validation"]["input_ids"]), list(dd["validation"]["labels"])
+
+
+def _check_int8(tmp: Path, meta: ModelMeta, check: Rows | None, log: Callable[[str], None]) -> dict[str, Any]:
+    """The int8 graph's decisions against the fp32 graph's on the validation split, and the verdict."""
+    if check is None or not check[0]:
+        log("the int8 graph could not be checked (no prepared validation split in this workspace): auto scoring "
+            "will not use it; --precision int8 will")
+        return {"accepted": False, "reason": "no validation split to check it on"}
+    from rtsent.engines.onnx import OnnxClassifier
+
+    rows, labels = check
+    y = np.asarray(labels)
+    scores = {}
+    for precision in ("fp32", "int8"):
+        clf = OnnxClassifier(str(tmp), meta, meta.prompt, meta.max_len, tmp / meta.graphs()[precision], precision)
+        scores[precision] = clf.scores(rows).argmax(1)
+    agreement = float((scores["fp32"] == scores["int8"]).mean())
+    accuracy = {k: float((v == y).mean()) for k, v in scores.items()}
+    accepted = agreement >= INT8_MIN_AGREEMENT and abs(accuracy["int8"] - accuracy["fp32"]) <= INT8_MAX_ACCURACY_DROP
+    record = {"accepted": accepted, "examples": len(rows), "agreement": round(agreement, 5),
+              "accuracy_fp32": round(accuracy["fp32"], 5), "accuracy_int8": round(accuracy["int8"], 5),
+              "min_agreement": INT8_MIN_AGREEMENT, "max_accuracy_drop": INT8_MAX_ACCURACY_DROP}
+    verdict = ("passed: auto scoring uses it" if accepted else
+               f"failed (needs >= {INT8_MIN_AGREEMENT:.1%} agreement and accuracy within "
+               f"{INT8_MAX_ACCURACY_DROP * 100:g} point): auto scoring keeps the fp32 graph")
+    log(f"int8 graph on {len(rows)} validation reviews: {agreement:.2%} of decisions as fp32, accuracy "
+        f"{accuracy['int8']:.4f} vs {accuracy['fp32']:.4f}; {verdict}")
+    if not accepted:
+        record["reason"] = verdict
+    return record
 
 
 @contextlib.contextmanager

@@ -14,7 +14,7 @@ from rtsent.artifacts.model import resolve_model
 from rtsent.config import PredictConfig
 from rtsent.sources.inputs import Row, iter_rows, problem
 from rtsent.errors import DataError
-from rtsent.engines import open_classifier, precision_note
+from rtsent.engines import open_classifier
 from rtsent.artifacts.workspace import Workspace
 
 
@@ -27,7 +27,7 @@ class PredictStats:
     unlabelled: int = 0
     """Rows answered with an error instead of a label (blank text)."""
     note: str | None = None
-    """What the command should say about the engine it picked (see engines.precision_note)."""
+    """The engine and precision picked for the job, and why (engines/choice.py)."""
 
     @property
     def per_second(self) -> float:
@@ -79,7 +79,9 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
     fmt = cfg.format if cfg.format != "auto" else ("table" if cfg.texts else "jsonl")
     started = time.perf_counter()
     clean_stale(ws)
-    clf = open_classifier(str(resolve_model(ws, cfg.model, base_ok=True)), prompt, cfg.max_len, cfg.precision, cfg.engine)
+    job = "bulk" if cfg.file else "cold"  # texts on the command line: a new process scoring a few reviews
+    clf = open_classifier(str(resolve_model(ws, cfg.model, base_ok=True)), prompt, cfg.max_len, cfg.precision,
+                          cfg.engine, job)
     loaded = time.perf_counter()
     count = skipped = 0
     writer = WRITERS[fmt](out, console, clf.label_names)
@@ -92,7 +94,7 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
         raise DataError(f"{where} has no reviews (it is empty); nothing to classify")
     writer.close()
     return PredictStats(count, time.perf_counter() - loaded, loaded - started, skipped,
-                        precision_note(clf, cfg.precision))
+                        clf.choice.line() if clf.choice else None)
 
 
 class _JsonLines:

@@ -151,7 +151,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
               "train_examples_per_s": round(output.metrics.get("train_samples_per_second", 0.0), 2)}
     plots: tuple[Path, ...] = ()
     if is_main_process():
-        _export(trainer, tok, ws, paths, cfg, data.manifest, state, calibration, timing, log)
+        _export(trainer, tok, ws, paths, cfg, data, state, calibration, timing, log)
         plots = _plots(cfg, paths, state.best_global_step, weights is not None)
     return TrainResult(paths, paths.model, state.best_metric, state.best_global_step, output.global_step, seconds,
                        timing["train_examples_per_s"], calibration, plots, trainable, params)
@@ -375,9 +375,10 @@ def _complete_checkpoints(folder: Path, remove_incomplete: bool) -> list[tuple[i
 
 
 def _export(trainer: LabelPositionTrainer, tok: Any, ws: Workspace, paths: RunPaths, cfg: TrainConfig,
-            manifest: dict[str, Any], state: Any, calibration: dict[str, Any], timing: dict[str, Any],
+            data: "_Prepared", state: Any, calibration: dict[str, Any], timing: dict[str, Any],
             log: Callable[[str], None]) -> None:
     """Write the (best) model as a standalone HF folder plus rtsent.json (and its ONNX graph), atomically."""
+    manifest = data.manifest
     with staging(ws, f"export-{paths.name}") as tmp:
         trainable = lora.parameter_counts(trainer.model)[0]
         model = lora.for_export(trainer.model, cfg.lora_export, lora.base_reference(cfg.model))
@@ -399,5 +400,6 @@ def _export(trainer: LabelPositionTrainer, tok: Any, ws: Workspace, paths: RunPa
             from rtsent.export import after_training
 
             trainer.release_model()
-            after_training(tmp, log)
+            check = (list(data.validation["input_ids"]), list(data.validation["labels"]))
+            after_training(tmp, log, cfg.int8, check)
         publish(tmp, paths.model)

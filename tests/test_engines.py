@@ -46,11 +46,11 @@ def plain_model(trained, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def exported(plain_model, tmp_path_factory) -> Path:
-    """`rtsent export MODEL --int8` on an existing folder."""
+def exported(plain_model, trained, tmp_path_factory) -> Path:
+    """`rtsent export MODEL --int8` on an existing folder (in the workspace that holds its validation split)."""
     folder = tmp_path_factory.mktemp("exported") / "model"
     shutil.copytree(plain_model, folder)
-    result = runner.invoke(app, ["export", str(folder), "--int8"])
+    result = runner.invoke(app, ["export", str(folder), "--int8", "--workdir", str(trained[0].root)])
     assert result.exit_code == 0, result.output
     return folder
 
@@ -63,15 +63,68 @@ def texts(data_dir) -> list[str]:
     return reviews + ["", " ", "great movie", "a" * 500, "<|endoftext|> dull", "Ünïcödé 🎬 film\n\tis ok"]
 
 
-def test_training_writes_the_graph_and_engine_auto_uses_it(trained):
+def _graph_decisions(graph: Path, rows: list[list[int]], pad_id: int) -> np.ndarray:
+    """A graph's decisions by onnxruntime alone, one unpadded row at a time (no rtsent scoring code)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+    feeds = ({"input_ids": np.array([r], dtype=np.int64), "attention_mask": np.ones((1, len(r)), dtype=np.int64)}
+             for r in rows)
+    return np.array([int(session.run(None, f)[0].argmax()) for f in feeds])
+
+
+def test_training_writes_a_checked_int8_graph_and_auto_uses_it(trained):
+    from rtsent import prepare
     from rtsent.engines import open_classifier
 
-    folder = trained[1].model_dir
+    space, result = trained
+    folder = result.model_dir
     meta = json.loads((folder / "rtsent.json").read_text())
-    assert meta["onnx"]["graphs"] == {"fp32": "model.onnx"} and (folder / "model.onnx").is_file()
-    assert open_classifier(str(folder)).engine == "onnx"
+    assert meta["onnx"]["graphs"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+    # The record's figures, recomputed from the prepared validation split and the two graphs
+    dd, _ = prepare.load(space.find_prepared(None))
+    rows, y = dd["validation"]["input_ids"], np.array(dd["validation"]["labels"])
+    fp32, int8 = (_graph_decisions(folder / name, rows, meta["onnx"]["pad_id"]) for name in ("model.onnx", "model.int8.onnx"))
+    check = meta["onnx"]["int8_check"]
+    assert check["examples"] == len(rows) == 64
+    assert check["agreement"] == pytest.approx(float((fp32 == int8).mean()), abs=1e-5)
+    assert check["accuracy_fp32"] == pytest.approx(float((fp32 == y).mean()), abs=1e-5)
+    assert check["accuracy_int8"] == pytest.approx(float((int8 == y).mean()), abs=1e-5)
+    assert check["accepted"] is (check["agreement"] >= 0.995 and abs(check["accuracy_int8"] - check["accuracy_fp32"]) <= 0.005)
+    # On the CPU this was written on (AMX) the tiny model's int8 graph passes; another CPU's int8 kernels may
+    # flip one review of this 64-review split, and then auto must not use the graph.
+    for job in ("cold", "bulk"):
+        clf = open_classifier(str(folder), job=job)
+        if check["accepted"]:
+            assert (clf.engine, clf.precision) == ("onnx", "int8") and "validated" in clf.choice.reason
+        else:
+            assert clf.precision != "int8"
     assert open_classifier(str(folder), engine="torch").engine == "torch"
     assert open_classifier(str(folder), precision="bf16").engine == "torch"  # onnx graphs are fp32/int8 only
+    assert open_classifier(str(folder), precision="fp32", job="cold").engine == "onnx"
+
+
+def test_an_int8_graph_that_fails_its_check_is_not_kept_by_train(plain_model, trained, tmp_path, monkeypatch):
+    from rtsent import export
+    from rtsent.artifacts.model import ModelMeta
+    from rtsent.engines import open_classifier
+
+    folder = tmp_path / "model"
+    shutil.copytree(plain_model, folder)
+    rows = export.validation_rows(ModelMeta.read(folder), trained[0])
+    assert rows is not None and len(rows[0]) == 64
+    monkeypatch.setattr(export, "INT8_MIN_AGREEMENT", 1.01)  # no graph can pass: the failure path
+    lines: list[str] = []
+    export.after_training(folder, lines.append, int8=True, check=rows)
+    meta = json.loads((folder / "rtsent.json").read_text())
+    assert meta["onnx"]["graphs"] == {"fp32": "model.onnx"} and not (folder / "model.int8.onnx").exists()
+    assert meta["onnx"]["int8_check"]["accepted"] is False and "keeps the fp32 graph" in " ".join(lines)
+    assert open_classifier(str(folder), job="cold").precision == "fp32"
+    # The explicit export keeps a failed graph for --precision int8, and auto still does not pick it
+    export.export_folder(folder, True, lines.append, rows)
+    assert (folder / "model.int8.onnx").is_file()
+    assert open_classifier(str(folder), job="cold").precision == "fp32"
+    assert open_classifier(str(folder), precision="int8").precision == "int8"
 
 
 def test_export_command_on_an_existing_folder(exported, plain_model):
@@ -82,7 +135,9 @@ def test_export_command_on_an_existing_folder(exported, plain_model):
     assert meta["onnx"]["label_ids"] == meta["label_ids"]
     assert "SkipLayerNormalization" in meta["onnx"]["fused_fp32"]  # GPT-2's fp32 graph is fused (the agreement test runs it)
     assert not [p.name for p in exported.iterdir() if p.name.startswith(".export-")]  # temp folder gone
-    assert open_classifier(str(exported)).precision == "int8"  # auto prefers the int8 graph when exported
+    assert meta["onnx"]["int8_check"]["examples"] == 64  # checked on the workspace's validation split
+    passed = meta["onnx"]["int8_check"]["accepted"]
+    assert (open_classifier(str(exported)).precision == "int8") is passed  # auto takes the int8 graph once it passed
     assert open_classifier(str(exported), precision="fp32").precision == "fp32"
     assert open_classifier(str(plain_model)).engine == "torch"
 
@@ -171,7 +226,7 @@ def test_damaged_graph_or_tokenizer_is_one_line(trained, tmp_path, damage, expec
     folder = tmp_path / "model"
     shutil.copytree(trained[1].model_dir, folder)
     damage(folder)
-    result = runner.invoke(app, ["predict", "great movie", "--model", str(folder)])
+    result = runner.invoke(app, ["predict", "great movie", "--model", str(folder), "--precision", "fp32"])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 1 and len(lines) == 1, result.output
     assert expected in lines[0] and "rtsent export" in lines[0]
@@ -316,9 +371,13 @@ def test_real_tokenizer_on_generated_strings(tmp_path):
     check()
 
 
-def test_predict_says_when_auto_precision_picked_the_int8_graph(exported):
+def test_predict_says_which_engine_it_picked_and_why(exported):
     auto = runner.invoke(app, ["predict", "great movie", "--model", str(exported)])
     fp32 = runner.invoke(app, ["predict", "great movie", "--model", str(exported), "--precision", "fp32"])
     assert auto.exit_code == 0 and fp32.exit_code == 0
-    assert "int8 ONNX graph" in " ".join(auto.output.split()) and "--precision fp32" in auto.output
-    assert "int8" not in fp32.output
+    said = " ".join(auto.output.split())
+    if json.loads((exported / "rtsent.json").read_text())["onnx"]["int8_check"]["accepted"]:
+        assert "scoring with the onnx engine, int8: the int8 graph, validated at export" in said and "--precision fp32" in said
+    else:
+        assert "scoring with the onnx engine, fp32: a single start" in said and "not validated" in said
+    assert "scoring with the onnx engine, fp32: a single start" in " ".join(fp32.output.split())

@@ -67,7 +67,8 @@ def model(trained):
 
 @pytest.fixture(scope="module")
 def server(model):
-    srv = Server(model, "--max-texts", "8", "--max-body-bytes", "8000", "--max-wait-ms", "100")
+    # fp32: the answers are compared with the model's own fp32 forward (auto may pick a validated int8 graph)
+    srv = Server(model, "--max-texts", "8", "--max-body-bytes", "8000", "--max-wait-ms", "100", "--precision", "fp32")
     yield srv
     assert srv.stop(signal.SIGINT) == 0  # Ctrl-C: a clean stop, exit 0
 
@@ -96,7 +97,8 @@ def metric(text: str, name: str, **labels: str) -> float:
 
 def test_predictions_equal_the_predict_command(server, model):
     texts = TEXTS + [LONG]  # the long one is truncated by the prompt encoder on both paths
-    cli = subprocess.run([sys.executable, "-m", "rtsent", "predict", *texts, "--model", str(model), "--format", "json"],
+    cli = subprocess.run([sys.executable, "-m", "rtsent", "predict", *texts, "--model", str(model), "--format", "json",
+                          "--precision", "fp32"],
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     expected = json.loads(cli.stdout)
@@ -204,7 +206,8 @@ def test_bad_classify_requests_name_the_field(server, body, status, words):
 
 def _probabilities(model, texts: list[str]) -> list[dict[str, float]]:
     """What `rtsent predict` answers for the texts (its own process), by label."""
-    cli = subprocess.run([sys.executable, "-m", "rtsent", "predict", *texts, "--model", str(model), "--format", "json"],
+    cli = subprocess.run([sys.executable, "-m", "rtsent", "predict", *texts, "--model", str(model), "--format", "json",
+                          "--precision", "fp32"],
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 0, cli.stderr
     return [row["probabilities"] for row in json.loads(cli.stdout)]
@@ -215,8 +218,9 @@ def test_health_info_metrics_docs(server, model):
     info = httpx.get(server.url + "/info").json()
     meta = json.loads((model / "rtsent.json").read_text())
     assert info["label_names"] == meta["prompt"]["label_names"] and info["template"] == meta["prompt"]["template"]
-    exported_graph = bool((meta.get("onnx") or {}).get("graphs"))  # `--engine auto` prefers an exported ONNX graph
-    assert info["engine"] == ("onnx" if exported_graph else "torch") and info["metrics"]["best"] == meta["best"]
+    # bulk scoring in fp32 on a CPU: the fp32 graph, whatever the CPU (torch only for bf16/fp16 or a GPU)
+    assert info["engine"] == "onnx" and info["precision"] == "fp32" and info["metrics"]["best"] == meta["best"]
+    assert info["engine_choice"]["engine"] == "onnx" and "bulk scoring" in info["engine_choice"]["reason"]
     assert info["limits"]["max_texts"] == 8
     assert httpx.get(server.url + "/docs").status_code == 200
     assert "/predict" in httpx.get(server.url + "/openapi.json").json()["paths"]

@@ -138,6 +138,11 @@ class ModelMeta:
         """The ONNX graphs the folder holds by precision ({"fp32": "model.onnx", ...})."""
         return dict((self.onnx or {}).get("graphs") or {})
 
+    @property
+    def int8_validated(self) -> bool:
+        """The int8 graph agreed with the fp32 one on validation when it was exported (onnx "int8_check")."""
+        return bool(((self.onnx or {}).get("int8_check") or {}).get("accepted"))
+
     def replace(self, **changes: Any) -> "ModelMeta":
         return dataclasses.replace(self, **changes)
 

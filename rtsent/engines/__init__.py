@@ -15,43 +15,42 @@ if TYPE_CHECKING:
 
 
 def open_classifier(model: str, prompt: "PromptConfig | None" = None, max_len: int | None = None,
-                    precision: str = "auto", engine: str = "auto") -> "Classifier":
+                    precision: str = "auto", engine: str = "auto", job: str = "bulk") -> "Classifier":
     """An exported rtsent model (its rtsent.json gives the prompt), or a base model with an explicit prompt.
 
-    engine "auto" runs the folder's ONNX graph when `rtsent export` wrote one and the precision is
-    auto, fp32 or int8 (int8 exists only as a graph), else torch. Raises ArtifactError for a folder
-    without rtsent.json when no prompt is given or without the graph an explicit onnx engine needs,
-    UsageError when a given prompt contradicts the model's or the precision does not exist for the engine.
+    What auto means is decided by engines.choice for the job ("cold" or "bulk") on this machine; the
+    classifier's `choice` says what was picked and why. Raises ArtifactError for a folder without
+    rtsent.json when no prompt is given or without the graph an explicit onnx engine needs, UsageError
+    when a given prompt contradicts the model's or the precision does not exist for the engine.
     """
+    from dataclasses import replace
+
     from rtsent.artifacts.model import DEFAULT_MAX_LEN
     from rtsent.engines.base import ONNX_PRECISIONS, onnx_graph, read_model_meta
+    from rtsent.engines.choice import choose
     from rtsent.errors import ArtifactError, UsageError
 
     meta, prompt = read_model_meta(model, prompt)
     max_len = fitting_max_len(model, max_len or (meta.max_len if meta else None), DEFAULT_MAX_LEN)
-    graph = onnx_graph(model, meta, precision)
-    wants_onnx = precision == "int8" or (graph is not None and precision in ONNX_PRECISIONS)
-    if engine == "onnx" or (engine == "auto" and wants_onnx):
-        if precision not in ONNX_PRECISIONS:
-            raise UsageError(f"the onnx engine runs fp32 or int8 graphs, not {precision}; use --engine torch for {precision}")
-        if graph is None or meta is None:
-            which = "an int8 ONNX graph" if precision == "int8" else "an ONNX graph"
-            flag = " --int8" if precision == "int8" else ""
+    graphs = {k: v for k in ("fp32", "int8") if (v := onnx_graph(model, meta, k)) is not None}
+    choice = choose(job, graphs, meta is not None and meta.int8_validated, engine, precision)
+    if choice.engine == "onnx":
+        if choice.precision not in ONNX_PRECISIONS:
+            raise UsageError(f"the onnx engine runs fp32 or int8 graphs, not {choice.precision}; "
+                             f"use --engine torch for {choice.precision}")
+        if choice.precision not in graphs or meta is None:
+            which = "an int8 ONNX graph" if choice.precision == "int8" else "an ONNX graph"
+            flag = " --int8" if choice.precision == "int8" else ""
             raise ArtifactError(f"{model} has no {which}; run `rtsent export {model}{flag}` first (or use --engine torch)")
         from rtsent.engines.onnx import OnnxClassifier
 
-        return OnnxClassifier(model, meta, prompt, max_len, graph[1], graph[0])
-    from rtsent.engines.torch import TorchClassifier
+        clf: Classifier = OnnxClassifier(model, meta, prompt, max_len, graphs[choice.precision][1], choice.precision)
+    else:
+        from rtsent.engines.torch import TorchClassifier
 
-    return TorchClassifier(model, meta, prompt, max_len, precision)
-
-
-def precision_note(clf: "Classifier", requested: str) -> str | None:
-    """The line predict and serve print when --precision auto picked the int8 graph, else None."""
-    if requested == "auto" and clf.precision == "int8":
-        return ("scoring with the int8 ONNX graph (--precision auto prefers it where `rtsent export --int8` wrote "
-                "one); pass --precision fp32 for the fp32 graph")
-    return None
+        clf = TorchClassifier(model, meta, prompt, max_len, choice.precision)
+    clf.choice = replace(choice, precision=clf.precision)  # auto on a GPU: what the engine resolved
+    return clf
 
 
 def fitting_max_len(model: str, max_len: int | None, default: int) -> int:

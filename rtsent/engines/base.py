@@ -12,6 +12,7 @@ import numpy as np
 from rtsent.artifacts.model import META_FILE, ModelMeta, ModelPaths
 from rtsent.config import PromptConfig
 from rtsent.core.calibration import softmax
+from rtsent.engines.choice import Choice
 from rtsent.errors import ArtifactError, UsageError
 
 ONNX_PRECISIONS = ("auto", "fp32", "int8")
@@ -52,6 +53,8 @@ class Classifier(ABC):
     raw scores to calibrated probabilities happens here, once, for evaluate, predict and serve alike."""
 
     engine: str = ""
+    choice: "Choice | None" = None
+    """What open_classifier picked for this job and why (engines/choice.py)."""
 
     def __init__(self, name: str, meta: ModelMeta | None, prompt: PromptConfig, max_len: int, tokenizer: Any,
                  precision: str):

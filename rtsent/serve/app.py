@@ -121,12 +121,10 @@ class State:
         self.batcher = Batcher(score, size, self.cfg.max_wait_ms / 1000, self.cfg.max_queue, self.metrics, self.log)
         self.batcher.start()
         self.classifier = clf
-        from rtsent.engines import precision_note
-
         self.log(f"serving {self.model} ({clf.engine} engine, {clf.precision}) on {self.url} - docs at {self.url}/docs; "
                  f"Ctrl-C to stop")
-        if note := precision_note(clf, self.cfg.precision):
-            self.log(note)
+        if clf.choice is not None:
+            self.log(clf.choice.line())
 
     def _open(self) -> Classifier:
         from rtsent.engines import open_classifier
@@ -170,7 +168,8 @@ class State:
                         **{Path(r["path"]).stem: {k: r.get(k) for k in ("examples", "accuracy", "macro_f1", "ece")}
                            for r in reports.values()}},
             "run": meta.run,
-            "precision": self.cfg.precision,
+            "precision": clf.precision,
+            "engine_choice": clf.choice.to_dict() if clf.choice else None,
             "limits": {k: getattr(self.cfg, k) for k in ("max_batch_size", "max_wait_ms", "max_queue", "max_texts",
                                                         "max_body_bytes", "timeout_s")},
         }

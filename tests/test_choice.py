@@ -1,0 +1,76 @@
+"""engines.choice: the engine and precision each job gets on each kind of machine, and what was asked for."""
+
+from __future__ import annotations
+
+import pytest
+
+from rtsent.engines.choice import Machine, choose
+
+AMX = Machine(frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"}))
+ZEN5 = Machine(frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}))
+ZEN3 = Machine(frozenset({"avx2", "fma"}))
+GPU = Machine(frozenset({"avx2"}), gpu=True)
+BOTH = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
+FP32 = {"fp32": "model.onnx"}
+
+
+@pytest.mark.parametrize("machine, job, graphs, validated, expected", [
+    # a validated int8 graph: every CPU job on every CPU
+    (AMX, "cold", BOTH, True, ("onnx", "int8")),
+    (ZEN3, "bulk", BOTH, True, ("onnx", "int8")),
+    (ZEN5, "bulk", BOTH, True, ("onnx", "int8")),
+    # an unvalidated one is never picked by auto
+    (AMX, "cold", BOTH, False, ("onnx", "fp32")),
+    (ZEN3, "bulk", BOTH, False, ("onnx", "fp32")),
+    # cold start without int8: the fp32 graph (no torch import) whatever the CPU
+    (AMX, "cold", FP32, False, ("onnx", "fp32")),
+    (ZEN3, "cold", FP32, False, ("onnx", "fp32")),
+    # bulk: torch bf16 where the CPU has native bf16, else the fp32 graph
+    (AMX, "bulk", FP32, False, ("torch", "bf16")),
+    (ZEN5, "bulk", FP32, False, ("torch", "bf16")),
+    (ZEN3, "bulk", FP32, False, ("onnx", "fp32")),
+    # no graph: torch at the CPU's precision
+    (ZEN5, "cold", {}, False, ("torch", "bf16")),
+    (ZEN3, "bulk", {}, False, ("torch", "fp32")),
+    # a GPU: torch for bulk (the engine picks bf16/fp16), the int8 graph still for one cold review
+    (GPU, "bulk", BOTH, True, ("torch", "auto")),
+    (GPU, "cold", BOTH, True, ("onnx", "int8")),
+])
+def test_auto_picks_by_job_and_machine(machine, job, graphs, validated, expected):
+    choice = choose(job, graphs, validated, machine=machine)
+    assert (choice.engine, choice.precision) == expected
+    assert choice.line().startswith(f"scoring with the {expected[0]} engine, {expected[1]}: ")
+    assert len(choice.line().splitlines()) == 1
+
+
+@pytest.mark.parametrize("engine, precision, graphs, validated, expected", [
+    ("torch", "fp32", BOTH, True, ("torch", "fp32")),
+    ("onnx", "fp32", BOTH, True, ("onnx", "fp32")),
+    ("torch", "auto", BOTH, True, ("torch", "bf16")),  # the engine's best precision on this CPU
+    ("onnx", "auto", BOTH, True, ("onnx", "int8")),
+    ("onnx", "auto", BOTH, False, ("onnx", "fp32")),
+    ("auto", "int8", BOTH, False, ("onnx", "int8")),  # asked for: used even unvalidated
+    ("auto", "fp32", BOTH, True, ("onnx", "fp32")),  # fp32 on a CPU: the graph outruns torch fp32
+    ("auto", "bf16", BOTH, True, ("torch", "bf16")),
+    ("auto", "fp16", FP32, False, ("torch", "fp16")),
+    ("onnx", "bf16", FP32, False, ("onnx", "bf16")),  # exactly as asked: open_classifier refuses it in one line
+])
+def test_what_was_asked_for_is_what_runs(engine, precision, graphs, validated, expected):
+    for job in ("cold", "bulk"):
+        choice = choose(job, graphs, validated, engine, precision, machine=AMX)
+        assert (choice.engine, choice.precision) == expected, job
+
+
+def test_machine_names_what_it_offers():
+    assert AMX.native_bf16 and AMX.amx and AMX.vnni and AMX.describe() == "a CPU with AMX"
+    assert ZEN5.native_bf16 and not ZEN5.amx and ZEN5.describe() == "a CPU with AVX-512 BF16"
+    assert not ZEN3.native_bf16 and not ZEN3.vnni and ZEN3.describe() == "a CPU with AVX2, no native bf16"
+    assert GPU.describe() == "a CUDA GPU"
+    assert not Machine().native_bf16 and Machine().describe() == "a CPU without native bf16"
+
+
+def test_this_machines_flags_match_torchs_own_check():
+    """The cpuinfo reading agrees with torch's own ISA check of this CPU (what training's precision uses)."""
+    from rtsent import compat
+
+    assert Machine.here().native_bf16 == compat.cpu_has_native_bf16()
