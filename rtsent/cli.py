@@ -61,7 +61,7 @@ def _stderr():
 
 
 def _log(message: str) -> None:
-    _stderr().print(message, markup=False)
+    _stderr().print(message, markup=False, soft_wrap=True)  # one line each, for the terminal (or grep) to wrap
 
 
 def _error(kind: str, message: str) -> None:

@@ -23,6 +23,7 @@ PRIVATE_HOOKS: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("transformers", "Trainer._load_best_model", ("self",)),
     ("transformers", "Trainer._save_rng_state", ("self", "output_dir")),
     ("transformers", "Trainer._prepare_inputs", ("self", "inputs")),
+    ("transformers", "Trainer.get_batch_samples", ("self", "epoch_iterator", "num_batches", "device")),
     ("torch.cpu", "_is_avx512_bf16_supported", ()),
     ("torch.cpu", "_is_amx_tile_supported", ()),
     ("onnxruntime.transformers.optimizer", "MODEL_TYPES", None),

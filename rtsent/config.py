@@ -180,6 +180,8 @@ class TrainConfig:
     """None is resolved to FULL_LR, or LORA_LR with --lora (a rank-8 adapter needs a larger step: SmolLM2-135M,
     one epoch: LoRA test accuracy 0.793 at 5e-5, 0.859 at 5e-4, docs/benchmarks.md)."""
     batch_size: int = opt(32, "Training examples per step.")
+    micro_batches: int = opt(1, "Run each step's batch as N micro-batches whose gradients add up (accumulation): "
+                                "the same update, activation memory / N, a little slower. A divisor of --batch-size.")
     eval_batch_size: int = opt(64, "Examples per evaluation batch.")
     epochs: float = opt(2.0, "Passes over the training split.")
     max_steps: int = opt(-1, "Stop after N steps (overrides --epochs when > 0).")
@@ -235,6 +237,8 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.micro_batches <= 0 or self.batch_size % max(1, self.micro_batches):
+            problems.append(f"--micro-batches must divide --batch-size {self.batch_size}, got {self.micro_batches}")
         if self.warmup < 0 or self.weight_decay < 0:
             problems.append("--warmup and --weight-decay must not be negative")
         if self.loss not in LOSSES:

@@ -307,7 +307,8 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
     total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
     args = TrainingArguments(
         output_dir=str(paths.checkpoints),
-        per_device_train_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size // cfg.micro_batches,
+        gradient_accumulation_steps=cfg.micro_batches,
         per_device_eval_batch_size=cfg.eval_batch_size,
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,

@@ -74,6 +74,7 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
         self.model_accepts_loss_kwargs = False
         # Validation scores of each evaluation by step, so the best model's need not be computed again.
         self.validation_scores: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        self._step_weight: float | None = None  # the step's examples (class-weighted) over its micro-batches
 
     def train_sampler(self, dataset: Any) -> SeededLengthSampler:
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
@@ -119,8 +120,22 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
         weights = self.class_weights.to(logits.device) if self.class_weights is not None else None
         return label_position_loss(logits, inputs["labels"], label_ids, self.loss_kind, weights), scores
 
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """A step's micro-batches (--micro-batches): their total weight, so that each one's mean loss counts
+        by its size, the step's gradient then being that of the whole batch even when the sizes differ."""
+        batches, num_items = super().get_batch_samples(epoch_iterator, num_batches, device)
+        self._step_weight = float(sum(self._example_weights(b["labels"]).sum() for b in batches)) if len(batches) > 1 else None
+        return batches, num_items
+
+    def _example_weights(self, labels: torch.Tensor) -> torch.Tensor:
+        return self.class_weights[labels.cpu()] if self.class_weights is not None else torch.ones(len(labels))
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, scores = self._loss_and_scores(model, inputs)
+        if model.training and self._step_weight:
+            # Trainer divides each micro-batch's loss by their count; this makes it sum / the step's total weight.
+            share = float(self._example_weights(inputs["labels"]).sum()) / self._step_weight
+            loss = loss * share * self.current_gradient_accumulation_steps
         return (loss, {"scores": scores}) if return_outputs else loss
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
