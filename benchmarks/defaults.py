@@ -71,7 +71,8 @@ def evaluate(model: Path, ws: Path, repeats: int) -> dict[str, Any]:
         for label, extra in SCORING.items():
             if "int8" in label and "int8" not in have:
                 continue
-            report = ws / f"eval-{label.split()[0]}-{len(out.get(label, []))}.json"
+            slug = "".join(c if c.isalnum() else "-" for c in label)
+            report = ws / f"defaults-eval-{slug}-{len(out.get(label, []))}.json"
             child = check(run_child(rtsent("evaluate", "--workdir", str(ws), "--model", str(model), "--split", "validation",
                                            "--no-plots", "--output", str(report), *extra)), f"evaluate {label}")
             r = json.loads(report.read_text())
