@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, HERE, OUT, TOKENIZER, check, cpu_description, run_child  # noqa: E402
+from common import DATA, HERE, OUT, check, cpu_description, run_child  # noqa: E402
 
 PY = sys.executable
 SCORING = {  # label: extra options of evaluate / predict
@@ -47,10 +47,9 @@ def rtsent(*args: str) -> list[str]:
 
 
 def gpt2_from_scratch(ws: Path, epochs: float) -> Path:
-    sys.path.insert(0, str(HERE))
-    from make_gpt2_small import build
-
-    base = build(OUT / "gpt2-small", TOKENIZER)
+    # In a child: a forked child's peak RSS starts at its parent's, so this process never imports torch.
+    check(run_child([PY, str(HERE / "make_gpt2_small.py")]), "make_gpt2_small")
+    base = OUT / "gpt2-small"
     check(run_child(rtsent("prepare", "--workdir", str(ws), "--data", str(DATA), "--model", str(base))), "prepare")
     log(f"rtsent train --from-scratch, GPT-2 small, {epochs} epoch")
     train = check(run_child(rtsent("train", "--workdir", str(ws), "--model", str(base), "--from-scratch", "--lr", "3e-4",

@@ -57,7 +57,8 @@ def export_seqcls(folder: Path, out: Path, texts: Sequence[str], log: Callable[[
               "prefix_applied_by_tokenizer": prefix_applied,
               "client_sends": "{text}" if prefix_applied or not meta.prompt.prefix else meta.prompt.prefix + "{text}",
               "source": str(folder)}
-    record["onnx"] = _onnx(model, out, log)
+    del model, lm
+    record["onnx"] = _onnx(out, log)
     (out / SEQCLS_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     return record
 
@@ -169,11 +170,14 @@ def _patch_config(path: Path, config: Any) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _onnx(model: Any, out: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
-    """model.onnx of the folder's own model: input_ids, attention_mask -> logits [batch, classes]."""
+def _onnx(out: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """model.onnx of the folder as written (what clients load): input_ids, attention_mask -> logits [batch,
+    classes]. Loaded from disk, not taken from memory, where the head was built on the meta device and
+    buffers that are not saved (Llama's rotary frequencies) never got values."""
     import torch
+    from transformers import AutoModelForSequenceClassification
 
-    from rtsent.core.modeling import pad_batch
+    from rtsent.core.modeling import pad_batch, quiet_transformers
     from rtsent.export import EXPORTERS, EXPORTER, _first_line, _quiet_exporter, _single_file
 
     class Logits(torch.nn.Module):
@@ -184,6 +188,9 @@ def _onnx(model: Any, out: Path, log: Callable[[str], None]) -> dict[str, Any] |
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
             return self.inner(input_ids=input_ids, attention_mask=attention_mask).logits
 
+    with quiet_transformers():
+        model = AutoModelForSequenceClassification.from_pretrained(str(out), dtype=torch.float32,
+                                                                   attn_implementation="eager").eval()
     pad = model.config.pad_token_id
     sample = pad_batch([[5, 6, 7], [8, 9]], pad_id=pad)
     plain = out / ".plain.onnx"

@@ -158,3 +158,18 @@ def test_the_sequence_classification_export_of_the_gguf_model_scores_like_predic
     assert config["architectures"] == ["LlamaForSequenceClassification"] and config["num_labels"] == 2
     # A temperature far from 1, so the match shows it folded into the head (without it, scores move by > 1e-4).
     assert abs(np.log(meta["calibration"]["temperature"])) > 0.05, meta["calibration"]
+    # text-embeddings-inference's graph: onnxruntime on model.onnx gives the torch folder's logits
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == ["logits"]
+    batch = AutoTokenizer.from_pretrained(str(folder))(REVIEWS, padding=True, return_tensors="np")
+    feeds = {k: batch[k].astype(np.int64) for k in ("input_ids", "attention_mask")}
+    (logits,) = session.run(["logits"], feeds)
+    torch_folder = AutoModelForSequenceClassification.from_pretrained(str(folder)).eval()
+    with torch.no_grad():
+        expected_logits = torch_folder(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+    np.testing.assert_allclose(logits, expected_logits, atol=1e-3, rtol=0)
+    assert np.abs(expected_logits).max() > 0.1
