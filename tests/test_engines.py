@@ -206,6 +206,7 @@ def test_evaluate_with_onnx_matches_torch(exported, trained, tmp_path):
         assert result.exit_code == 0, result.output
         reports[engine] = json.loads(out.read_text())
     assert reports["onnx"]["engine"] == "onnx" and reports["torch"]["engine"] == "torch"
+    assert reports["onnx"]["engine_choice"] == {"engine": "onnx", "precision": "fp32", "reason": "as asked"}
     assert reports["onnx"]["confusion_matrix"] == reports["torch"]["confusion_matrix"]
 
 
