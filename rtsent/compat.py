@@ -101,13 +101,14 @@ def set_grad_scale(optimizer: Any, scale: Any) -> None:
     optimizer.grad_scale = scale
 
 
-def cpu_has_native_bf16() -> bool:
-    """AVX-512 BF16 or AMX on this CPU: torch asks the CPU through private helpers of torch.cpu only."""
+def cpu_bf16_flags() -> set[str]:
+    """The /proc/cpuinfo names of the CPU's native bf16 features (avx512_bf16, amx_bf16), as torch finds them
+    through private helpers of torch.cpu: for systems without /proc/cpuinfo (engines/choice.py)."""
     import torch
 
     cpu = getattr(torch, "cpu", None)
-    checks = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
-    return any(getattr(cpu, c, lambda: False)() for c in checks)
+    checks = {"avx512_bf16": "_is_avx512_bf16_supported", "amx_bf16": "_is_amx_tile_supported"}
+    return {flag for flag, check in checks.items() if getattr(cpu, check, lambda: False)()}
 
 
 # ---------------------------------------------------------------- onnxruntime

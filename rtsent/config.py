@@ -238,7 +238,8 @@ class TrainConfig:
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append(f"--dropout must be in [0, 1), got {self.dropout}")
         if self.micro_batches <= 0 or self.batch_size % max(1, self.micro_batches):
-            problems.append(f"--micro-batches must divide --batch-size {self.batch_size}, got {self.micro_batches}")
+            problems.append(f"--micro-batches must be a positive divisor of --batch-size {self.batch_size}, "
+                            f"got {self.micro_batches}")
         if self.warmup < 0 or self.weight_decay < 0:
             problems.append("--warmup and --weight-decay must not be negative")
         if self.loss not in LOSSES:

@@ -70,7 +70,27 @@ def test_machine_names_what_it_offers():
 
 
 def test_this_machines_flags_match_torchs_own_check():
-    """The cpuinfo reading agrees with torch's own ISA check of this CPU (what training's precision uses)."""
+    """/proc/cpuinfo's bf16 features agree with torch's own CPUID check of this CPU (the fallback elsewhere),
+    and training's --precision auto reads the machine the same way as scoring."""
     from rtsent import compat
+    from rtsent.core.modeling import cpu_has_fast_bf16
 
-    assert Machine.here().native_bf16 == compat.cpu_has_native_bf16()
+    assert Machine.here().flags & {"avx512_bf16", "amx_bf16"} == compat.cpu_bf16_flags()
+    assert cpu_has_fast_bf16() is Machine.here().native_bf16
+
+
+def test_without_proc_cpuinfo_the_flags_come_from_torch(monkeypatch):
+    import builtins
+
+    from rtsent import compat
+    from rtsent.engines import choice
+
+    real_open = builtins.open
+
+    def no_cpuinfo(path, *a, **k):
+        if str(path) == "/proc/cpuinfo":
+            raise FileNotFoundError(path)
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", no_cpuinfo)
+    assert choice._cpu_flags() == compat.cpu_bf16_flags()

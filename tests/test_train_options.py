@@ -250,4 +250,4 @@ def test_micro_batches_make_the_same_update_as_the_whole_batch(tmp_path, tiny_mo
 
 def test_micro_batches_must_divide_the_batch(tmp_path):
     result = runner.invoke(app, ["train", "--batch-size", "32", "--micro-batches", "3", "--workdir", str(tmp_path)])
-    assert result.exit_code == 2 and "--micro-batches must divide --batch-size 32, got 3" in result.output
+    assert result.exit_code == 2 and "--micro-batches must be a positive divisor of --batch-size 32, got 3" in result.output

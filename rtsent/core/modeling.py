@@ -186,10 +186,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 
 
 def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matmul (AVX-512 BF16 or AMX), where bf16 is several times faster."""
-    from rtsent import compat
+    """True on CPUs with native bf16 matmul (AVX-512 BF16 or AMX), where bf16 is several times faster: the
+    same reading of the machine as the scoring engines' choice (engines/choice.py)."""
+    from rtsent.engines.choice import Machine
 
-    return compat.cpu_has_native_bf16()
+    return Machine.here().native_bf16
 
 
 def default_device() -> torch.device:

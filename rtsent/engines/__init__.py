@@ -26,13 +26,13 @@ def open_classifier(model: str, prompt: "PromptConfig | None" = None, max_len: i
     from dataclasses import replace
 
     from rtsent.artifacts.model import DEFAULT_MAX_LEN
-    from rtsent.engines.base import ONNX_PRECISIONS, onnx_graph, read_model_meta
+    from rtsent.engines.base import ONNX_PRECISIONS, onnx_graphs, read_model_meta
     from rtsent.engines.choice import choose
     from rtsent.errors import ArtifactError, UsageError
 
     meta, prompt = read_model_meta(model, prompt)
     max_len = fitting_max_len(model, max_len or (meta.max_len if meta else None), DEFAULT_MAX_LEN)
-    graphs = {k: v for k in ("fp32", "int8") if (v := onnx_graph(model, meta, k)) is not None}
+    graphs = onnx_graphs(model, meta)
     choice = choose(job, graphs, meta is not None and meta.int8_validated, engine, precision)
     if choice.engine == "onnx":
         if choice.precision not in ONNX_PRECISIONS:
@@ -44,7 +44,7 @@ def open_classifier(model: str, prompt: "PromptConfig | None" = None, max_len: i
             raise ArtifactError(f"{model} has no {which}; run `rtsent export {model}{flag}` first (or use --engine torch)")
         from rtsent.engines.onnx import OnnxClassifier
 
-        clf: Classifier = OnnxClassifier(model, meta, prompt, max_len, graphs[choice.precision][1], choice.precision)
+        clf: Classifier = OnnxClassifier(model, meta, prompt, max_len, graphs[choice.precision], choice.precision)
     else:
         from rtsent.engines.torch import TorchClassifier
 

@@ -98,11 +98,8 @@ class Classifier(ABC):
         return self.calibrate(self.scores(self.encoder.encode(texts).input_ids, batch_size))
 
 
-def onnx_graph(model: str, meta: ModelMeta | None, precision: str = "auto") -> tuple[str, Path] | None:
-    """The exported graph a precision selects (auto: int8 when exported, else fp32) and its precision,
-    None when the folder has no such graph."""
+def onnx_graphs(model: str, meta: ModelMeta | None) -> dict[str, Path]:
+    """The exported graphs the folder holds, by precision ("fp32", "int8"): files rtsent.json lists that exist."""
+    folder = Path(model).expanduser()
     graphs = meta.graphs() if meta is not None else {}
-    key = precision if precision != "auto" else ("int8" if "int8" in graphs else "fp32")
-    name = graphs.get(key)
-    path = Path(model).expanduser() / name if isinstance(name, str) else None
-    return (key, path) if path is not None and path.is_file() else None
+    return {k: folder / name for k, name in graphs.items() if isinstance(name, str) and (folder / name).is_file()}

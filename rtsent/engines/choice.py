@@ -2,7 +2,8 @@
 
 Two jobs: `cold` (a new process scoring a few reviews: `rtsent predict "text"`), where loading is the
 cost, and `bulk` (evaluate, predict --file, serve), where the steady rate is. The choice follows what the
-machine offers, read from the CPU's flags without importing torch (a cold predict must not pay for it):
+machine offers, read from the CPU's flags without importing torch on Linux (a cold predict must not pay
+for it); training's `--precision auto` asks the same `Machine`:
 
     GPU                                  bulk: torch (bf16, fp16 on GPUs without native bf16)
     int8 graph validated at export       onnx int8 (cold and bulk: the fastest in every measurement)
@@ -136,7 +137,8 @@ def _int8_unvalidated(graphs: Mapping[str, Any], int8_validated: bool, precision
 
 
 def _cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux); empty elsewhere, which means no native bf16."""
+    """The CPU's feature flags from /proc/cpuinfo (Linux, no torch import); elsewhere the bf16 flags from
+    torch's own CPUID check (compat.cpu_bf16_flags), which costs the torch import there."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
@@ -144,7 +146,9 @@ def _cpu_flags() -> set[str]:
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return set()
+    from rtsent import compat
+
+    return compat.cpu_bf16_flags()
 
 
 def _has_cuda_gpu() -> bool:
