@@ -2,8 +2,8 @@
 
     reference  --precision fp32 with the model config's dropout (GPT-2: 0.1) and tanh-GELU
     defaults   --precision auto (bf16 on this CPU), dropout 0, exact GELU in bf16
-    no-speed   the defaults with rtsent.training.speed's step levers switched off (#12: reused heap, sparse tied
-               embedding gradient, clipping folded into fused AdamW), i.e. the step as before them
+    no-speed   the defaults with rtsent.training.speed's step levers switched off (#12: reused heap, tied-embedding
+               rows added into .grad, clipping folded into fused AdamW), i.e. the step as before them
 
     python benchmarks/accuracy.py --variants reference,defaults,no-speed
 
@@ -37,7 +37,7 @@ def levers_off(off: bool) -> None:
 
     if off:
         speed.reused_heap = lambda: contextlib.nullcontext(False)
-        speed.sparse_tied_embedding_grad = lambda model: False
+        speed.tied_embedding_rows_into_grad = lambda model: False
         speed.can_fold_clipping = lambda optimizer, scaler: False
     else:
         import importlib

@@ -54,7 +54,9 @@ class Variant:
     """One way of making a step; `levers` names what differs from rtsent's method before #12:
 
     heap    glibc keeps freed memory for reuse (rtsent.training.speed.reused_heap)
-    sparse  sparse input-embedding gradient added into the tied head's (speed.sparse_tied_embedding_grad)
+    sparse  sparse input-embedding gradient, summed by autograd with the tied head's (the #12 lever)
+    rows    input-embedding gradient rows added into the tied weight's .grad in place
+            (speed.tied_embedding_rows_into_grad, which replaced `sparse` in #19)
     fold    clipping folded into fused AdamW's grad_scale (speed.fold_clipping_into_adamw)
     master  bf16 weights in the model, fp32 master weights and AdamW state in the optimizer
     frozen  token and position embeddings frozen (changes what is trained)
@@ -73,7 +75,9 @@ class Variant:
             if "frozen" in levers and ("wte" in name or "wpe" in name):
                 p.requires_grad_(False)
         if "sparse" in levers:
-            assert speed.sparse_tied_embedding_grad(self.model)
+            self.model.get_input_embeddings().sparse = True
+        if "rows" in levers:
+            assert speed.tied_embedding_rows_into_grad(self.model)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         if "master" in levers:  # fp32 copies first, then the model goes bf16
             self.master = [p.detach().clone() for p in self.params]
@@ -135,7 +139,7 @@ VARIANTS = {
     "before": set(), "heap": {"heap"}, "sparse": {"sparse"}, "fold": {"fold"},
     "heap+sparse": {"heap", "sparse"}, "heap+fold": {"heap", "fold"}, "heap+sparse+fold": {"heap", "sparse", "fold"},
     "master": {"master"}, "heap+master": {"heap", "master"}, "heap+sparse+master": {"heap", "sparse", "master"},
-    "heap+fold+frozen": {"heap", "fold", "frozen"},
+    "heap+fold+frozen": {"heap", "fold", "frozen"}, "heap+rows+fold": {"heap", "rows", "fold"},
 }
 
 
@@ -158,7 +162,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--variants", default="before,heap,heap+sparse,heap+fold,heap+sparse+fold,heap+sparse+master")
+    ap.add_argument("--variants", default="before,heap,heap+sparse+fold,heap+rows+fold,heap+sparse+master")
     ap.add_argument("--profile", default=None, help="a variant to profile over --steps steady steps")
     args = ap.parse_args()
     import torch

@@ -193,8 +193,8 @@ def _build_model(cfg: TrainConfig, data: _Prepared, tok: Any, device: torch.devi
         model = lora.wrap(model, cfg)
     elif cfg.train_layers:
         train_last_layers(model, cfg.train_layers)
-    if distributed.world_size() == 1 and not cfg.compile:  # DDP's reducer expects a sparse Embedding's grad sparse
-        speed.sparse_tied_embedding_grad(model)
+    if distributed.world_size() == 1 and not cfg.compile:  # DDP's reducer takes gradients from autograd's sums
+        speed.tied_embedding_rows_into_grad(model)
     vocab = model.get_output_embeddings().weight.shape[0]
     if max(data.manifest["label_ids"]) >= vocab:
         raise ArtifactError(f"model {cfg.model} has {vocab} output tokens, fewer than the tokenizer's; use a matching model")

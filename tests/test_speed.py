@@ -32,31 +32,59 @@ def loss_of(model, ids, mask, targets):
     return torch.nn.functional.cross_entropy(next_token_logits(model, ids, mask), targets)
 
 
-# --- sparse input-embedding gradient -----------------------------------------------------------
+# --- tied input-embedding gradient rows added in place ---------------------------------------------
 
-def test_sparse_tied_embedding_grad_is_the_dense_gradient():
-    from rtsent.training.speed import sparse_tied_embedding_grad
+def tiny_llama(seed: int = 0, padding_idx: int | None = None):
+    """Tied embeddings and no position embeddings: the lookup's output is the only path to the rows."""
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    dense, sparse = tiny_gpt2(), tiny_gpt2()
-    assert sparse_tied_embedding_grad(sparse) and sparse.transformer.wte.sparse
-    for model in (dense, sparse):
-        loss_of(model, *batch()).backward()
-    g_dense, g_sparse = dense.transformer.wte.weight.grad, sparse.transformer.wte.weight.grad
-    # Still one dense tensor (what fused AdamW takes), equal to the plain one up to summation order.
-    assert not g_sparse.is_sparse and g_sparse.shape == g_dense.shape
-    torch.testing.assert_close(g_sparse, g_dense, rtol=1e-5, atol=1e-7)
-    for (name, a), b in zip(dense.named_parameters(), sparse.parameters()):
-        torch.testing.assert_close(b.grad, a.grad, rtol=1e-5, atol=1e-7, msg=name)
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=97, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, max_position_embeddings=32, tie_word_embeddings=True,
+                         pad_token_id=padding_idx)
+    return LlamaForCausalLM(config)
 
 
-def test_sparse_embedding_grad_is_left_off_for_untied_or_frozen_embeddings():
-    from rtsent.training.speed import sparse_tied_embedding_grad
+def grads_after(model, batches, rows_lever: bool, autocast: bool = False):
+    """Parameter gradients accumulated over the batches' backward passes (as micro-batches do)."""
+    from rtsent.training.speed import tied_embedding_rows_into_grad
+
+    if rows_lever:
+        assert tied_embedding_rows_into_grad(model) and "forward" in vars(model.get_input_embeddings())
+    for b in batches:
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = loss_of(model, *b)
+        loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("make", [tiny_gpt2, tiny_llama, lambda: tiny_llama(padding_idx=5)],
+                         ids=["gpt2", "llama-no-position-embeddings", "llama-padding-idx"])
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_rows_into_grad_is_the_plain_gradient(make, micro_batches):
+    """The plain model's autograd is the reference: every parameter's gradient, the tied one included, is
+    the same, for one backward pass and for two accumulated ones."""
+    batches = [batch(seed) for seed in range(1, 1 + micro_batches)]
+    plain, lever = grads_after(make(), batches, False), grads_after(make(), batches, True)
+    for name, g in plain.items():
+        assert not lever[name].is_sparse
+        torch.testing.assert_close(lever[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_rows_into_grad_under_bf16_autocast():
+    plain, lever = grads_after(tiny_gpt2(), [batch()], False, True), grads_after(tiny_gpt2(), [batch()], True, True)
+    for name, g in plain.items():
+        torch.testing.assert_close(lever[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
+def test_rows_into_grad_is_left_off_for_untied_or_frozen_embeddings():
+    from rtsent.training.speed import tied_embedding_rows_into_grad
 
     untied = tiny_gpt2(tied=False)
-    assert not sparse_tied_embedding_grad(untied) and not untied.transformer.wte.sparse
+    assert not tied_embedding_rows_into_grad(untied) and "forward" not in vars(untied.transformer.wte)
     frozen = tiny_gpt2()
     frozen.transformer.wte.weight.requires_grad_(False)
-    assert not sparse_tied_embedding_grad(frozen) and not frozen.transformer.wte.sparse
+    assert not tied_embedding_rows_into_grad(frozen) and "forward" not in vars(frozen.transformer.wte)
 
 
 # --- clipping folded into fused AdamW --------------------------------------------------------------
