@@ -186,7 +186,7 @@ def _build(paths: ModelPaths, meta: ModelMeta, tmp: Path, int8: bool, log: Calla
     if int8:
         log("quantizing to int8 (dynamic)")
         graphs["int8"] = paths.onnx_name("int8")
-        _quantize(plain, tmp / graphs["int8"])
+        _quantize(plain, tmp / graphs["int8"], config)
     try:
         fused = _fuse(plain, tmp / graphs["fp32"], config)
     except Exception as exc:  # the fuser's pattern matching is best effort; the plain graph is correct
@@ -320,30 +320,39 @@ def _fuse(source: Path, dest: Path, config: Any) -> list[str]:
     return fused
 
 
-def _quantize(source: Path, dest: Path) -> None:
+def _quantize(source: Path, dest: Path, config: Any = None) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)  # quantize_dynamic advises pre-processing through the root logger
     try:
-        quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8, nodes_to_exclude=_label_projection(source))
+        quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8, nodes_to_exclude=_kept_fp32(source, config))
     finally:
         root.setLevel(level)
 
 
-def _label_projection(source: Path) -> list[str]:
-    """The MatMul that projects the last hidden state onto the label words' rows (it makes the graph's output).
+def _kept_fp32(source: Path, config: Any) -> list[str]:
+    """The matrix products the int8 graph keeps in fp32 (node names).
 
-    It stays fp32 in the int8 graph: the decision is the difference of two scores from similar rows, which
-    an int8 hidden state erases (a trained tiny model's int8 graph predicted one class for every review).
+    The one that projects the last hidden state onto the label words' rows (it makes the graph's output):
+    the decision is the difference of two scores from similar rows, which an int8 hidden state erases (a
+    trained tiny model's int8 graph predicted one class for every review). And the family's
+    `int8_fp32_layers` (families.py), found by their module's name in the node's (`/<module>/`, as the
+    TorchScript exporter names nodes; the fallback exporter's graph keeps only the first).
     """
     import onnx
+
+    from rtsent.core.families import family
 
     graph = onnx.load(str(source), load_external_data=False).graph
     producer = {out: node for node in graph.node for out in node.output}
     node = producer.get(graph.output[0].name)
-    return [node.name] if node is not None and node.op_type in ("MatMul", "Gemm") else []
+    kept = [node.name] if node is not None and node.op_type in ("MatMul", "Gemm") else []
+    fam = family(config) if config is not None else None
+    layers = fam.int8_fp32_layers if fam is not None else ()
+    kept += [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(f"/{m}/" in n.name for m in layers)]
+    return kept
 
 
 @contextlib.contextmanager

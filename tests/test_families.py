@@ -333,3 +333,26 @@ def test_errors_file_decodes_the_review_without_the_bos_or_the_template(family_d
     examples = evaluate.Examples(encoder.encode([review]).input_ids, [1], "test", {})
     clf = SimpleNamespace(encoder=encoder, tokenizer=tok, prompt=prompt)
     assert evaluate._text_of(clf, examples, 0).strip() == review
+
+
+@pytest.mark.parametrize("family, kept_layers", [("llama", {"down_proj"}), ("qwen2", {"down_proj"}), ("gpt2", set())])
+def test_the_int8_graph_keeps_the_familys_fp32_layers_and_the_label_projection(family_dirs, tmp_path, family, kept_layers):
+    """What the int8 graph keeps in fp32, read from the quantized graph itself: the label projection (the
+    graph's output) always, and a gated MLP's down projection in every layer of the families that have one."""
+    import onnx
+
+    from rtsent import export
+
+    plain, int8 = tmp_path / "plain.onnx", tmp_path / "int8.onnx"
+    config, _ = export._export_fp32(str(family_dirs[family]), [5, 6], plain, lambda _: None)
+    export._quantize(plain, int8, config)
+    graph = onnx.load(str(int8)).graph
+    float_products = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and
+                      any(i in {t.name for t in graph.initializer} for i in n.input)}  # weight products still fp32
+    output_node = {o: n for n in graph.node for o in n.output}[graph.output[0].name]
+    assert output_node.op_type in ("MatMul", "Gemm") and output_node.name in float_products
+    layers = {name.split("/")[-2] for name in float_products - {output_node.name}}
+    assert layers == kept_layers
+    if kept_layers:
+        assert len(float_products) == 1 + config.num_hidden_layers  # one per layer
+    assert sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node) > 0  # the rest is int8
