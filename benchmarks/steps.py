@@ -60,6 +60,8 @@ class Variant:
     fold    clipping folded into fused AdamW's grad_scale (speed.fold_clipping_into_adamw)
     master  bf16 weights in the model, fp32 master weights and AdamW state in the optimizer
     frozen  token and position embeddings frozen (changes what is trained)
+    shadow  (with heap, rows, fold) the Conv1D matrices as bf16 shadows of fp32 master weights kept in flat
+            buffers with their AdamW moments, all updated by one torch.compile'd kernel (class Shadow)
     """
 
     def __init__(self, model_dir: str, label_ids: list[int], levers: set[str]):
@@ -135,11 +137,81 @@ class Variant:
             self.opt.step()
 
 
+B1, B2, EPS = 0.9, 0.999, 1e-8
+
+
+def _shadow_update(master, g16, m, v, out16, lr, step, scale):
+    """AdamW on the flat fp32 master weights from bf16 gradients, writing the bf16 shadow; one compiled kernel."""
+    g = g16.float() * scale
+    master.mul_(1 - lr * WD)
+    m.lerp_(g, 1 - B1)
+    v.mul_(B2).addcmul_(g, g, value=1 - B2)
+    denom = (v.sqrt() / (1 - B2 ** step).sqrt()).add_(EPS)
+    master.addcdiv_(m, denom, value=-1.0 * lr / (1 - B1 ** step))
+    out16.copy_(master)
+    g16.zero_()
+
+
+class Shadow(Variant):
+    """heap+rows+fold, with the Conv1D matrices (85 M of GPT-2 small's 124 M) as bf16 tensors in the model:
+    the values autocast would cast them to, so the forward skips those casts and the backward writes bf16
+    gradients into preassigned views of one flat buffer; the rest keeps fused AdamW."""
+
+    def __init__(self, model_dir: str, label_ids: list[int], levers: set[str]):
+        import torch
+        from transformers.pytorch_utils import Conv1D
+
+        super().__init__(model_dir, label_ids, levers - {"shadow"})
+        self.levers = levers
+        conv = [m.weight for m in self.model.modules() if isinstance(m, Conv1D)]
+        n = sum(p.numel() for p in conv)
+        self.master, self.m, self.v = torch.empty(n), torch.zeros(n), torch.zeros(n)
+        self.flat16, self.g16 = torch.empty(n, dtype=torch.bfloat16), torch.zeros(n, dtype=torch.bfloat16)
+        offset = 0
+        for p in conv:
+            k = p.numel()
+            self.master[offset:offset + k].copy_(p.data.view(-1))
+            p.data = self.flat16[offset:offset + k].view_as(p)
+            p.grad = self.g16[offset:offset + k].view_as(p)  # autograd accumulates into it in place
+            offset += k
+        self.flat16.copy_(self.master)
+        ids = {id(p) for p in conv}
+        self.others = [p for p in self.params if id(p) not in ids]
+        self.opt = torch.optim.AdamW(self.others, lr=LR, weight_decay=WD, fused=True)
+        self.t = 0
+        self.update_kernel = torch.compile(_shadow_update, dynamic=False)
+
+    def step(self, batch) -> float:
+        import torch
+
+        from rtsent import compat
+        from rtsent.training import speed
+
+        speed.heap_reuse(True)
+        loss = self.loss(batch)
+        loss.backward()
+        self.t += 1
+        grads = [p.grad for p in self.others if p.grad is not None]
+        norm2 = torch.nn.utils.get_total_norm(grads).float() ** 2 + torch.linalg.vector_norm(self.g16, dtype=torch.float32) ** 2
+        scale = torch.clamp(CLIP / (norm2.sqrt() + 1e-6), max=1.0)
+        compat.set_grad_scale(self.opt, (1.0 / scale).reshape(()))
+        self.opt.step()
+        compat.set_grad_scale(self.opt, None)
+        started = time.perf_counter()
+        self.update_kernel(self.master, self.g16, self.m, self.v, self.flat16, torch.tensor(LR), torch.tensor(float(self.t)), scale)
+        if self.t == 1:
+            print(f"shadow: first update (compiles) {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
+        for p in self.others:
+            p.grad = None
+        return float(loss.detach())
+
+
 VARIANTS = {
     "before": set(), "heap": {"heap"}, "sparse": {"sparse"}, "fold": {"fold"},
     "heap+sparse": {"heap", "sparse"}, "heap+fold": {"heap", "fold"}, "heap+sparse+fold": {"heap", "sparse", "fold"},
     "master": {"master"}, "heap+master": {"heap", "master"}, "heap+sparse+master": {"heap", "sparse", "master"},
     "heap+fold+frozen": {"heap", "fold", "frozen"}, "heap+rows+fold": {"heap", "rows", "fold"},
+    "heap+rows+fold+shadow": {"heap", "rows", "fold", "shadow"},
 }
 
 
@@ -171,7 +243,8 @@ def main() -> None:
     chosen = args.variants.split(",")
     if args.profile:
         return profile(Variant(args.model, label_ids, VARIANTS[args.profile]), data)
-    runs = {name: Variant(args.model, label_ids, VARIANTS[name]) for name in chosen}
+    runs = {name: (Shadow if "shadow" in VARIANTS[name] else Variant)(args.model, label_ids, VARIANTS[name])
+            for name in chosen}
     times: dict[str, list[float]] = {name: [] for name in chosen}
     losses: dict[str, list[float]] = {name: [] for name in chosen}
     for r in range(args.rounds):
