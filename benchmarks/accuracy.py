@@ -4,6 +4,7 @@
     defaults   --precision auto (bf16 on this CPU), dropout 0, exact GELU in bf16
     no-speed   the defaults with rtsent.training.speed's step levers switched off (#12: reused heap, tied-embedding
                rows added into .grad, clipping folded into fused AdamW), i.e. the step as before them
+    batch32    the defaults at batch 32 and half the rate (the defaults before #19)
 
     python benchmarks/accuracy.py --variants reference,defaults,no-speed
 
@@ -51,30 +52,34 @@ def main() -> None:
     ap.add_argument("--seeds", default="1,2,3")
     ap.add_argument("--variants", default="reference,defaults")
     ap.add_argument("--epochs", type=float, default=None, help="default: rtsent's")
-    ap.add_argument("--lr", type=float, default=None, help="default: rtsent's")
+    ap.add_argument("--lr", type=float, default=None,
+                    help="the rate at batch 32, doubled at rtsent's default 64 as its default rate is (default: rtsent's)")
     ap.add_argument("--loss", default=None, help="default: rtsent's (lm); label learns faster from scratch")
     ap.add_argument("--overrides", default="n_layer=2,n_embd=64,n_head=2")
     ap.add_argument("--workspace", default=str(OUT / "accuracy-ws"))
     args = ap.parse_args()
 
     from rtsent import evaluate, prepare, train
-    from rtsent.config import EvaluateConfig, PrepareConfig, TrainConfig
+    from rtsent.config import FULL_BATCH, EvaluateConfig, PrepareConfig, TrainConfig
     from rtsent.core.modeling import default_device, resolve_precision
     from rtsent.artifacts.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
     prep = prepare.run(PrepareConfig(data=str(DATA), model=args.model), ws)
-    extra = {k: v for k, v in (("epochs", args.epochs), ("lr", args.lr), ("loss", args.loss)) if v is not None}
+    extra = {k: v for k, v in (("epochs", args.epochs), ("loss", args.loss)) if v is not None}
     rows = []
     stamp = int(time.time())
     for seed in [int(s) for s in args.seeds.split(",")]:
         for variant in args.variants.split(","):
             precision, dropout = ("fp32", None) if variant == "reference" else ("auto", TrainConfig.dropout)
+            batch = 32 if variant == "batch32" else FULL_BATCH
+            lr = {} if args.lr is None else {"lr": args.lr * batch / 32}
             levers_off(variant == "no-speed")
-            resolved = f"{variant} ({resolve_precision(precision, default_device())}, dropout {'config' if dropout is None else dropout})"
+            resolved = (f"{variant} ({resolve_precision(precision, default_device())}, dropout "
+                        f"{'config' if dropout is None else dropout}, batch {batch})")
             cfg = TrainConfig(model=args.model, prepared=str(prep.path), from_scratch=True,
                               config_overrides=args.overrides, seed=seed, precision=precision, dropout=dropout,
-                              run_name=f"acc-{stamp}-s{seed}-{variant}", **extra)
+                              batch_size=batch, run_name=f"acc-{stamp}-s{seed}-{variant}", **extra, **lr)
             started = time.perf_counter()
             res = train.run(cfg, ws)
             seconds = time.perf_counter() - started
@@ -92,7 +97,7 @@ def main() -> None:
     n = rows and 1066
     p = statistics.fmean(r["evaluate_accuracy"] for r in rows)
     binomial_se = math.sqrt(p * (1 - p) / n)
-    result = {"config": {"overrides": args.overrides, **extra, "seeds": args.seeds}, "runs": rows, "summary": summary,
+    result = {"config": {"overrides": args.overrides, **extra, "lr_at_batch_32": args.lr, "seeds": args.seeds}, "runs": rows, "summary": summary,
               "binomial_se_one_run": binomial_se}
     (OUT / "accuracy.json").write_text(json.dumps(result, indent=2))
     lines = ["| seed | " + " | ".join(summary) + " |", "|---|" + "---:|" * len(summary)]

@@ -165,8 +165,10 @@ class PrepareConfig:
         return mapping
 
 
-FULL_LR = 5e-5
+FULL_LR = 1e-4
 LORA_LR = 5e-4
+FULL_BATCH = 64
+LORA_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -176,10 +178,18 @@ class TrainConfig:
     model: str = opt(DEFAULT_MODEL, "Starting model: hub name, local folder or .gguf file (with --from-scratch: "
                                     "the config to build from).")
     prepared: str | None = opt(None, "Prepared dataset folder or fingerprint (default: the latest).")
-    lr: float | None = opt(None, "Peak learning rate (default 5e-5; 5e-4 with --lora).")
+    lr: float | None = opt(None, "Peak learning rate (default 1e-4; 5e-4 with --lora), tuned for the default "
+                                 "--batch-size: set it when you change that much.")
     """None is resolved to FULL_LR, or LORA_LR with --lora (a rank-8 adapter needs a larger step: SmolLM2-135M,
-    one epoch: LoRA test accuracy 0.793 at 5e-5, 0.859 at 5e-4, docs/benchmarks.md)."""
-    batch_size: int = opt(32, "Training examples per step.")
+    one epoch: LoRA test accuracy 0.793 at 5e-5, 0.859 at 5e-4, docs/benchmarks.md). FULL_LR went from 5e-5 to
+    1e-4 with full fine-tuning's batch from 32 to 64 (#19): the same accuracy, 1.4x (GPT-2 small's step) the
+    examples a second on CPU; the square-root rule (7.1e-5) lost half a point."""
+    batch_size: int | None = opt(None, "Training examples per step, per process (default 64; 32 with --lora). "
+                                       "Activation memory grows with it: --micro-batches 2 halves it, same update.")
+    """None is resolved to FULL_BATCH, or LORA_BATCH with --lora. A bigger batch spreads the per-parameter work of
+    a step (weight casts, AdamW, the gradient norm) over more examples; LoRA has almost none (an adapter's
+    parameters), so 64 bought it no speed (27.3 vs 26.8 examples/s on SmolLM2), 3.9 GB more memory and a lower
+    accuracy at either learning rate tried (docs/benchmarks.md)."""
     micro_batches: int = opt(1, "Run each step's batch as N micro-batches whose gradients add up (accumulation): "
                                 "the same update, activation memory / N, a little slower. A divisor of --batch-size.")
     eval_batch_size: int = opt(64, "Examples per evaluation batch.")
@@ -229,6 +239,8 @@ class TrainConfig:
                                      "alone, loaded with its base model.")
 
     def __post_init__(self) -> None:
+        if self.batch_size is None:  # resolved like lr
+            object.__setattr__(self, "batch_size", LORA_BATCH if self.lora else FULL_BATCH)
         if self.lr is None:  # resolved once, so run.json, the card and resume see the rate that was used
             object.__setattr__(self, "lr", LORA_LR if self.lora else FULL_LR)
         problems = []

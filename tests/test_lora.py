@@ -143,7 +143,9 @@ def test_unknown_lora_target_lists_the_layers_there_are(lora_runs, tiny_model_di
 def test_lora_defaults_to_its_own_learning_rate_and_an_explicit_lr_wins():
     from rtsent.train import _training_arguments
 
-    assert TrainConfig().lr == 5e-5 and TrainConfig(lora=True).lr == 5e-4
+    assert TrainConfig().lr == 1e-4 and TrainConfig(lora=True).lr == 5e-4
+    assert TrainConfig().batch_size == 64 and TrainConfig(lora=True).batch_size == 32  # each one's measured best
+    assert TrainConfig(lora=True, batch_size=8).batch_size == 8
     assert TrainConfig(lora=True, lr=1e-3).lr == 1e-3
     args, _ = _training_arguments(TrainConfig(lora=True), Workspace.resolve("unused").run("x"), torch.device("cpu"),
                                   "fp32", 64)
