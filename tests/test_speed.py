@@ -77,6 +77,19 @@ def test_rows_into_grad_under_bf16_autocast():
         torch.testing.assert_close(lever[name], g, rtol=1e-5, atol=1e-7, msg=name)
 
 
+def test_rows_into_grad_with_gradient_checkpointing():
+    """The recipe's --gradient-checkpointing re-runs each block's forward in the backward pass."""
+    def checkpointed():
+        model = tiny_gpt2()
+        model.gradient_checkpointing_enable()
+        model.train()
+        return model
+
+    plain, lever = grads_after(checkpointed(), [batch()], False), grads_after(checkpointed(), [batch()], True)
+    for name, g in plain.items():
+        torch.testing.assert_close(lever[name], g, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_rows_into_grad_is_left_off_for_untied_or_frozen_embeddings():
     from rtsent.training.speed import tied_embedding_rows_into_grad
 
