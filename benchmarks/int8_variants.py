@@ -8,7 +8,7 @@ Variants (the label projection, the graph's output, stays fp32 in all, as in rts
   tensor            every other matrix product int8, one scale per tensor (rtsent before #19's Llama rule)
   channel           the same with per-channel weight scales
   keep:A+B          products whose node name contains /A/ or /B/ stay fp32 (keep:down_proj is rtsent's
-                    rule for gated-MLP families); a layer index is written layers.0
+                    rule for gated-MLP families; keep:layers.0 keeps all of the first block's)
   nbits8            8-bit block-wise weights (onnxruntime's MatMulNBits, block 32, accuracy level 4)
 
 RUN/model must hold model.onnx (what `rtsent train` or `rtsent export` writes). Writes the variants' graphs
@@ -47,7 +47,7 @@ def quantize(variant: str, source: Path, dest: Path) -> None:
         return
     if variant.startswith("keep:"):
         names = variant[len("keep:"):].split("+")
-        kept += [n for n in products if any(f"/{name}/" in n or f"/{name}" in n for name in names)]
+        kept += [n for n in products if any(f"/{name}/" in n for name in names)]
     quantize_dynamic(str(source), str(dest), weight_type=QuantType.QInt8, nodes_to_exclude=kept,
                      per_channel=variant == "channel")
 

@@ -401,6 +401,6 @@ def _export(trainer: LabelPositionTrainer, tok: Any, ws: Workspace, paths: RunPa
             from rtsent.export import after_training
 
             trainer.release_model()
-            check = (list(data.validation["input_ids"]), list(data.validation["labels"]))
+            check = (list(data.validation["input_ids"]), list(data.validation["labels"])) if cfg.int8 else None
             after_training(tmp, log, cfg.int8, check)
         publish(tmp, paths.model)

@@ -111,7 +111,7 @@ def _auto(job: str, graphs: Mapping[str, Any], int8_validated: bool, precision: 
                       "the folder has no ONNX graph (`rtsent export` writes one)" + unvalidated)
     if job == "cold":
         return Choice("onnx", "fp32", "a single start: the fp32 graph loads without torch" + unvalidated)
-    if m.native_bf16 and precision == "auto" and not m.gpu:
+    if m.native_bf16 and precision == "auto":  # (a GPU's bulk job was answered above)
         return Choice("torch", "bf16", f"bulk scoring on {m.describe()}: torch bf16 outruns the fp32 graph" + unvalidated)
     return Choice("onnx", "fp32", f"bulk scoring on {m.describe()}: the fused fp32 graph outruns torch fp32" + unvalidated)
 
