@@ -1,4 +1,5 @@
-"""Every place rtsent reaches into a library's private API, each with its reason, in one room.
+"""Every place rtsent reaches into a library's private API or bridges two of its releases, each with its
+reason, in one room.
 
 Where a library offers no public way to do what rtsent needs, the hook lives here and nowhere else.
 tests/test_compat.py checks each one against the installed versions (the method still exists with the
@@ -129,6 +130,28 @@ def onnx_fuser(kind: str, model: Any, heads: int, hidden: int) -> Any:
             super(base, self).postprocess()
 
     return Fuser(model, heads, hidden)
+
+
+def checkpointing_argument(enabled: bool) -> dict[str, bool]:
+    """TrainingArguments' switch for activation (gradient) checkpointing: `activation_checkpointing` since
+    transformers 5.23, `gradient_checkpointing` before it (a deprecated alias from 5.23 on)."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": enabled}
+
+
+def hub_kernel_options() -> dict[str, bool]:
+    """from_pretrained's options about the hub's compute kernels: off while the hub is offline.
+
+    transformers swaps layers for kernels fetched from the hub (`kernelize`) when a model loads and, from
+    5.25, again when it changes between train and eval mode, for the device it is on then: a model moved to
+    a GPU and put in training mode fetches `kernels-community/activation`, which raises offline. Online
+    the hub's kernels are transformers' own default and stay.
+    """
+    return {"use_kernels": False} if hub_offline() else {}
 
 
 # ---------------------------------------------------------------- huggingface_hub

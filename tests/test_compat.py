@@ -124,3 +124,39 @@ def test_uvicorn_server_keeps_the_stop_signal():
     with server.capture_signals():
         assert signal.getsignal(signal.SIGTERM) == server.handle_exit
     assert signal.getsignal(signal.SIGTERM) == before  # restored, not re-raised
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_the_checkpointing_option_reaches_the_trainer_under_its_name_in_this_release(enabled):
+    """--gradient-checkpointing turns the Trainer's switch on (`activation_checkpointing` from transformers
+    5.23, `gradient_checkpointing` before): the name rtsent passes is one TrainingArguments accepts."""
+    from rtsent.artifacts.workspace import Workspace
+    from rtsent.config import TrainConfig
+    from rtsent.train import _training_arguments
+
+    args, _ = _training_arguments(TrainConfig(gradient_checkpointing=enabled), Workspace.resolve("unused").run("x"),
+                                  torch.device("cpu"), "fp32", 64)
+    assert bool(getattr(args, "activation_checkpointing", None) or args.gradient_checkpointing) is enabled
+
+
+def test_an_offline_load_never_asks_the_hub_for_kernels(tiny_model_dir, monkeypatch):
+    """transformers kernelizes a model as it loads and (5.25) as it enters training mode; on a GPU that
+    fetches kernels from the hub, which fails offline. Offline, rtsent's load turns them off, so neither
+    the load nor train() reaches kernelize."""
+    from huggingface_hub import constants
+
+    modeling_utils = importlib.import_module("transformers.modeling_utils")
+    if not hasattr(modeling_utils, "kernelize"):
+        pytest.skip("this transformers has no hub kernels")
+
+    def kernelize(*args, **kwargs):
+        raise AssertionError("kernelize was called")
+
+    monkeypatch.setattr(modeling_utils, "kernelize", kernelize)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    from rtsent.core.modeling import load_model
+
+    model = load_model(str(tiny_model_dir))
+    model.train()
+    model.eval()
+    assert not model.use_kernels
