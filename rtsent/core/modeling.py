@@ -13,6 +13,7 @@ from typing import Any, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
+from rtsent import compat
 from rtsent.errors import ArtifactError, UsageError, first_line
 
 
@@ -116,7 +117,7 @@ def load_model(name: str, from_scratch: bool = False, overrides: str = "", dtype
             model = AutoModelForCausalLM.from_config(config, dtype=dtype or torch.float32, **extra)
         else:
             model = AutoModelForCausalLM.from_pretrained(source, config=config, use_safetensors=True, dtype=dtype,
-                                                         **extra)
+                                                         **extra, **compat.hub_kernel_options())
     except UsageError:
         raise
     except SafetensorError as exc:  # a truncated or damaged weights file
