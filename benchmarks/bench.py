@@ -3,6 +3,8 @@
     python benchmarks/bench.py --mode small     # ~9 minutes on 2 shared cores (streaming check ~4 of them)
     python benchmarks/bench.py --mode full      # one rtsent epoch, 1M-line stream check: ~50-90 minutes
     python benchmarks/bench.py --mode train     # training only (issue #12): baseline steps vs one rtsent epoch, ~7 min
+    python benchmarks/bench.py --mode train --train-steps 15   # N rtsent steps instead of the epoch (fp32-only CPUs,
+                                                               # where an epoch of GPT-2 small takes most of an hour)
 
 Every measured program runs as its own subprocess, so each peak RSS (os.wait4's ru_maxrss) is that
 program's alone. Writes benchmarks/out/bench-<mode>.json and a ready-to-paste bench-<mode>.md.
@@ -179,9 +181,10 @@ def bench_train(args) -> dict:
     bt = check(run_child([PY, str(HERE / "baseline.py"), "train", "--model", str(model), "--steps", str(p["bl_steps"]),
                           "--warmup-steps", str(p["bl_warmup"])]), "baseline train")
     res["baseline_train"] = {**bt["result"], "peak_rss_mb": round(bt["peak_rss_mb"]), "process_wall_s": round(bt["wall_s"], 1)}
-    log("rtsent train: one epoch, defaults")
+    length = ["--steps", str(args.train_steps)] if args.train_steps else ["--epochs", "1"]
+    log(f"rtsent train: {' '.join(length)}, defaults")
     rt = check(run_child([PY, __file__, "--worker", "rtsent-train", "--model", str(model), "--workspace", str(ws),
-                          "--run-name", f"bench-train-{int(time.time())}", "--epochs", "1", "--warmup", str(p["rt_warmup"])],
+                          "--run-name", f"bench-train-{int(time.time())}", *length, "--warmup", str(p["rt_warmup"])],
                          env={"RTSENT_HOME": str(ws)}), "rtsent train")
     res["rtsent_train"] = {**rt["result"], "peak_rss_mb": round(rt["peak_rss_mb"]), "process_wall_s": round(rt["wall_s"], 1)}
     res["load_average_end"] = os.getloadavg()
@@ -409,6 +412,8 @@ def main() -> None:
     ap.add_argument("--mode", choices=sorted(MODES), default="small")
     ap.add_argument("--model", default=str(OUT / "gpt2-small"), help="GPT-2-small folder (built if missing)")
     ap.add_argument("--workspace", default=None, help="RTSENT_HOME for the rtsent side [default: out/bench-ws-MODE]")
+    ap.add_argument("--train-steps", type=int, default=0,
+                    help="train mode: time this many rtsent steps instead of one epoch [default: the epoch]")
     ap.add_argument("--mem-lines", default=None, help="two line counts for the memory-bound check, e.g. 100000,1000000")
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     ap.add_argument("--run-name", help=argparse.SUPPRESS)

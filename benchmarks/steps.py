@@ -60,6 +60,7 @@ class Variant:
     fold    clipping folded into fused AdamW's grad_scale (speed.fold_clipping_into_adamw)
     master  bf16 weights in the model, fp32 master weights and AdamW state in the optimizer
     frozen  token and position embeddings frozen (changes what is trained)
+    fp32    no bf16 autocast: the step `--precision auto` takes on CPUs without native bf16 (AVX2 only)
     shadow  (with heap, rows, fold) the Conv1D matrices as bf16 shadows of fp32 master weights kept in flat
             buffers with their AdamW moments, all updated by one torch.compile'd kernel (class Shadow)
     """
@@ -71,7 +72,8 @@ class Variant:
         from rtsent.core.modeling import load_model
 
         self.levers = levers
-        self.model = load_model(model_dir, dtype=torch.float32, compute="bf16", dropout=0.0, attn="eager")
+        self.model = load_model(model_dir, dtype=torch.float32, compute="fp32" if "fp32" in levers else "bf16",
+                                dropout=0.0, attn="eager")
         self.model.train()
         for name, p in self.model.named_parameters():
             if "frozen" in levers and ("wte" in name or "wpe" in name):
@@ -98,7 +100,8 @@ class Variant:
 
         from rtsent.core.modeling import next_token_logits
 
-        ctx = contextlib.nullcontext() if "master" in self.levers else torch.autocast("cpu", dtype=torch.bfloat16)
+        plain = "master" in self.levers or "fp32" in self.levers
+        ctx = contextlib.nullcontext() if plain else torch.autocast("cpu", dtype=torch.bfloat16)
         with ctx:
             logits = next_token_logits(self.model, batch["input_ids"], batch["attention_mask"]).float()
         return F.cross_entropy(logits, self.label_ids[batch["labels"]])
@@ -206,13 +209,15 @@ class Shadow(Variant):
         return float(loss.detach())
 
 
-VARIANTS = {
-    "before": set(), "heap": {"heap"}, "sparse": {"sparse"}, "fold": {"fold"},
-    "heap+sparse": {"heap", "sparse"}, "heap+fold": {"heap", "fold"}, "heap+sparse+fold": {"heap", "sparse", "fold"},
-    "master": {"master"}, "heap+master": {"heap", "master"}, "heap+sparse+master": {"heap", "sparse", "master"},
-    "heap+fold+frozen": {"heap", "fold", "frozen"}, "heap+rows+fold": {"heap", "rows", "fold"},
-    "heap+rows+fold+shadow": {"heap", "rows", "fold", "shadow"},
-}
+LEVERS = {"heap", "sparse", "rows", "fold", "master", "frozen", "shadow", "fp32"}
+
+
+def levers(name: str) -> set[str]:
+    """A variant's levers from its name: `before` (none) or levers joined by '+', e.g. heap+rows+fold."""
+    chosen = set() if name == "before" else set(name.split("+"))
+    if chosen - LEVERS:
+        raise SystemExit(f"unknown lever(s) {sorted(chosen - LEVERS)} in {name!r}; known: before, {sorted(LEVERS)}")
+    return chosen
 
 
 def profile(v: "Variant", data) -> None:
@@ -242,8 +247,8 @@ def main() -> None:
     data, label_ids = batches(args.model, args.steps, args.batch_size)
     chosen = args.variants.split(",")
     if args.profile:
-        return profile(Variant(args.model, label_ids, VARIANTS[args.profile]), data)
-    runs = {name: (Shadow if "shadow" in VARIANTS[name] else Variant)(args.model, label_ids, VARIANTS[name])
+        return profile(Variant(args.model, label_ids, levers(args.profile)), data)
+    runs = {name: (Shadow if "shadow" in levers(name) else Variant)(args.model, label_ids, levers(name))
             for name in chosen}
     times: dict[str, list[float]] = {name: [] for name in chosen}
     losses: dict[str, list[float]] = {name: [] for name in chosen}
@@ -262,7 +267,7 @@ def main() -> None:
            "threads": torch.get_num_threads(), "variants": {}}
     for name in chosen:
         med = statistics.median(times[name])
-        out["variants"][name] = {"levers": sorted(VARIANTS[name]), "step_s": round(med, 3),
+        out["variants"][name] = {"levers": sorted(levers(name)), "step_s": round(med, 3),
                                  "examples_per_s": round(args.batch_size / med, 2),
                                  "vs_first": round(base / med, 3), "last_losses": [round(x, 4) for x in losses[name][-3:]]}
     emit(out)
