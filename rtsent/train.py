@@ -251,8 +251,11 @@ def _announce(cfg: TrainConfig, paths: RunPaths, data: _Prepared, total: int, pr
     if note:
         log(f"model {note}")
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
+    from rtsent.engines.choice import Machine
+
+    caution = Machine.here().bf16_caution(precision) if device.type == "cpu" else ""
     log(f"training {paths.name} on {prepare.describe(data.manifest)}: {len(data.train)} examples, {total} steps, "
-        f"{precision} on {device.type}{processes}")
+        f"{precision} on {device.type}{processes}{caution}")
 
 
 def _fit(trainer: LabelPositionTrainer, stopper: StopOnSignal, checkpoint: Path | None, device: torch.device,

@@ -61,6 +61,16 @@ def test_what_was_asked_for_is_what_runs(engine, precision, graphs, validated, e
         assert (choice.engine, choice.precision) == expected, job
 
 
+@pytest.mark.parametrize("engine", ["auto", "torch"])
+def test_bf16_asked_for_on_a_cpu_that_emulates_it_runs_with_a_caution(engine):
+    slow = choose("bulk", FP32, False, engine, "bf16", machine=ZEN3)
+    assert (slow.engine, slow.precision) == ("torch", "bf16")  # still exactly what was asked for
+    assert "emulated on a CPU with AVX2" in slow.line() and "auto would take fp32" in slow.line()
+    for native in (AMX, ZEN5, GPU):
+        assert "emulated" not in choose("bulk", FP32, False, engine, "bf16", machine=native).line()
+    assert "emulated" not in choose("bulk", FP32, False, engine, "fp32", machine=ZEN3).line()
+
+
 def test_machine_names_what_it_offers():
     assert AMX.native_bf16 and AMX.amx and AMX.vnni and AMX.describe() == "a CPU with AMX"
     assert ZEN5.native_bf16 and not ZEN5.amx and ZEN5.describe() == "a CPU with AVX-512 BF16"

@@ -50,6 +50,13 @@ class Machine:
     def vnni(self) -> bool:
         return bool({"avx512_vnni", "avx_vnni"} & self.flags)
 
+    def bf16_caution(self, precision: str) -> str:
+        """A clause for a line where bf16 was asked for on a CPU that only emulates it: on an AVX2 CPU (AMD
+        Zen 3) a bf16 matrix product ran 79x slower than fp32 (docs/benchmarks.md)."""
+        if precision == "bf16" and not self.gpu and not self.native_bf16:
+            return f"; bf16 is emulated on {self.describe()}, many times slower than fp32 (auto would take fp32)"
+        return ""
+
     def describe(self) -> str:
         if self.gpu:
             return "a CUDA GPU"
@@ -86,9 +93,10 @@ def choose(job: str, graphs: Mapping[str, Any], int8_validated: bool, engine: st
     whether its int8 graph passed the export's check, and what the user asked for."""
     m = machine or Machine.here()
     if engine != "auto" and precision != "auto":
-        return Choice(engine, precision, "as asked")
+        return Choice(engine, precision, "as asked" + (m.bf16_caution(precision) if engine == "torch" else ""))
     if engine == "torch" or precision in ("bf16", "fp16"):
-        return Choice("torch", _torch_precision(precision, m), "as asked" if precision != "auto" else _torch_why(m))
+        why = "as asked" + m.bf16_caution(precision) if precision != "auto" else _torch_why(m)
+        return Choice("torch", _torch_precision(precision, m), why)
     if precision == "int8":
         return Choice("onnx", "int8", "as asked")
     if engine == "onnx":  # precision auto or fp32: the validated int8 graph when auto allows it
