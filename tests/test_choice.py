@@ -71,6 +71,13 @@ def test_bf16_asked_for_on_a_cpu_that_emulates_it_runs_with_a_caution(engine):
     assert "emulated" not in choose("bulk", FP32, False, engine, "fp32", machine=ZEN3).line()
 
 
+def test_a_gpu_machines_cold_start_says_the_graph_runs_on_its_cpu():
+    for graphs, validated, precision in ((BOTH, True, "int8"), (FP32, False, "fp32")):
+        choice = choose("cold", graphs, validated, machine=GPU)
+        assert (choice.engine, choice.precision) == ("onnx", precision)
+        assert "without torch and CUDA" in choice.reason and "fastest on a CUDA GPU" not in choice.reason
+
+
 def test_machine_names_what_it_offers():
     assert AMX.native_bf16 and AMX.amx and AMX.vnni and AMX.describe() == "a CPU with AMX"
     assert ZEN5.native_bf16 and not ZEN5.amx and ZEN5.describe() == "a CPU with AVX-512 BF16"

@@ -5,11 +5,12 @@ cost, and `bulk` (evaluate, predict --file, serve), where the steady rate is. Th
 machine offers, read from the CPU's flags without importing torch on Linux (a cold predict must not pay
 for it); training's `--precision auto` asks the same `Machine`:
 
-    GPU                                  bulk: torch (bf16, fp16 on GPUs without native bf16)
+    GPU                                  bulk: torch (bf16, fp16 on GPUs without native bf16); cold as
+                                         below (a cold torch start with CUDA took 13-15 s, the graph 1.0-1.3 s)
     int8 graph validated at export       onnx int8 (cold and bulk: the fastest in every measurement)
     cold                                 onnx fp32 graph (no torch import: 3.5x faster than torch)
     bulk, native bf16 (AMX, AVX-512 BF16) torch bf16 (faster than the fp32 graph)
-    bulk, otherwise                      onnx fp32 graph (fused; faster than torch fp32)
+    bulk, otherwise                      onnx fp32 graph (fused; faster than torch fp32 on AMX, as fast on AVX2)
 
 docs/benchmarks.md ("Fast by default") has the measurements. An explicit --engine or --precision is
 always honoured exactly; auto fills in only what was left open.
@@ -111,14 +112,17 @@ def _auto(job: str, graphs: Mapping[str, Any], int8_validated: bool, precision: 
     if m.gpu and job == "bulk":
         return Choice("torch", _torch_precision(precision, m), f"{m.describe()}: the torch engine runs on it")
     if precision == "auto" and "int8" in graphs and int8_validated:
-        return Choice("onnx", "int8", f"the int8 graph, validated at export, is the fastest on {m.describe()} "
-                      "(pass --precision fp32 for the fp32 graph)")
+        where = ("a single start on a machine with a CUDA GPU: the int8 graph, validated at export, runs on the "
+                 "CPU, loading without torch and CUDA" if m.gpu else
+                 f"the int8 graph, validated at export, is the fastest on {m.describe()}")
+        return Choice("onnx", "int8", f"{where} (pass --precision fp32 for the fp32 graph)")
     unvalidated = _int8_unvalidated(graphs, int8_validated, precision)
     if "fp32" not in graphs:
         return Choice("torch", _torch_precision(precision, m),
                       "the folder has no ONNX graph (`rtsent export` writes one)" + unvalidated)
     if job == "cold":
-        return Choice("onnx", "fp32", "a single start: the fp32 graph loads without torch" + unvalidated)
+        cuda = " and CUDA" if m.gpu else ""
+        return Choice("onnx", "fp32", f"a single start: the fp32 graph loads without torch{cuda}" + unvalidated)
     if m.native_bf16 and precision == "auto":  # (a GPU's bulk job was answered above)
         return Choice("torch", "bf16", f"bulk scoring on {m.describe()}: torch bf16 outruns the fp32 graph" + unvalidated)
     return Choice("onnx", "fp32", f"bulk scoring on {m.describe()}: the fused fp32 graph outruns torch fp32" + unvalidated)
