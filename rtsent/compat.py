@@ -1,5 +1,4 @@
-"""Every place rtsent reaches into a library's private API or bridges two of its releases, each with its
-reason, in one room.
+"""Every place rtsent reaches into a library's private API, each with its reason, in one room.
 
 Where a library offers no public way to do what rtsent needs, the hook lives here and nowhere else.
 tests/test_compat.py checks each one against the installed versions (the method still exists with the
@@ -130,17 +129,6 @@ def onnx_fuser(kind: str, model: Any, heads: int, hidden: int) -> Any:
             super(base, self).postprocess()
 
     return Fuser(model, heads, hidden)
-
-
-def checkpointing_argument(enabled: bool) -> dict[str, bool]:
-    """TrainingArguments' switch for activation (gradient) checkpointing: `activation_checkpointing` since
-    transformers 5.23, `gradient_checkpointing` before it (a deprecated alias from 5.23 on)."""
-    import dataclasses
-
-    from transformers import TrainingArguments
-
-    fields = {f.name for f in dataclasses.fields(TrainingArguments)}
-    return {"activation_checkpointing" if "activation_checkpointing" in fields else "gradient_checkpointing": enabled}
 
 
 def hub_kernel_options() -> dict[str, bool]:

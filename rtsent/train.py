@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from transformers import TrainingArguments
 
-from rtsent import __version__, compat, prepare
+from rtsent import __version__, prepare
 from rtsent.artifacts import card
 from rtsent.training import distributed, lora, speed
 from rtsent.artifacts.cache import clean_stale, locked, publish, staging, write_json
@@ -333,7 +333,7 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
         bf16=precision == "bf16",
         fp16=precision == "fp16",
         use_cpu=device.type == "cpu",
-        **compat.checkpointing_argument(cfg.gradient_checkpointing),
+        activation_checkpointing=cfg.gradient_checkpointing,
         torch_compile=cfg.compile,
         length_column_name="length",  # read by SeededLengthSampler, our length-grouped order
         remove_unused_columns=False,
