@@ -31,6 +31,8 @@ PRIVATE_HOOKS: tuple[tuple[str, str, tuple[str, ...] | None], ...] = (
     ("huggingface_hub.constants", "HF_HUB_OFFLINE", None),
     ("uvicorn", "Server.capture_signals", ("self",)),
     ("uvicorn", "Server.handle_exit", ("self", "sig", "frame")),
+    ("gguf", "GGUFReader.__init__", ("self", "path", "mode")),
+    ("gguf", "get_tensor_name_map", ("arch", "n_blocks")),
 )
 
 
@@ -140,6 +142,40 @@ def hub_kernel_options() -> dict[str, bool]:
     the hub's kernels are transformers' own default and stay.
     """
     return {"use_kernels": False} if hub_offline() else {}
+
+
+# ---------------------------------------------------------------- gguf (through transformers' GGUF loader)
+
+
+@contextlib.contextmanager
+def gguf_parsed_once() -> Any:
+    """Within the block, each GGUF file's metadata is parsed once and each tensor-name map built once.
+
+    transformers' GGUF loader builds a `gguf.GGUFReader` for the tokenizer, another for the config and a
+    third for the weights, each parsing the whole metadata (SmolLM2's 49,152-token vocabulary and its
+    merges: 7.5 s each on an AVX2 EPYC), and calls `gguf.get_tensor_name_map(arch, layers)` for every
+    submodule of the model (397 times for a 30-layer Llama, 23 ms each). Both are pure functions of their
+    arguments, and transformers imports them from `gguf` at call time, so the block swaps in memoized ones
+    and puts the originals back after it. Yields the memoized reader (rtsent reads tensor types through it).
+    """
+    import os
+
+    import gguf
+
+    reader_type, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    readers: dict[tuple[str, str], Any] = {}
+
+    def reader(path: Any, mode: str = "r") -> Any:
+        key = (os.path.realpath(os.fspath(path)), mode)
+        if key not in readers:
+            readers[key] = reader_type(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.cache(name_map)
+    try:
+        yield reader
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = reader_type, name_map
 
 
 # ---------------------------------------------------------------- huggingface_hub

@@ -160,3 +160,32 @@ def test_an_offline_load_never_asks_the_hub_for_kernels(tiny_model_dir, monkeypa
     model.train()
     model.eval()
     assert not model.use_kernels
+
+
+def test_gguf_metadata_is_parsed_once_per_file_inside_the_block_and_fresh_after_it(tmp_path):
+    gguf = pytest.importorskip("gguf")
+    import numpy as np
+
+    from rtsent.sources.gguf import _tensor_types
+
+    path = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.add_tensor("token_embd.weight", np.ones((4, 8), dtype=np.float32))
+    writer.add_tensor("output_norm.weight", np.ones(8, dtype=np.float16))
+    writer.add_tensor("blk.0.attn_q.weight", np.ones((8, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+    original_reader, original_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with compat.gguf_parsed_once() as reader:
+        first = gguf.GGUFReader(path)
+        assert gguf.GGUFReader(str(path)) is first and reader(path) is first
+        assert _tensor_types(first) == {"F32": 2, "F16": 1}
+        arch = gguf.MODEL_ARCH.LLAMA
+        assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
+        assert gguf.get_tensor_name_map(arch, 2).get_name("model.layers.1.self_attn.q_proj") == "blk.1.attn_q"
+    assert gguf.GGUFReader is original_reader and gguf.get_tensor_name_map is original_map
+    assert gguf.GGUFReader(path) is not gguf.GGUFReader(path)

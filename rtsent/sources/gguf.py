@@ -127,14 +127,18 @@ def _sha256(path: Path) -> str:
 def _convert(source: Path, digest: str, target: Path) -> None:
     from rich.console import Console
 
+    from rtsent import compat
+
     Console(stderr=True).print(f"converting {source.name} once into {target} (dequantized to fp32)")
     staging = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        model, tok = _load(source)
+        with compat.gguf_parsed_once() as reader:
+            model, tok = _load(source)
+            types = _tensor_types(reader(source))
         model.save_pretrained(str(staging), safe_serialization=True)
         tok.save_pretrained(str(staging))
-        info = {"file": source.name, "source": str(source), "sha256": digest, "tensor_types": _tensor_types(source)}
+        info = {"file": source.name, "source": str(source), "sha256": digest, "tensor_types": types}
         (staging / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")  # written last: the completion mark
         os.replace(staging, target)
     finally:
@@ -173,8 +177,6 @@ def _load(source: Path) -> tuple[Any, Any]:
     return plain, tok
 
 
-def _tensor_types(source: Path) -> dict[str, int]:
-    """How many tensors of each GGUF type the file holds ({'Q4_1': 211, 'F32': 61})."""
-    from gguf import GGUFReader
-
-    return dict(Counter(t.tensor_type.name for t in GGUFReader(str(source)).tensors))
+def _tensor_types(reader: Any) -> dict[str, int]:
+    """How many tensors of each GGUF type a gguf.GGUFReader's file holds ({'Q4_1': 211, 'F32': 61})."""
+    return dict(Counter(t.tensor_type.name for t in reader.tensors))
