@@ -129,8 +129,6 @@ def test_the_sequence_classification_export_of_the_gguf_model_scores_like_predic
     """SmolLM2 (Llama) through `rtsent export --seq-cls`: transformers' own pipeline on real reviews gives
     rtsent predict's probabilities, its fitted temperature folded into the head."""
     import os
-    import subprocess
-    import sys
 
     import pyarrow.parquet as pq
     from typer.testing import CliRunner
@@ -147,10 +145,9 @@ def test_the_sequence_classification_export_of_the_gguf_model_scores_like_predic
     data = os.environ.get("RTSENT_TEST_DATA")
     texts = (pq.read_table(f"{data}/validation.parquet").column("text").to_pylist()[:24] if data
              else synthetic_split(16, seed=11)["text"]) + REVIEWS
-    cli = subprocess.run([sys.executable, "-m", "rtsent", "predict", *texts, "--model", str(result.model_dir),
-                          "--engine", "torch", "--precision", "fp32", "--format", "json"],
-                         capture_output=True, text=True, timeout=600)
-    assert cli.returncode == 0, cli.stderr
+    cli = CliRunner().invoke(app, ["predict", *texts, "--model", str(result.model_dir), "--engine", "torch",
+                                   "--precision", "fp32", "--format", "json"])
+    assert cli.exit_code == 0, cli.output
     expected = [row["probabilities"] for row in json.loads(cli.stdout)]
     got = pipeline("text-classification", model=str(folder), device="cpu")(texts, top_k=None, truncation=True)
     for g, e in zip(got, expected):

@@ -5,8 +5,6 @@ text-classification pipeline (and onnxruntime, for text-embeddings-inference's g
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +19,10 @@ ODD = ["Ünïcödé 🎬 film\n\tis ok", "great movie", "a" * 400]
 
 
 def predict_probabilities(model: Path, texts: list[str]) -> list[dict[str, float]]:
-    """`rtsent predict` in its own process, torch engine, fp32: the reference the folder must match."""
-    out = subprocess.run([sys.executable, "-m", "rtsent", "predict", *texts, "--model", str(model), "--engine", "torch",
-                          "--precision", "fp32", "--format", "json"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
+    """`rtsent predict`, torch engine, fp32: the reference the folder must match."""
+    out = runner.invoke(app, ["predict", *texts, "--model", str(model), "--engine", "torch", "--precision", "fp32",
+                              "--format", "json"])
+    assert out.exit_code == 0, out.output
     return [row["probabilities"] for row in json.loads(out.stdout)]
 
 
