@@ -73,12 +73,26 @@ def pretrained_run(tmp_path_factory, data_dir):
     return ws, prepared, result, logs
 
 
-def test_zero_shot_scores_of_the_gguf_equal_the_models_own_last_token_logits(reference):
+def test_zero_shot_scores_of_the_gguf_equal_the_models_own_last_token_logits(reference, monkeypatch):
+    import gguf
+
     from rtsent.config import PromptConfig
     from rtsent.engines import open_classifier
+    from rtsent.sources.gguf import cache_root
 
+    parsed = []
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, path, *args, **kwargs):
+            parsed.append(str(path))
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    converted_before = any((cache_root() / "gguf").glob(f"{GGUF.stem}-*/gguf.json"))
     clf = open_classifier(str(GGUF), prompt=PromptConfig(template=TEMPLATE, label_words=WORDS), engine="torch",
                           precision="fp32")
+    if not converted_before:  # this call converted the file: its metadata was parsed once, not once per use
+        assert len(parsed) == 1, parsed
     ours = clf.scores(clf.encoder.encode(REVIEWS).input_ids)
     np.testing.assert_allclose(ours, reference_scores(reference, REVIEWS), atol=1e-4, rtol=0)
 
