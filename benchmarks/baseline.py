@@ -7,7 +7,8 @@ Recipe: plain HF Trainer + GPT2LMHeadModel; prompt "{text} Sentiment: " followed
 ("neg"/"pos"); every example padded to max_length=128 (eos as pad); labels -100 everywhere except the
 label token, so the model's own shifted LM loss sits on that token only; gradient checkpointing; fp32;
 batch size 8 (the Trainer default); evaluation through Trainer.evaluate, whose compute_metrics receives
-the full-vocabulary logits for every position ([n, 128, 50257] fp32).
+the full-vocabulary logits for every position ([n, 128, 50257] fp32). The device is the Trainer's own choice
+(a CUDA GPU where there is one, as the recipe would run there), or the CPU with --cpu; the JSON names it.
 
 A full baseline epoch takes hours on a 2-core CPU, so `train` times a fixed number of optimizer steps
 after --warmup-steps excluded steps; `eval` runs on a small subset (bench.py extrapolates its memory).
@@ -76,7 +77,7 @@ def training_args(out: str, **kw):
 
     base = dict(output_dir=out, per_device_train_batch_size=8, per_device_eval_batch_size=8, learning_rate=5e-5,
                 num_train_epochs=1, weight_decay=0.01, logging_steps=50, report_to="none", disable_tqdm=True,
-                use_cpu=True, save_strategy="no", eval_strategy="no")
+                save_strategy="no", eval_strategy="no")
     base.update(kw)
     try:
         return TrainingArguments(gradient_checkpointing=True, **base)
@@ -90,15 +91,16 @@ def cmd_train(args) -> None:
     tok, model, ds, _ = build(args.model, "train", (args.steps + args.warmup_steps) * 8 * 2)
     timer = StepTimer()
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model=model, args=training_args(tmp, max_steps=args.steps + args.warmup_steps), train_dataset=ds,
-                          data_collator=default_data_collator, callbacks=[timer])
+        trainer = Trainer(model=model, args=training_args(tmp, max_steps=args.steps + args.warmup_steps,
+                                                          use_cpu=args.cpu),
+                          train_dataset=ds, data_collator=default_data_collator, callbacks=[timer])
         started = time.perf_counter()
         trainer.train()
         total = time.perf_counter() - started
     steady = timer.steady(args.warmup_steps)
     step_s = statistics.median(steady)
-    emit({"side": "baseline", "stage": "train", "batch_size": 8, "steps_timed": len(steady),
-          "warmup_steps": args.warmup_steps, "step_times": [round(t, 2) for t in timer.times],
+    emit({"side": "baseline", "stage": "train", "device": str(trainer.args.device), "batch_size": 8,
+          "steps_timed": len(steady), "warmup_steps": args.warmup_steps, "step_times": [round(t, 2) for t in timer.times],
           "steady_step_s": round(step_s, 3), "examples_per_s": round(8 / step_s, 3), "wall_s": round(total, 1)})
 
 
@@ -120,13 +122,13 @@ def cmd_eval(args) -> None:
         return {"accuracy": float((np.asarray(label_ids)[scores.argmax(-1)] == labels[rows, pos]).mean())}
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(model=model, args=training_args(tmp), eval_dataset=ds, data_collator=default_data_collator,
-                          compute_metrics=compute_metrics)
+        trainer = Trainer(model=model, args=training_args(tmp, use_cpu=args.cpu), eval_dataset=ds,
+                          data_collator=default_data_collator, compute_metrics=compute_metrics)
         started = time.perf_counter()
         metrics = trainer.evaluate()
         seconds = time.perf_counter() - started
-    emit({"side": "baseline", "stage": "eval", "examples": len(ds), "seconds": round(seconds, 2),
-          "examples_per_s": round(len(ds) / seconds, 3), "accuracy": metrics.get("eval_accuracy"),
+    emit({"side": "baseline", "stage": "eval", "device": str(trainer.args.device), "examples": len(ds),
+          "seconds": round(seconds, 2), "examples_per_s": round(len(ds) / seconds, 3), "accuracy": metrics.get("eval_accuracy"),
           "rss_after_load_mb": round(rss_loaded, 1), **seen})
 
 
@@ -140,6 +142,8 @@ def main() -> None:
     e = sub.add_parser("eval")
     e.add_argument("--model", default=str(OUT / "gpt2-small"))
     e.add_argument("--examples", type=int, default=32)
+    for parser in (t, e):
+        parser.add_argument("--cpu", action="store_true", help="run on the CPU even where a GPU is")
     args = ap.parse_args()
     from transformers.utils import logging as hf_logging
 
