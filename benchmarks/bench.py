@@ -208,8 +208,7 @@ def markdown_train(r: dict) -> str:
         f"| train examples/s, steady state | {b['examples_per_s']:.2f} ({b['steps_timed']} steps of 8 after "
         f"{b['warmup_steps']} warm-up) | {t['steady_examples_per_s']:.1f} (median of {t['steady_steps_timed']} steps of "
         f"{t['batch_size']}, {t['precision']}) | **{r['ratios']['train_steady']}x** | >= 30x |",
-        f"| {span} "
-        f"of GPT-2 small, whole `train` process (start-up, {t['steps']} steps, validation, checkpoint, "
+        f"| {span} of GPT-2 small, whole `train` process (start-up, {t['steps']} steps, validation, checkpoint, "
         f"temperature, export + ONNX) | hours (not run) | **{int(t['process_wall_s'] // 60)} min {t['process_wall_s'] % 60:.0f} s** "
         f"({t['train_seconds']:.0f} s in Trainer.train) | | {goal} |",
         f"| peak RSS | {b['peak_rss_mb']} MB | {t['peak_rss_mb']} MB | | <= 5.2 GB |",

@@ -133,17 +133,6 @@ def onnx_fuser(kind: str, model: Any, heads: int, hidden: int) -> Any:
     return Fuser(model, heads, hidden)
 
 
-def hub_kernel_options() -> dict[str, bool]:
-    """from_pretrained's options about the hub's compute kernels: off while the hub is offline.
-
-    transformers swaps layers for kernels fetched from the hub (`kernelize`) when a model loads and, from
-    5.25, again when it changes between train and eval mode, for the device it is on then: a model moved to
-    a GPU and put in training mode fetches `kernels-community/activation`, which raises offline. Online
-    the hub's kernels are transformers' own default and stay.
-    """
-    return {"use_kernels": False} if hub_offline() else {}
-
-
 # ---------------------------------------------------------------- gguf (through transformers' GGUF loader)
 
 
@@ -196,6 +185,17 @@ def set_hub_offline() -> None:
 
     os.environ["HF_HUB_OFFLINE"] = "1"
     constants.HF_HUB_OFFLINE = True
+
+
+def hub_kernel_options() -> dict[str, bool]:
+    """from_pretrained's options about the hub's compute kernels: off while the hub is offline.
+
+    transformers swaps layers for kernels fetched from the hub (`kernelize`) when a model loads and, from
+    5.25, again when it changes between train and eval mode, for the device it is on then: a model moved to
+    a GPU and put in training mode fetches `kernels-community/activation`, which raises offline. Online
+    the hub's kernels are transformers' own default and stay.
+    """
+    return {"use_kernels": False} if hub_offline() else {}
 
 
 # ---------------------------------------------------------------- datasets

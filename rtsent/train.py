@@ -31,6 +31,7 @@ from rtsent.training.trainer import (LabelCollator, LabelPositionTrainer, Metric
 from rtsent.core.families import check_max_len
 from rtsent.core.modeling import (default_device, load_model, load_tokenizer, origin_note, quiet_transformers, resolve_precision, saved_config)
 from rtsent.core.prompts import tokenizer_fingerprint
+from rtsent.engines.choice import Machine
 from rtsent.artifacts.workspace import MANIFEST, RunPaths, Workspace, read_json
 
 
@@ -251,8 +252,6 @@ def _announce(cfg: TrainConfig, paths: RunPaths, data: _Prepared, total: int, pr
     if note:
         log(f"model {note}")
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
-    from rtsent.engines.choice import Machine
-
     caution = Machine.here().bf16_caution(precision) if device.type == "cpu" else ""
     log(f"training {paths.name} on {prepare.describe(data.manifest)}: {len(data.train)} examples, {total} steps, "
         f"{precision} on {device.type}{processes}{caution}")
