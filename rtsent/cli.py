@@ -160,8 +160,7 @@ def _prompt(template: Optional[str], label_words: Optional[str], label_names: Op
     kwargs: dict[str, Any] = {}
     if template is not None:
         kwargs["template"] = unescape(template)
-    if label_words is not None:
-        kwargs["label_words"] = split_list(label_words)
+    kwargs["label_words"] = split_list(label_words) if label_words is not None else ()
     if label_names is not None:
         kwargs["label_names"] = tuple(n.strip() for n in label_names.split(","))
     return PromptConfig(**kwargs)
@@ -249,8 +248,10 @@ def config_options(config: type, *extras: inspect.Parameter) -> Callable[[Callab
 
 PROMPT_OPTIONS = (
     _option("template", DEFAULT_TEMPLATE.replace("\n", "\\n"), TEMPLATE_HELP, str),
-    _option("label_words", ",".join(DEFAULT_LABEL_WORDS), WORDS_HELP, str),
-    _option("label_names", None, "Comma-separated class names (default: the label words, stripped).", Optional[str]),
+    _option("label_words", None, WORDS_HELP + " Default: the class names (a ClassLabel's names or the string labels, "
+            "after a space), or '" + ",".join(DEFAULT_LABEL_WORDS) + "' for labels 0/1.", Optional[str]),
+    _option("label_names", None, "Comma-separated class names in class-id order (default: the data's names, else each "
+            "class's first word, stripped).", Optional[str]),
 )
 ZERO_SHOT_OPTIONS = (
     _option("zero_shot", False, "Score a base model (no rtsent.json) with the default prompt.", bool, ("--zero-shot",)),
@@ -266,7 +267,7 @@ ZERO_SHOT_OPTIONS = (
 @app.command()
 @handled
 @config_options(PrepareConfig, *PROMPT_OPTIONS, WORKDIR)
-def prepare(fields: dict[str, Any], template: str, label_words: str, label_names: Optional[str],
+def prepare(fields: dict[str, Any], template: str, label_words: Optional[str], label_names: Optional[str],
             workdir: Optional[str]) -> None:
     """Tokenize the dataset once and cache it in the workspace, keyed by a fingerprint."""
     cfg = PrepareConfig(**fields, prompt=_prompt(template, label_words, label_names))

@@ -43,7 +43,8 @@ REQUIRED = dataclasses.MISSING
 
 WORKDIR_HELP = "Workspace folder for prepared data and runs (default: ./data)."
 TEMPLATE_HELP = "Prompt template with {text} where the review goes (\\n understood)."
-WORDS_HELP = "Comma-separated label words, one per class in class-id order, each one token (\\n understood)."
+WORDS_HELP = ('Comma-separated label words, one entry per class in class-id order; a word may be several tokens, and '
+              'a class may have several words separated by "|" (" great| good, bad| awful"); \\n understood.')
 ENGINE_HELP = ("auto (the fastest for the job on this machine: the validated int8 graph, else the ONNX graph for a "
                "single start, torch bf16 for bulk on CPUs with native bf16 or a GPU; said in one line), torch or onnx.")
 SCORING_PRECISION_HELP = ("auto, fp32, bf16 or fp16 (torch); auto, fp32 or int8 (onnx; auto takes the int8 graph only "
@@ -74,16 +75,22 @@ def split_list(value: str) -> tuple[str, ...]:
     return tuple(unescape(part) for part in value.split(","))
 
 
+WORD_SEPARATOR = "|"
+"""Between a class's alternative words in --label-words (" great| good, bad| awful")."""
+
+
 @dataclass(frozen=True)
 class PromptConfig:
-    """How a review becomes a prompt, and which next token stands for each class."""
+    """How a review becomes a prompt, and which words stand for each class."""
 
     template: str = DEFAULT_TEMPLATE
     """Prompt with the review in place of `{text}`; the model predicts the label word right after it."""
     label_words: tuple[str, ...] = DEFAULT_LABEL_WORDS
-    """One word per class, in class-id order; each must be a single token of the tokenizer."""
+    """One entry per class, in class-id order: a word (any number of tokens), or several separated by "|"
+    (a verbalizer). Empty: the words are the label names (with a leading space after a template that ends
+    without one), or, when prepare finds no names in the data either, " negative, positive"."""
     label_names: tuple[str, ...] = ()
-    """Names shown to users and matched against string labels; default: the label words, stripped."""
+    """Names shown to users and matched against string labels; default: each class's first word, stripped."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -91,19 +98,19 @@ class PromptConfig:
             problems.append(
                 f"--template must contain {TEXT_SLOT} exactly once, got {self.template!r}"
             )
-        if len(self.label_words) < 2:
-            problems.append(f"--label-words needs at least two words, got {list(self.label_words)!r}")
-        if any(not w.strip() for w in self.label_words):
-            problems.append(f"--label-words has an empty word: {list(self.label_words)!r}")
-        if len(set(self.label_words)) != len(self.label_words):
-            problems.append(f"--label-words repeats a word: {list(self.label_words)!r}")
-        if self.label_names and len(self.label_names) != len(self.label_words):
+        if not self.label_words and self.label_names:
+            object.__setattr__(self, "label_words", words_for_names(self.label_names, self.suffix))
+        if self.label_words:
+            problems += _word_problems(self.label_words)
+        if self.label_names and self.label_words and len(self.label_names) != len(self.label_words):
             problems.append(
                 f"--label-names has {len(self.label_names)} names for {len(self.label_words)} label words"
             )
+        if any(not n.strip() for n in self.label_names):
+            problems.append(f"--label-names has an empty name: {list(self.label_names)!r}")
         _check(problems)
-        if not self.label_names:
-            object.__setattr__(self, "label_names", tuple(w.strip() for w in self.label_words))
+        if not self.label_names and self.label_words:
+            object.__setattr__(self, "label_names", tuple(words[0].strip() for words in self.class_words))
         if len(set(self.label_names)) != len(self.label_names):
             _check([f"label names must be distinct, got {list(self.label_names)!r}"])
 
@@ -119,6 +126,51 @@ class PromptConfig:
     def num_classes(self) -> int:
         return len(self.label_words)
 
+    @property
+    def class_words(self) -> tuple[tuple[str, ...], ...]:
+        """Each class's words: its --label-words entry split at "|"."""
+        return tuple(tuple(entry.split(WORD_SEPARATOR)) for entry in self.label_words)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the classes are known (words given or derived from names); prepare resolves the rest."""
+        return bool(self.label_words)
+
+    def with_names(self, names: tuple[str, ...]) -> "PromptConfig":
+        """This prompt for the classes `names` (as the data has them): words from the names."""
+        return dataclasses.replace(self, label_words=(), label_names=tuple(names))
+
+    def or_default(self) -> "PromptConfig":
+        """This prompt, with " negative, positive" where no words or names were given."""
+        return self if self.resolved else dataclasses.replace(self, label_words=DEFAULT_LABEL_WORDS)
+
+    def same_scoring(self, other: "PromptConfig") -> bool:
+        """Whether two prompts make the same prompts and score the same words (names may differ)."""
+        return (self.template, self.label_words) == (other.template, other.label_words)
+
+
+def words_for_names(names: tuple[str, ...], suffix: str) -> tuple[str, ...]:
+    """Label words read off class names: the name as written, after a space where the template's suffix does
+    not end in whitespace (" very negative" after "Sentiment:", as byte-level BPE and SentencePiece both
+    want a word that starts a new word)."""
+    space = "" if not suffix or suffix[-1].isspace() else " "
+    return tuple(space + name.strip().replace(WORD_SEPARATOR, " ") for name in names)
+
+
+def _word_problems(entries: tuple[str, ...]) -> list[str]:
+    problems = []
+    classes = [entry.split(WORD_SEPARATOR) for entry in entries]
+    if len(entries) < 2:
+        problems.append(f"--label-words needs at least two classes, got {list(entries)!r}")
+    if any(not w.strip() for words in classes for w in words):
+        problems.append(f"--label-words has an empty word: {list(entries)!r} (classes are separated by ',', "
+                        f"a class's alternative words by '{WORD_SEPARATOR}')")
+    every = [w for words in classes for w in words]
+    repeated = sorted({w for w in every if every.count(w) > 1})
+    if repeated:
+        problems.append(f"--label-words repeats the word(s) {repeated!r}; each word belongs to one class")
+    return problems
+
 
 @dataclass(frozen=True)
 class PrepareConfig:
@@ -127,8 +179,9 @@ class PrepareConfig:
     data: str = opt(DEFAULT_DATA, "Hub dataset name, or a folder of train/validation/test .parquet/.csv/.jsonl files, "
                                   "or a save_to_disk folder.")
     model: str = opt(DEFAULT_MODEL, "Model (hub name, folder or .gguf file) whose tokenizer to use.")
-    prompt: PromptConfig = opt(factory=PromptConfig, cli=False)
-    """Built from --template, --label-words and --label-names."""
+    prompt: PromptConfig = opt(factory=lambda: PromptConfig(label_words=()), cli=False)
+    """Built from --template, --label-words and --label-names; without words or names, the classes come from
+    the data's label names (a ClassLabel's names, or the distinct string labels, sorted)."""
     max_len: int = opt(128, "Longest prompt in tokens; longer reviews lose their tail, never the template.")
     text_column: str = opt("text", "Column holding the review text.")
     label_column: str = opt("label", "Column holding the label (0..K-1, a label name, or a ClassLabel matched by name).")
@@ -138,10 +191,14 @@ class PrepareConfig:
     splits: str = opt("", "Which dataset split feeds train/validation/test, e.g. validation=test,test=none (default: "
                           "the same names; none drops test, or carves validation from train).")
     validation_fraction: float = opt(0.1, "Without a validation split: share of each class of train held out as validation.")
-    seed: int = opt(42, "Seed of the held-out validation draw.")
+    seed: int = opt(42, "Seed of the held-out validation draw and of the --shots draw.")
+    shots: int = opt(0, "Few-shot: keep K training examples per class, and K per class of validation (as LM-BFF "
+                        "does), drawn with --seed; test stays whole. 0 keeps every row.")
 
     def __post_init__(self) -> None:
         problems = [f"--max-len must be at least 2, got {self.max_len}"] if self.max_len < 2 else []
+        if self.shots < 0:
+            problems.append(f"--shots must be 0 (all rows) or a positive number per class, got {self.shots}")
         if not 0 < self.validation_fraction < 1:
             problems.append(f"--validation-fraction must be between 0 and 1, got {self.validation_fraction}")
         try:

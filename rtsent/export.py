@@ -39,8 +39,9 @@ def run(cfg: ExportConfig, ws: Workspace, log: Callable[[str], None] = lambda _:
 def _seq_cls(folder: Path, cfg: ExportConfig, ws: Workspace, log: Callable[[str], None]) -> tuple[Path, dict[str, Any]]:
     """The sequence-classification folder, built beside its destination and renamed into place."""
     from rtsent.artifacts.cache import publish
-    from rtsent.seqcls import SEQCLS_FILE, export_seqcls
+    from rtsent.seqcls import SEQCLS_FILE, check_linear, export_seqcls
 
+    check_linear(ModelMeta.read(folder))
     out = Path(cfg.output).expanduser() if cfg.output else _seqcls_destination(folder)
     if out.exists() and not (out / SEQCLS_FILE).is_file():
         raise UsageError(f"--output {out} already exists and is not a sequence-classification export; "
@@ -176,13 +177,13 @@ def _build(paths: ModelPaths, meta: ModelMeta, tmp: Path, int8: bool, log: Calla
     from rtsent.core.prompts import PromptEncoder
 
     tok = load_tokenizer(str(paths.dir))
-    label_ids = PromptEncoder(meta.prompt, tok, meta.max_len).label_ids
+    words = PromptEncoder(meta.prompt, tok, meta.max_len).label_words
     tokenizer = paths.tokenizer_json.name
     write_tokenizer_json(tok, tmp / tokenizer)
     graphs = {"fp32": paths.onnx_name("fp32")}
     log(f"exporting {paths.dir} to ONNX (fp32)")
     plain = tmp / "plain.onnx"
-    config, exporter = _export_fp32(str(paths.dir), label_ids, plain, log)
+    config, exporter = _export_fp32(str(paths.dir), words, plain, log)
     if int8:
         log("quantizing to int8 (dynamic)")
         graphs["int8"] = paths.onnx_name("int8")
@@ -196,7 +197,7 @@ def _build(paths: ModelPaths, meta: ModelMeta, tmp: Path, int8: bool, log: Calla
         _single_file(plain, tmp / graphs["fp32"])
     import torch
 
-    return {"graphs": graphs, "tokenizer": tokenizer, "opset": OPSET, "label_ids": list(label_ids),
+    return {"graphs": graphs, "tokenizer": tokenizer, "opset": OPSET, "label_words": words.fingerprint(),
             "pad_id": int(tok.pad_token_id), "inputs": ["input_ids", "attention_mask"], "output": "scores",
             "fused_fp32": fused, "exporter": f"torch.onnx {exporter} (torch {torch.__version__.split('+')[0]})"}
 
@@ -207,22 +208,24 @@ def write_tokenizer_json(tok: Any, path: Path) -> None:
     tok.backend_tokenizer.save(str(path))
 
 
-def _export_fp32(model: str, label_ids: list[int], path: Path, log: Callable[[str], None]) -> tuple[Any, str]:
-    """Write the fp32 graph to path, its weights in a side file; returns the model's config and the exporter used."""
+def _export_fp32(model: str, words: Any, path: Path, log: Callable[[str], None]) -> tuple[Any, str]:
+    """Write the fp32 graph of the model scoring the LabelWords `words` to path, its weights in a side file;
+    returns the model's config and the exporter used."""
     import torch
 
-    from rtsent.core.modeling import label_logits, last_token_hidden, load_model, pad_batch, quiet_transformers
+    from rtsent.core import label_scores
+    from rtsent.core.modeling import load_model, pad_batch, quiet_transformers
 
     class LabelScores(torch.nn.Module):
-        """input_ids, attention_mask -> label-word scores at each row's last real token."""
+        """input_ids, attention_mask -> class scores, as the torch engine computes them (core/label_scores.py)."""
 
         def __init__(self, lm: Any):
             super().__init__()
             self.lm = lm
-            self.register_buffer("label_ids", torch.tensor(label_ids, dtype=torch.long))
+            self.layout = label_scores.ScoringLayout(words)
 
         def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            return label_logits(self.lm, last_token_hidden(self.lm, input_ids, attention_mask), self.label_ids)
+            return label_scores.scores(self.lm, self.layout, input_ids, attention_mask)
 
     with quiet_transformers():
         # Eager attention: plain matmuls and a softmax, which every ONNX runtime runs and fuses.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import statistics
 import time
 from dataclasses import dataclass
@@ -10,14 +11,15 @@ from typing import Any, Callable
 
 from rtsent import __version__
 from rtsent.artifacts.cache import fingerprint, locked, publish, staging, write_json
-from rtsent.config import PrepareConfig, to_dict
-from rtsent.sources.data import Source, Split, SplitPlan, build_splits, open_source, plan_splits, source_id
-from rtsent.errors import ArtifactError
+from rtsent.config import PrepareConfig, PromptConfig, to_dict
+from rtsent.sources.data import (Source, Split, SplitPlan, build_splits, class_label_ids, data_class_names, open_source,
+                                 plan_splits, source_id)
+from rtsent.errors import ArtifactError, DataError
 from rtsent.faults import crash_point
 from rtsent.core.families import check_max_len
 from rtsent.core.modeling import load_config, load_tokenizer
 from rtsent.core.prompts import tokenizer_fingerprint
-from rtsent.core.prompts import ENCODING_VERSION, PromptEncoder
+from rtsent.core.prompts import ENCODING_VERSION, LabelWords, PromptEncoder
 from rtsent.artifacts.workspace import MANIFEST, Workspace, read_json
 
 TOKENIZE_CHUNK = 2048
@@ -40,9 +42,11 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
     config = load_config(cfg.model)
     if config is not None:
         check_max_len(config, cfg.max_len, cfg.model, "pass --max-len {tokens} or less")
-    encoder = PromptEncoder(cfg.prompt, tok, cfg.max_len)
     source = open_source(cfg.data, cfg.subset)
     plan = plan_splits(source, cfg.split_map, cfg.validation_fraction, cfg.seed)
+    plan = dataclasses.replace(plan, shots=cfg.shots, shots_seed=cfg.seed)
+    cfg = dataclasses.replace(cfg, prompt=_classes(cfg, source, plan, log))
+    encoder = PromptEncoder(cfg.prompt, tok, cfg.max_len)
     key = _cache_key(cfg, tok, source, plan)
     fp = fingerprint({"stage": "prepare", **key})
     dest = ws.prepared(fp)
@@ -58,7 +62,7 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
             "rtsent_version": __version__,
             "config": {**to_dict(cfg), "force": None},
             **key,
-            "label_ids": encoder.label_ids,
+            "label_words": encoder.label_words.to_list(),
             "splits": {},
         }
         with staging(ws, f"prepare-{fp}") as tmp:
@@ -71,6 +75,26 @@ def run(cfg: PrepareConfig, ws: Workspace, log: Callable[[str], None] = lambda _
         _make_current(ws, fp)
     log(f"Prepared dataset {fp} written to {dest}")
     return PrepareResult(dest, manifest, cache_hit=False)
+
+
+def _classes(cfg: PrepareConfig, source: Source, plan: SplitPlan, log: Callable[[str], None]) -> PromptConfig:
+    """The prompt with its classes known: as given, else the data's own label names (their words read off the
+    names), else " negative, positive" for data whose labels are class ids or match those names."""
+    if cfg.prompt.resolved:
+        return cfg.prompt
+    default = cfg.prompt.or_default()
+    names = data_class_names(source, plan, cfg.label_column)
+    if names is None:
+        return default
+    try:
+        class_label_ids(names, default.label_names, source.name)
+        return default
+    except DataError:
+        pass
+    prompt = cfg.prompt.with_names(tuple(names))
+    log(f"classes from the data's labels: {', '.join(f'{n!r} (word {w!r})' for n, w in zip(prompt.label_names, prompt.label_words))}"
+        f"; pass --label-words to choose other words or --label-names for another order")
+    return prompt
 
 
 def _make_current(ws: Workspace, fp: str) -> None:
@@ -143,7 +167,7 @@ def _length_stats(lengths: list[int]) -> dict[str, float]:
     }
 
 
-MANIFEST_KEYS = ("fingerprint", "config", "tokenizer", "prompt", "max_len", "label_ids", "splits")
+MANIFEST_KEYS = ("fingerprint", "config", "tokenizer", "prompt", "max_len", "splits")
 # How long a reader waits for a `prepare --force` that is replacing the same dataset.
 LOCK_WAIT_S = 600.0
 
@@ -165,13 +189,16 @@ def _load(path: Path) -> tuple[Any, dict[str, Any]]:
 
     hint = f"rebuild it with `rtsent prepare --force` (or delete {path})"
     manifest = read_json(path / MANIFEST, hint)
-    missing = [k for k in MANIFEST_KEYS if k not in manifest]
+    missing = [k for k in MANIFEST_KEYS if k not in manifest] + (
+        [] if "label_words" in manifest or "label_ids" in manifest else ["label_words"])
     if missing:
         raise ArtifactError(f"{path / MANIFEST} lacks {', '.join(missing)}; {hint}")
     try:
         dd = datasets.load_from_disk(str(path))
     except Exception as exc:  # damaged arrow files surface as several exception types
         raise ArtifactError(f"prepared dataset {path} is damaged ({exc}); {hint}") from None
+    # Datasets prepared before label words of several tokens kept one token id per class as "label_ids".
+    manifest["label_words"] = LabelWords.from_list(manifest.pop("label_ids", None) or manifest["label_words"]).to_list()
     for split, info in manifest.get("splits", {}).items():
         if split not in dd or len(dd[split]) != info.get("rows"):
             raise ArtifactError(f"prepared dataset {path} does not match its manifest ({split}); {hint}")

@@ -44,6 +44,7 @@ def export_seqcls(folder: Path, out: Path, texts: Sequence[str], log: Callable[[
     meta = ModelMeta.read(folder)
     tok = load_tokenizer(str(folder))
     encoder = PromptEncoder(meta.prompt, tok, meta.max_len)
+    check_linear(meta)
     with quiet_transformers():
         lm = load_model(str(folder), dtype=torch.float32, compute="fp32", attn="eager").eval()
     model = _sequence_classifier(lm, meta, encoder, tok)
@@ -53,7 +54,7 @@ def export_seqcls(folder: Path, out: Path, texts: Sequence[str], log: Callable[[
     fast.save_pretrained(str(out))
     _patch_config(ModelPaths(out).config, model.config)
     record = {"prompt": meta.prompt.template, "label_names": list(meta.prompt.label_names),
-              "label_ids": list(encoder.label_ids), "temperature": meta.temperature, "max_len": meta.max_len,
+              "label_ids": encoder.label_words.head_ids, "temperature": meta.temperature, "max_len": meta.max_len,
               "prefix_applied_by_tokenizer": prefix_applied,
               "client_sends": "{text}" if prefix_applied or not meta.prompt.prefix else meta.prompt.prefix + "{text}",
               "source": str(folder)}
@@ -68,6 +69,7 @@ def _sequence_classifier(lm: Any, meta: ModelMeta, encoder: Any, tok: Any) -> An
     import torch
     from transformers import AutoModelForSequenceClassification
 
+    from rtsent.core import label_scores
     from rtsent.core.families import logit_factor, softcap
 
     config = lm.config
@@ -91,11 +93,20 @@ def _sequence_classifier(lm: Any, meta: ModelMeta, encoder: Any, tok: Any) -> An
         raise UsageError(f"transformers has no sequence-classification class for {config.model_type} models; "
                          f"serve this model with `rtsent serve`") from None
     model.base_model.load_state_dict(lm.base_model.state_dict(), assign=True)
-    rows = head.weight.detach()[list(encoder.label_ids)].to(torch.float32)
+    rows = label_scores.linear_head(lm, encoder.label_words).to(torch.float32)
     weight = rows * (logit_factor(lm) / meta.temperature)
     model.score = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     model.score.weight = torch.nn.Parameter(weight.clone().contiguous())
     return model.eval()
+
+
+def check_linear(meta: ModelMeta) -> None:
+    """UsageError unless the classifier is a linear head over the last hidden state: one single-token word a class."""
+    if meta.label_words.head_ids is None:
+        words = ", ".join(repr(entry) for entry in meta.prompt.label_words)
+        raise UsageError("a sequence-classification head is linear: it needs one single-token label word per class, "
+                         f"and these are {words}; serve this model with `rtsent serve`, "
+                         f"or train with one single-token word per class to export it")
 
 
 def _prompt_tokenizer(tok: Any, meta: ModelMeta, encoder: Any, texts: Sequence[str],

@@ -28,6 +28,7 @@ from rtsent.training.options import (class_weights, early_stopping_callbacks, ea
                                      tracker_setup, trackers, train_last_layers)
 from rtsent.training.trainer import (LabelCollator, LabelPositionTrainer, MetricsLog, RichProgress, SaveEveryBest,
                                      StopOnSignal, accuracy_metrics)
+from rtsent.core.prompts import LabelWords
 from rtsent.core.families import check_max_len
 from rtsent.core.modeling import (default_device, load_model, load_tokenizer, origin_note, quiet_transformers, resolve_precision, saved_config)
 from rtsent.core.prompts import tokenizer_fingerprint
@@ -109,7 +110,7 @@ def _prepare_command(config: dict[str, Any] | None) -> str:
     if not config:
         return "rtsent prepare <the run's options>"
     prompt = config["prompt"]
-    words = ",".join(prompt["label_words"]).replace("\n", "\\n")
+    words = ",".join(prompt["label_words"]).replace("\n", "\\n")  # "|" between a class's words stays as typed
     return (f"rtsent prepare --data {config['data']} --model {config['model']} --max-len {config['max_len']} "
             f"--template '{prompt['template']}' --label-words '{words}'".replace("\n", "\\n"))
 
@@ -123,6 +124,10 @@ class _Prepared:
     train: Any
     validation: Any
     """Sorted by length: sequential evaluation batches of similar length pad little."""
+
+    @property
+    def label_words(self) -> LabelWords:
+        return LabelWords.from_list(self.manifest["label_words"])
 
 
 def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: Callable[[str], None]) -> TrainResult:
@@ -197,7 +202,7 @@ def _build_model(cfg: TrainConfig, data: _Prepared, tok: Any, device: torch.devi
     if distributed.world_size() == 1 and not cfg.compile:  # DDP's reducer takes gradients from autograd's sums
         speed.tied_embedding_rows_into_grad(model)
     vocab = model.get_output_embeddings().weight.shape[0]
-    if max(data.manifest["label_ids"]) >= vocab:
+    if max(t for word in data.label_words.words for t in word) >= vocab:
         raise ArtifactError(f"model {cfg.model} has {vocab} output tokens, fewer than the tokenizer's; use a matching model")
     return model
 
@@ -237,7 +242,7 @@ def _make_trainer(cfg: TrainConfig, paths: RunPaths, data: _Prepared, tok: Any, 
         compute_metrics=accuracy_metrics,
         callbacks=[MetricsLog(paths.metrics), SaveEveryBest(), RichProgress(console), stopper, *tracker_callbacks,
                    *early_stopping_callbacks(cfg.early_stopping)],
-        label_token_ids=data.manifest["label_ids"],
+        label_words=data.label_words,
         loss_kind=cfg.loss,
         class_weights=weights,
     )
@@ -390,7 +395,7 @@ def _export(trainer: LabelPositionTrainer, tok: Any, ws: Workspace, paths: RunPa
         tok.save_pretrained(str(tmp))
         crash_point("export:before-meta")
         ModelMeta.new(
-            prompt=prompt_from_dict(manifest["prompt"]), label_ids=tuple(manifest["label_ids"]),
+            prompt=prompt_from_dict(manifest["prompt"]), label_words=data.label_words,
             max_len=manifest["max_len"], tokenizer=manifest["tokenizer"], prepared=manifest["fingerprint"],
             data=manifest["config"]["data"], run=paths.name, train=to_dict(cfg),
             best={"step": state.best_global_step, "validation_accuracy": state.best_metric},

@@ -19,7 +19,9 @@ FIRST_FORMAT_KEYS = ("rtsent_version", "created", "prompt", "label_ids", "max_le
 
 
 def _first_format(meta: dict) -> dict:
-    return {k: meta[k] for k in FIRST_FORMAT_KEYS}
+    # Up to version 2 the record kept one token id per class as "label_ids" (version 3: "label_words").
+    old = {**meta, "label_ids": [words[0][0] for words in meta["label_words"]]}
+    return {k: old[k] for k in FIRST_FORMAT_KEYS}
 
 
 def test_a_folder_in_the_first_format_loads_and_scores(trained, tmp_path):
@@ -32,7 +34,7 @@ def test_a_folder_in_the_first_format_loads_and_scores(trained, tmp_path):
     for name in ("model.onnx", "model.int8.onnx"):
         (folder / name).unlink(missing_ok=True)
     meta = ModelMeta.read(folder)
-    assert meta.version == 1 and meta.temperature == 1.0 and meta.graphs() == {} and meta.label_ids == tuple(current["label_ids"])
+    assert meta.version == 1 and meta.temperature == 1.0 and meta.graphs() == {} and meta.label_words.head_ids == _first_format(current)["label_ids"]
     old, new = open_classifier(str(folder)), open_classifier(str(trained[1].model_dir), engine="torch")
     assert old.engine == "torch"  # no graph listed: the torch engine
     rows = new.encoder.encode(["great wonderful film", "dull boring plot"]).input_ids
@@ -40,8 +42,9 @@ def test_a_folder_in_the_first_format_loads_and_scores(trained, tmp_path):
     # Writing it again (as `rtsent export` does) upgrades the record and keeps what it said.
     meta.write(folder)
     again = json.loads((folder / "rtsent.json").read_text())
-    assert again["version"] == META_VERSION and {k: again[k] for k in FIRST_FORMAT_KEYS if k != "prompt"} == {
-        k: current[k] for k in FIRST_FORMAT_KEYS if k != "prompt"}
+    kept = [k for k in FIRST_FORMAT_KEYS if k not in ("prompt", "label_ids")]
+    assert again["version"] == META_VERSION and {k: again[k] for k in kept} == {k: current[k] for k in kept}
+    assert again["label_words"] == [[[i]] for i in _first_format(current)["label_ids"]] and "label_ids" not in again
 
 
 def test_every_command_finds_a_model_the_same_way(trained, tmp_path):

@@ -92,7 +92,7 @@ def test_seed_recipe_format_is_reproducible(tmp_path, tiny_model_dir, data_dir):
     dd, manifest = stage.load(path)
     tok = load_tokenizer(str(tiny_model_dir))
     assert manifest["prompt"]["template"] == "{text} Sentiment: "
-    assert [tok.decode([i]) for i in manifest["label_ids"]] == ["neg", "pos"]
+    assert [tok.decode([i]) for ((i,),) in manifest["label_words"]] == ["neg", "pos"]
     first = dd["train"][0]["input_ids"]
     text = "{text} Sentiment: ".replace("{text}", __import__("pyarrow.parquet").parquet.read_table(
         data_dir / "train.parquet").column("text")[0].as_py())

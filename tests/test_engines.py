@@ -132,7 +132,9 @@ def test_export_command_on_an_existing_folder(exported, plain_model):
 
     meta = json.loads((exported / "rtsent.json").read_text())
     assert meta["onnx"]["graphs"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
-    assert meta["onnx"]["label_ids"] == meta["label_ids"]
+    from rtsent.core.prompts import LabelWords
+
+    assert meta["onnx"]["label_words"] == LabelWords.from_list(meta["label_words"]).fingerprint()
     assert "SkipLayerNormalization" in meta["onnx"]["fused_fp32"]  # GPT-2's fp32 graph is fused (the agreement test runs it)
     assert not [p.name for p in exported.iterdir() if p.name.startswith(".export-")]  # temp folder gone
     assert meta["onnx"]["int8_check"]["examples"] == 64  # checked on the workspace's validation split

@@ -218,7 +218,7 @@ def test_prepare_train_evaluate_predict_for_each_family(family_dirs, family_data
 
     test = pq.read_table(family_data / "test.parquet").to_pydict()
     plain = AutoModelForCausalLM.from_pretrained(str(result.model_dir)).eval()
-    label_ids = prepared.manifest["label_ids"]
+    label_ids = [w[0][0] for w in prepared.manifest["label_words"]]
     with torch.no_grad():
         predicted = [int(plain(**tok(TEMPLATE.format(text=t), return_tensors="pt")).logits[0, -1, label_ids].argmax())
                      for t in test["text"]]

@@ -132,7 +132,7 @@ def test_the_trained_gguf_model_predicts_through_both_engines_like_its_own_forwa
     with torch.no_grad():
         for text in texts:
             ids = tok(TEMPLATE.format(text=text), add_special_tokens=False)["input_ids"]
-            expected.append(model(torch.tensor([ids])).logits[0, -1, meta["label_ids"]].double().numpy())
+            expected.append(model(torch.tensor([ids])).logits[0, -1, [w[0][0] for w in meta["label_words"]]].double().numpy())
     for engine in ("torch", "onnx"):
         clf = open_classifier(str(result.model_dir), engine=engine, precision="fp32")
         np.testing.assert_allclose(clf.scores(clf.encoder.encode(texts).input_ids), np.array(expected),

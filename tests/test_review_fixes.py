@@ -84,7 +84,7 @@ def test_contextual_calibration_uses_the_temperature_of_the_reviews_it_corrects(
     rows = open_classifier(str(folder), engine="torch", precision="fp32").encoder.encode(list(CONTENT_FREE))
     tok, model = _reference_model(str(result.model_dir))
     with torch.no_grad():
-        z = np.array([model(torch.tensor([r])).logits[0, -1, meta["label_ids"]].double().numpy()
+        z = np.array([model(torch.tensor([r])).logits[0, -1, [w[0][0] for w in meta["label_words"]]].double().numpy()
                       for r in rows.input_ids])
     scaled = np.exp(z / t) / np.exp(z / t).sum(axis=1, keepdims=True)
     unscaled = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)

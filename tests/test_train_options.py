@@ -18,7 +18,8 @@ from rtsent import prepare, train
 from rtsent.cli import app
 from rtsent.config import PrepareConfig, TrainConfig
 from rtsent.errors import UsageError
-from rtsent.core.modeling import label_position_loss
+from rtsent.core.label_scores import ScoringLayout, loss_from_logits
+from rtsent.core.prompts import LabelWords
 from rtsent.training.options import class_weights
 from conftest import synthetic_review
 
@@ -45,6 +46,12 @@ LOGITS = [[0.5, -1.0, 2.0, 0.1, 1.5], [1.0, 0.3, -0.5, 2.5, 0.0], [-0.2, 1.2, 0.
 LABELS = [0, 1, 1]
 LABEL_IDS = [3, 1]  # class 0 is token 3, class 1 is token 1
 WEIGHTS = [2.0, 0.5]
+
+
+def label_position_loss(logits, labels, label_ids, kind, weights=None):
+    """The training loss of one single-token word per class, from full-vocabulary logits at the label position."""
+    layout = ScoringLayout(LabelWords.from_list(label_ids.tolist()))
+    return loss_from_logits(layout, logits, None, labels, kind, weights)[0]
 
 
 def test_weighted_lm_loss_matches_hand_computation():
@@ -105,7 +112,7 @@ def test_class_weighted_training_records_weights_and_evaluates_the_weighted_loss
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     val = datasets.load_from_disk(str(prepared.path))["validation"]
-    label_ids = prepared.manifest["label_ids"]
+    label_ids = [w[0][0] for w in prepared.manifest["label_words"]]
     num = den = 0.0
     with torch.no_grad():
         for ids, y in zip(val["input_ids"], val["labels"]):

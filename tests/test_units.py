@@ -89,8 +89,11 @@ def test_encoder_truncates_the_review_never_the_template(tok):
 def test_encoder_label_word_checks(tok):
     ids = PromptEncoder(PromptConfig(), tok, 32).label_ids
     assert [tok.decode([i]) for i in ids] == [" negative", " positive"]  # decoding is the independent inverse
-    with pytest.raises(UsageError, match="not one"):
-        PromptEncoder(PromptConfig(label_words=(" negative", " wonderfully-terrible")), tok, 32)
+    # A word of several tokens is scored token by token: its tokens are those the tokenizer gives after the prompt.
+    words = PromptEncoder(PromptConfig(label_words=(" negative", " wonderfully-terrible")), tok, 32).label_words
+    prompt = tok("a film\nSentiment:")["input_ids"]
+    assert list(words.classes[1][0]) == tok("a film\nSentiment: wonderfully-terrible")["input_ids"][len(prompt):]
+    assert len(words.classes[1][0]) > 1 and words.head_ids is None
     with pytest.raises(UsageError, match="max-len"):
         PromptEncoder(PromptConfig(template="Review of a movie: {text}\nSentiment:"), tok, 3)
 

@@ -199,7 +199,10 @@ def test_label_loss_is_cross_entropy_over_the_label_words_of_the_full_forward(ti
     from rtsent.training.trainer import LabelPositionTrainer
 
     trainer = LabelPositionTrainer.__new__(LabelPositionTrainer)
-    trainer.label_token_ids, trainer.loss_kind, trainer.class_weights = torch.tensor(label_ids), "label", None
+    from rtsent.core.label_scores import ScoringLayout
+    from rtsent.core.prompts import LabelWords
+
+    trainer.layout, trainer.loss_kind, trainer.class_weights = ScoringLayout(LabelWords.from_list(label_ids)), "label", None
     batch = {**pad_batch(rows, pad_id=0), "labels": labels}
     with torch.no_grad():
         loss, _ = trainer._loss_and_scores(model, batch)

@@ -110,16 +110,34 @@ def _body(meta: ModelMeta, reports: dict[str, dict[str, Any]]) -> str:
     for split, metrics in _metrics(meta, reports).items():
         for _, value, label, _ in metrics:
             lines.append(f"| {split} | {label} | {value:.4f} |")
-    lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-              "MODEL = \"this folder or its hub repository\"",
-              "tok = AutoTokenizer.from_pretrained(MODEL)", "model = AutoModelForCausalLM.from_pretrained(MODEL)",
-              f"prompt = {json.dumps(template)}.format(text=\"A gripping, beautifully acted film.\")",
-              "ids = tok(prompt, return_tensors=\"pt\")",
-              "next_token = model(**ids).logits[0, -1]",
-              f"label_ids = {list(meta.label_ids)}  # {json.dumps(words)}",
-              f"print({json.dumps(names)}[int(next_token[label_ids].argmax())])", "```", "",
+    lines += ["", "## Use", "", "```python", *_use_snippet(meta), "```", "",
               "## Training configuration", "", "```json", json.dumps(train, indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)
+
+
+def _use_snippet(meta: ModelMeta) -> list[str]:
+    """Python that classifies a review with transformers alone, as rtsent scores it."""
+    template, names = meta.prompt.template, list(meta.prompt.label_names)
+    head = ["import torch", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+            "MODEL = \"this folder or its hub repository\"",
+            "tok = AutoTokenizer.from_pretrained(MODEL)", "model = AutoModelForCausalLM.from_pretrained(MODEL)",
+            f"prompt = {json.dumps(template)}.format(text=\"A gripping, beautifully acted film.\")",
+            "ids = tok(prompt)[\"input_ids\"]"]
+    ids = meta.label_words.head_ids
+    if ids is not None:
+        return head + ["next_token = model(torch.tensor([ids])).logits[0, -1]",
+                       f"label_ids = {ids}  # {json.dumps(list(meta.prompt.label_words))}",
+                       f"print({json.dumps(names)}[int(next_token[label_ids].argmax())])"]
+    words = {name: ws for name, ws in zip(names, meta.label_words.to_list())}
+    return head + [
+        f"words = {json.dumps(words)}  # each class's words, as token ids after the prompt",
+        "",
+        "def log_prob(word):  # log P(word | prompt), token by token",
+        "    logits = model(torch.tensor([ids + word])).logits[0].log_softmax(-1)",
+        "    return sum(logits[len(ids) - 1 + i, t] for i, t in enumerate(word))",
+        "",
+        "scores = {name: torch.logsumexp(torch.stack([log_prob(w) for w in ws]), 0) for name, ws in words.items()}",
+        "print(max(scores, key=scores.get))"]
 
 
 def _write_text(path: Path, text: str) -> None:

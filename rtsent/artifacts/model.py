@@ -21,8 +21,9 @@ from typing import Any
 from rtsent.errors import ArtifactError, UsageError
 
 META_FILE = "rtsent.json"
-META_VERSION = 2
-"""1: folders written before the field existed (read as they are: the same keys); 2: adds "version"."""
+META_VERSION = 3
+"""1: folders written before the field existed (read as they are: the same keys); 2: adds "version";
+3: "label_words" (each class's words as token ids) replaces "label_ids" (one token id per class)."""
 DEFAULT_MAX_LEN = 128
 EVAL_ORDER = ("validation", "test")
 
@@ -101,12 +102,14 @@ class ModelMeta:
 
     The nested records stay the JSON objects they are on disk: `train` (the TrainConfig), `best` (step,
     validation_accuracy), `calibration` (temperature record), `training` (timing), `lora` (export,
-    base_model, trainable_params) and `onnx` (graphs, tokenizer, label_ids, pad_id, ...).
+    base_model, trainable_params) and `onnx` (graphs, tokenizer, label_words fingerprint, pad_id, ...).
     """
 
     prompt: Any
     """The PromptConfig the model was trained with."""
-    label_ids: tuple[int, ...]
+    label_words: Any
+    """The LabelWords: each class's words as token ids after the prompt (rtsent.json "label_words"; records
+    before version 3 kept one token id per class as "label_ids")."""
     max_len: int = DEFAULT_MAX_LEN
     tokenizer: str | None = None
     """tokenizer_fingerprint of the tokenizer the prompts were made with."""
@@ -150,7 +153,7 @@ class ModelMeta:
         from rtsent.config import to_dict
 
         out = {"version": META_VERSION, "rtsent_version": self.rtsent_version, "created": self.created,
-               "prompt": to_dict(self.prompt), "label_ids": list(self.label_ids), "max_len": self.max_len,
+               "prompt": to_dict(self.prompt), "label_words": self.label_words.to_list(), "max_len": self.max_len,
                "tokenizer": self.tokenizer, "prepared": self.prepared, "data": self.data, "run": self.run,
                "train": self.train, "best": self.best, "calibration": self.calibration, "training": self.training}
         out.update({k: getattr(self, k) for k in ("lora", "onnx") if getattr(self, k) is not None})
@@ -171,7 +174,9 @@ class ModelMeta:
         known = {f.name for f in dataclasses.fields(cls)}
         fields = {k: v for k, v in data.items() if k in known}
         fields["prompt"] = prompt_from_dict(data["prompt"])
-        fields["label_ids"] = tuple(int(i) for i in data["label_ids"])
+        from rtsent.core.prompts import LabelWords
+
+        fields["label_words"] = LabelWords.from_list(data["label_words"] if "label_words" in data else data["label_ids"])
         fields["max_len"] = int(data.get("max_len") or DEFAULT_MAX_LEN)
         fields["version"] = int(data.get("version", 1))
         return cls(**fields)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
 
 from rtsent import compat
 from rtsent.errors import ArtifactError, UsageError, first_line
@@ -229,23 +228,6 @@ def label_logits(model: Any, hidden: torch.Tensor, label_ids: torch.Tensor) -> t
     if getattr(head, "bias", None) is not None:
         scores = scores + head.bias[label_ids].to(hidden.dtype)
     return final_logits(model, scores)
-
-
-def label_position_loss(logits: torch.Tensor, labels: torch.Tensor, label_ids: torch.Tensor, kind: str,
-                        class_weights: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of the label word at the label position, a mean over the batch.
-
-    logits: [batch, vocab] at the last prompt token; labels: class ids; label_ids: token id per class.
-    kind "lm" scores the whole vocabulary, "label" the label words only. With class_weights, each
-    example counts class_weights[its class] times: sum(w_y * loss) / sum(w_y), as F.cross_entropy's weight=.
-    """
-    if kind == "label":
-        return F.cross_entropy(logits[:, label_ids], labels, weight=class_weights)
-    per_example = F.cross_entropy(logits, label_ids[labels], reduction="none")
-    if class_weights is None:
-        return per_example.mean()
-    weights = class_weights[labels]
-    return (per_example * weights).sum() / weights.sum()
 
 
 def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> dict[str, torch.Tensor]:

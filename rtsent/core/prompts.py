@@ -1,4 +1,5 @@
-"""Template + label words -> token ids; truncation that never cuts the template's tail."""
+"""Template + label words -> token ids; truncation that never cuts the template's tail; the label words'
+token layout (LabelWords), which every engine, the training loss and the exports score through."""
 
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class PromptEncoder:
         if self.suffix_ids is None:  # the suffix merges with the review's end: take it on its own
             self.suffix_ids = self._ids(prompt.suffix)
         self.prefix_len = len(self.bos_ids) + len(self._ids(prompt.prefix))
-        self.label_ids = self._label_ids()
+        self.label_words = self._label_words()
         minimum = self.prefix_len + len(self.suffix_ids) + 1
         if max_len < minimum:
             raise UsageError(
@@ -80,23 +81,43 @@ class PromptEncoder:
         """The ids `whole` adds after `head`, or None when appending changed head's own tokens."""
         return whole[len(head):] if whole[: len(head)] == head else None
 
-    def _label_ids(self) -> list[int]:
-        ids = []
-        for word in self.prompt.label_words:
-            pieces = self._following(self.context_ids, self._ids(self.prompt.prefix + PROBE + self.prompt.suffix + word))
-            if pieces is None:  # the word merges into the template's last token (e.g. "Sentiment: " + "neg"):
-                pieces = self._ids(word)  # the seed recipe's choice, the word's own tokens after the prompt's
-            if len(pieces) != 1:
-                shown = self.tokenizer.convert_ids_to_tokens(pieces)
-                raise UsageError(
-                    f"label word {word!r} is {len(pieces)} tokens {shown} after the prompt, not one; pick a "
-                    f"single-token word (after a template ending without a space words usually need a "
-                    f"leading space, e.g. ' positive')"
-                )
-            ids.append(pieces[0])
-        if len(set(ids)) != len(ids):
-            raise UsageError(f"label words {list(self.prompt.label_words)!r} map to the same token; make them distinct")
+    @property
+    def label_ids(self) -> list[int]:
+        """The token id of each class's word where every class is one single-token word (see LabelWords.head_ids)."""
+        ids = self.label_words.head_ids
+        if ids is None:
+            raise UsageError("these label words are not one single token per class")
         return ids
+
+    def word_ids(self, word: str) -> list[int]:
+        """A label word's tokens as they follow a review and the template's suffix."""
+        context = self.prompt.prefix + PROBE + self.prompt.suffix
+        pieces = self._following(self.context_ids, self._ids(context + word))
+        if pieces is None:  # the word merges into the template's last token (e.g. "Sentiment: " + "neg"):
+            pieces = self._ids(word)  # the seed recipe's choice, the word's own tokens after the prompt's
+        return pieces
+
+    def _label_words(self) -> "LabelWords":
+        classes, seen = [], {}
+        room = self.max_len - (self.prefix_len + len(self.suffix_ids) + 1)
+        for cls, words in enumerate(self.prompt.class_words):
+            encoded = []
+            for word in words:
+                ids = tuple(self.word_ids(word))
+                if not ids:
+                    raise UsageError(f"label word {word!r} has no tokens after the prompt; pick a word with letters")
+                if len(ids) > max(room, 1):
+                    raise UsageError(
+                        f"label word {word!r} is {len(ids)} tokens, more than --max-len {self.max_len} leaves after "
+                        f"the template; raise --max-len or pick a shorter word")
+                if ids in seen:
+                    raise UsageError(
+                        f"label words {seen[ids][1]!r} and {word!r} are the same tokens "
+                        f"{self.tokenizer.convert_ids_to_tokens(list(ids))} after the prompt; make them distinct")
+                seen[ids] = (cls, word)
+                encoded.append(ids)
+            classes.append(tuple(encoded))
+        return LabelWords(tuple(classes))
 
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         """Token ids of each prompt (at most max_len) and whether its review was cut."""
@@ -108,6 +129,127 @@ class PromptEncoder:
         bodies = self.tokenizer([prefix + t[:chars] for t in texts], add_special_tokens=False)["input_ids"]
         ids = [self.bos_ids + list(body[:budget]) + self.suffix_ids for body in bodies]
         return EncodedBatch(ids, [len(body) > budget or len(t) > chars for body, t in zip(bodies, texts)])
+
+
+@dataclass(frozen=True)
+class WordLayout:
+    """How LabelWords are scored from one forward of the prompt (numpy, for torch and ONNX alike).
+
+    The words form a trie. The prompt's last position predicts every word's first token (`first_ids`,
+    distinct); each internal node of the trie (a proper prefix of some word, `node_tokens` its last token)
+    is appended after the prompt once, attends to the prompt and to its own ancestors only, sits at the
+    position after its parent, and predicts the next token of every word that runs through it. So K
+    classes cost one forward of the prompt plus one token per distinct word prefix, never K forwards.
+    """
+
+    first_ids: np.ndarray
+    """[F] distinct first tokens; word w's first token is first_ids[word_first[w]]."""
+    word_first: np.ndarray
+    """[W] index into first_ids."""
+    node_tokens: np.ndarray
+    """[N] input token of each trie node."""
+    node_depth: np.ndarray
+    """[N] 1 for a word's first token, 2 for its second, ...: the node sits depth - 1 after the prompt's end."""
+    node_ancestors: np.ndarray
+    """[N, N] bool: node k sees node j (j is k or an ancestor of k)."""
+    step_node: np.ndarray
+    """[W, S] the node that predicts word w's token s + 2 (0 where the word is shorter; see step_mask)."""
+    step_token: np.ndarray
+    """[W, S] that token."""
+    step_mask: np.ndarray
+    """[W, S] 1 where word w has a token s + 2."""
+    class_word: np.ndarray
+    """[C, M] the words of each class (0-padded; see class_mask)."""
+    class_mask: np.ndarray
+    """[C, M] 1 for a real word."""
+
+
+@dataclass(frozen=True)
+class LabelWords:
+    """The label words as the model reads them: for each class, each of its words' token ids after the prompt.
+
+    The one owner of the words' tokens. The class score is log P(class | prompt) up to a constant shared by
+    all classes: each word's score is the sum of its tokens' log-probabilities after the prompt (the
+    first token's normalizer, common to every word, left out, so a single-token word's score is its
+    logit, as before), and a class with several words scores the log of their summed probabilities
+    (logsumexp). The probabilities users see are the softmax over the class scores. The torch side of the
+    same (class scores from a model, the training loss, a linear head) is core/label_scores.py.
+    """
+
+    classes: tuple[tuple[tuple[int, ...], ...], ...]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    @property
+    def words(self) -> list[tuple[int, ...]]:
+        """Every word, class by class."""
+        return [word for words in self.classes for word in words]
+
+    @property
+    def head_ids(self) -> list[int] | None:
+        """The token id of each class where every class is one single-token word (the rows of the output
+        embedding that make an exactly linear classification head), else None."""
+        if all(len(words) == 1 and len(words[0]) == 1 for words in self.classes):
+            return [words[0][0] for words in self.classes]
+        return None
+
+    @property
+    def one_token_words(self) -> bool:
+        """Every word is one token: the prompt's last position alone scores them all."""
+        return all(len(word) == 1 for word in self.words)
+
+    def to_list(self) -> list[list[list[int]]]:
+        return [[list(word) for word in words] for words in self.classes]
+
+    @classmethod
+    def from_list(cls, data: Sequence[Any]) -> "LabelWords":
+        """From to_list(), or from the one-token-per-class `label_ids` list older records kept."""
+        if all(isinstance(i, int) for i in data):
+            return cls(tuple(((int(i),),) for i in data))
+        return cls(tuple(tuple(tuple(int(t) for t in word) for word in words) for words in data))
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_list()).encode()).hexdigest()[:16]
+
+    def layout(self) -> WordLayout:
+        words = self.words
+        first = sorted({w[0] for w in words})
+        nodes: dict[tuple[int, ...], int] = {}
+        for word in words:
+            for depth in range(1, len(word)):
+                nodes.setdefault(word[:depth], len(nodes))
+        ancestors = np.zeros((len(nodes), len(nodes)), dtype=bool)
+        for prefix, k in nodes.items():
+            for depth in range(1, len(prefix) + 1):
+                ancestors[k, nodes[prefix[:depth]]] = True
+        steps = max([len(w) - 1 for w in words] + [1])
+        step_node = np.zeros((len(words), steps), dtype=np.int64)
+        step_token = np.zeros((len(words), steps), dtype=np.int64)
+        step_mask = np.zeros((len(words), steps), dtype=np.float32)
+        for w, word in enumerate(words):
+            for s in range(len(word) - 1):
+                step_node[w, s], step_token[w, s], step_mask[w, s] = nodes[word[: s + 1]], word[s + 1], 1.0
+        most = max(len(ws) for ws in self.classes)
+        class_word = np.zeros((self.num_classes, most), dtype=np.int64)
+        class_mask = np.zeros((self.num_classes, most), dtype=bool)
+        w = 0
+        for c, ws in enumerate(self.classes):
+            for m in range(len(ws)):
+                class_word[c, m], class_mask[c, m] = w, True
+                w += 1
+        return WordLayout(
+            first_ids=np.asarray(first, dtype=np.int64),
+            word_first=np.asarray([first.index(w[0]) for w in words], dtype=np.int64),
+            node_tokens=np.asarray([p[-1] for p in nodes], dtype=np.int64),
+            node_depth=np.asarray([len(p) for p in nodes], dtype=np.int64),
+            node_ancestors=ancestors, step_node=step_node, step_token=step_token, step_mask=step_mask,
+            class_word=class_word, class_mask=class_mask)
+
+    def describe(self, tokenizer: Any) -> list[list[list[str]]]:
+        """The tokens of every word, as strings, class by class."""
+        return [[tokenizer.convert_ids_to_tokens(list(word)) for word in words] for words in self.classes]
 
 
 def pad_rows(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> tuple[np.ndarray, np.ndarray]:

@@ -30,10 +30,11 @@ def read_model_meta(model: str, prompt: PromptConfig | None = None) -> tuple[Mod
                 f"{model} has no {META_FILE}, so it was not exported by `rtsent train`; pass a run's model folder, "
                 f"or score it as a base model zero-shot with --zero-shot (evaluate) or --template/--label-words"
             )
-        return None, prompt
+        return None, prompt.or_default()
     meta = ModelMeta.read(model)
     trained = meta.prompt
-    if prompt is not None and (prompt.template, prompt.label_words) != (trained.template, trained.label_words):
+    if prompt is not None and not (prompt.resolved and prompt.same_scoring(trained)) and (
+            prompt.resolved or prompt.template != trained.template):
         raise UsageError(
             f"{model} was trained with template {trained.template!r} and label words "
             f"{list(trained.label_words)!r}; drop --template/--label-words to use them"
@@ -84,7 +85,7 @@ class Classifier(ABC):
 
     def scores(self, rows: Sequence[Sequence[int]], batch_size: int = 64) -> np.ndarray:
         """Raw label-word scores [n, classes] as float32, in input order."""
-        out = np.empty((len(rows), len(self.encoder.label_ids)), dtype=np.float32)
+        out = np.empty((len(rows), self.encoder.label_words.num_classes), dtype=np.float32)
         for idx in length_sorted_batches(rows, batch_size):
             out[idx] = self._score_batch([rows[i] for i in idx])
         return out

@@ -73,7 +73,8 @@ class OnnxClassifier(Classifier):
         folder = paths.dir
         tokenizer = paths.dir / info["tokenizer"] if info.get("tokenizer") else paths.tokenizer_json
         super().__init__(name, meta, prompt, max_len, JsonTokenizer(tokenizer), precision)
-        if list(info.get("label_ids", [])) != list(self.encoder.label_ids):
+        words = self.encoder.label_words
+        if info.get("label_words", None) != words.fingerprint() and info.get("label_ids", None) != words.head_ids:
             raise ArtifactError(f"the ONNX graph in {folder} scores other label tokens than rtsent.json's prompt; "
                                 f"run `rtsent export {name}` again")
         self.pad_id = int(info["pad_id"])

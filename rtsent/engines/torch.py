@@ -9,8 +9,9 @@ import torch
 
 from rtsent.artifacts.model import ModelMeta
 from rtsent.config import PromptConfig
-from rtsent.core.modeling import (DTYPES, default_device, label_logits, last_token_hidden, load_model, load_tokenizer,
-                                  pad_batch, quiet_transformers, resolve_precision)
+from rtsent.core import label_scores
+from rtsent.core.modeling import (DTYPES, default_device, load_model, load_tokenizer, pad_batch, quiet_transformers,
+                                  resolve_precision)
 from rtsent.engines.base import Classifier
 from rtsent.errors import UsageError
 
@@ -30,10 +31,9 @@ class TorchClassifier(Classifier):
             model = load_model(name, dtype=DTYPES[precision], compute=precision)
         # Inference needs no fp32 master weights: cast once instead of autocasting every matmul.
         self.model: Any = model.to(self.device, dtype=DTYPES[precision]).eval()
-        self.label_ids = torch.as_tensor(list(self.encoder.label_ids), device=self.device)
+        self.layout = label_scores.ScoringLayout(self.encoder.label_words).to(self.device)
 
     def _score_batch(self, rows: list[Sequence[int]]) -> np.ndarray:
         with torch.inference_mode():
             batch = {k: v.to(self.device) for k, v in pad_batch(rows, self.tokenizer.pad_token_id).items()}
-            hidden = last_token_hidden(self.model, **batch)
-            return label_logits(self.model, hidden.float(), self.label_ids).float().cpu().numpy()
+            return label_scores.scores(self.model, self.layout, **batch).float().cpu().numpy()

@@ -165,12 +165,19 @@ class SplitPlan:
     train: str
     validation: str | Carve
     test: str | None
+    shots: int = 0
+    """K > 0: keep K rows per class of train and of validation (drawn with shots_seed)."""
+    shots_seed: int = 0
 
     def describe(self) -> dict[str, Any]:
-        """The plan as JSON (manifest and fingerprint): split names, or the carve's fraction and seed."""
+        """The plan as JSON (manifest and fingerprint): split names, or the carve's fraction and seed; the
+        few-shot draw where there is one."""
         val = self.validation
         carved = {"carved_from": self.train, "fraction": val.fraction, "seed": val.seed} if isinstance(val, Carve) else val
-        return {"train": self.train, "validation": carved, "test": self.test}
+        out: dict[str, Any] = {"train": self.train, "validation": carved, "test": self.test}
+        if self.shots:
+            out["shots"] = {"per_class": self.shots, "seed": self.shots_seed}
+        return out
 
 
 def plan_splits(source: Source, mapping: dict[str, str | None], fraction: float, seed: int) -> SplitPlan:
@@ -232,7 +239,45 @@ def build_splits(source: Source, plan: SplitPlan, text_column: str, label_column
         splits["train"], splits["validation"] = carve(splits["train"], plan.validation, source.name)
         log(f"validation: carved {len(splits['validation'].texts)} rows ({plan.validation.fraction:g} of each class, "
             f"seed {plan.validation.seed}) out of {source.name} ({plan.train})")
+    if plan.shots:
+        splits["train"] = draw_shots(splits["train"], plan.shots, plan.shots_seed, label_names, "train", strict=True)
+        splits["validation"] = draw_shots(splits["validation"], plan.shots, plan.shots_seed, label_names, "validation")
+        log(f"--shots {plan.shots}: kept {len(splits['train'].texts)} training and {len(splits['validation'].texts)} "
+            f"validation rows (seed {plan.shots_seed})")
     return {role: splits[role] for role in ROLES if role in splits}
+
+
+def draw_shots(split: Split, k: int, seed: int, label_names: Sequence[str], role: str, strict: bool = False) -> Split:
+    """K rows of each class drawn with the seed, in their original order. A class with fewer than K rows is
+    a DataError for train (strict: the user asked for K examples of it), and kept whole for validation."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(split.labels)
+    chosen = []
+    for cls, name in enumerate(label_names):
+        rows = np.flatnonzero(labels == cls)
+        if strict and len(rows) < k:
+            raise DataError(f"--shots {k}: class {name!r} has only {len(rows)} {role} rows; "
+                            f"pass --shots {len(rows)} or less" if len(rows) else
+                            f"--shots {k}: class {name!r} has no {role} rows")
+        chosen.extend(rng.permutation(rows)[:k].tolist())
+    keep = sorted(chosen)
+    return Split([split.texts[i] for i in keep], [split.labels[i] for i in keep], split.skipped_empty)
+
+
+def data_class_names(source: Source, plan: SplitPlan, label_column: str) -> list[str] | None:
+    """The classes the training data names: a ClassLabel column's names, or its distinct string labels
+    sorted; None where the labels are class ids (0..K-1) or the column is missing (build_split says so)."""
+    raw = source.read(plan.train)
+    if label_column in raw.class_names:
+        return list(raw.class_names[label_column])
+    if label_column not in raw.table.column_names:
+        return None
+    strings = {v for v in raw.table.column(label_column).to_pylist() if isinstance(v, str)}
+    if not strings or all(v.strip().isdecimal() for v in strings):
+        return None
+    return sorted(strings)
 
 
 def class_label_ids(class_names: Sequence[str] | None, label_names: Sequence[str], where: str) -> list[int] | None:

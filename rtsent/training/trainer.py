@@ -13,7 +13,9 @@ import torch
 from transformers import TrainerCallback
 
 from rtsent import compat
-from rtsent.core.modeling import label_position_loss, next_token_logits, pad_batch
+from rtsent.core import label_scores
+from rtsent.core.modeling import pad_batch
+from rtsent.core.prompts import LabelWords
 from rtsent.faults import crash_point, interrupt_point
 from rtsent.training import distributed, speed
 
@@ -58,16 +60,16 @@ class SeededLengthSampler(torch.utils.data.Sampler):
 
 
 class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
-    """Trainer whose loss is the cross-entropy of the label word at the last prompt token.
+    """Trainer whose loss is the cross-entropy of the label words after the prompt (core/label_scores.py).
 
     loss="lm" scores the whole vocabulary there (the seed recipe's objective); loss="label" scores
-    the label words only. Evaluation returns [batch, classes] label-word logits, nothing larger.
+    the classes only. Evaluation returns [batch, classes] class scores, nothing larger.
     """
 
-    def __init__(self, *args: Any, label_token_ids: list[int], loss_kind: str,
+    def __init__(self, *args: Any, label_words: LabelWords, loss_kind: str,
                  class_weights: list[float] | None = None, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.label_token_ids = torch.tensor(label_token_ids, dtype=torch.long)
+        self.layout = label_scores.ScoringLayout(label_words)
         self.loss_kind = loss_kind
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         # Our loss is already a per-example mean; let Trainer scale it for gradient accumulation.
@@ -114,11 +116,10 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
         crash_point("checkpoint:before-state", self.state.global_step)
 
     def _loss_and_scores(self, model: Any, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        logits = next_token_logits(model, inputs["input_ids"], inputs["attention_mask"]).float()
-        label_ids = self.label_token_ids.to(logits.device)
-        scores = logits[:, label_ids]
-        weights = self.class_weights.to(logits.device) if self.class_weights is not None else None
-        return label_position_loss(logits, inputs["labels"], label_ids, self.loss_kind, weights), scores
+        device = inputs["input_ids"].device
+        self.layout = self.layout.to(device)
+        weights = self.class_weights.to(device) if self.class_weights is not None else None
+        return label_scores.loss_and_scores(model, self.layout, inputs, self.loss_kind, weights)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """A step's micro-batches (--micro-batches): their total weight, so that each one's mean loss counts
