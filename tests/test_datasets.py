@@ -3,6 +3,7 @@ ClassLabel labels matched by name, hub subsets. Every dataset here is written by
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -160,8 +161,15 @@ def _prompt(*names: str):
 
 def test_classlabel_mismatch_is_one_line_showing_both_lists(tmp_path, tiny_model_dir):
     data = saved_classlabel(tmp_path / "saved", ["bad", "good"])
+    # Without --label-words the ClassLabel's names are the classes ...
     result = runner.invoke(app, ["prepare", "--data", str(data), "--model", str(tiny_model_dir),
-                                 "--workdir", str(tmp_path / "ws")])
+                                 "--workdir", str(tmp_path / "own")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads(next((tmp_path / "own" / "prepared").glob("*/manifest.json")).read_text())
+    assert manifest["prompt"]["label_names"] == ["bad", "good"] and manifest["prompt"]["label_words"] == [" bad", " good"]
+    # ... and words given for other classes are a one-line mismatch showing both lists.
+    result = runner.invoke(app, ["prepare", "--data", str(data), "--model", str(tiny_model_dir),
+                                 "--label-words", " negative, positive", "--workdir", str(tmp_path / "ws")])
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "['bad', 'good']" in lines[0] and "['negative', 'positive']" in lines[0]

@@ -126,10 +126,15 @@ def test_prompts_equal_the_tokenizers_own_encoding_of_the_whole_prompt(family_di
         assert tok.convert_ids_to_tokens(encoder.label_ids) == ["▁negative", "▁positive"]
 
 
-def test_sentencepiece_label_word_of_several_pieces_is_refused_showing_them(family_dirs):
+def test_sentencepiece_label_word_of_several_pieces_is_scored_piece_by_piece(family_dirs):
     tok = load_tokenizer(str(family_dirs["llama"]))
-    with pytest.raises(UsageError, match=r"' wonderfully' is \d tokens \['▁wonderful.*not one"):
-        PromptEncoder(PromptConfig(label_words=(" negative", " wonderfully")), tok, 64)
+    encoder = PromptEncoder(PromptConfig(label_words=(" negative", " wonderfully")), tok, 64)
+    pieces = encoder.label_words.describe(tok)[1][0]
+    assert len(pieces) > 1 and pieces[0].startswith("▁wonderful") and "".join(pieces) == "▁wonderfully"
+    # A max-len that leaves the word one token short of room after the template is refused, naming the word.
+    short = encoder.prefix_len + len(encoder.suffix_ids) + len(pieces)
+    with pytest.raises(UsageError, match=rf"' wonderfully' is {len(pieces)} tokens, more than --max-len {short} leaves"):
+        PromptEncoder(PromptConfig(label_words=(" negative", " wonderfully")), tok, short)
 
 
 def test_truncation_keeps_bos_and_the_template_tail(family_dirs):
@@ -318,8 +323,8 @@ def test_prompt_encoder_needs_only_calling_the_tokenizer_and_naming_its_tokens(f
     full = PromptEncoder(PromptConfig(), tok, 24)
     minimal = PromptEncoder(PromptConfig(), _OnlyTwoMethods(tok), 24)
     assert (minimal.label_ids, minimal.encode(texts)) == (full.label_ids, full.encode(texts))
-    with pytest.raises(UsageError, match="not one"):
-        PromptEncoder(PromptConfig(label_words=(" negative", " wonderfully")), _OnlyTwoMethods(tok), 24)
+    several = PromptConfig(label_words=(" negative", " wonderfully| very good"))
+    assert PromptEncoder(several, _OnlyTwoMethods(tok), 24).label_words == PromptEncoder(several, tok, 24).label_words
 
 
 @pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])
@@ -344,7 +349,9 @@ def test_the_int8_graph_keeps_the_familys_fp32_layers_and_the_label_projection(f
     from rtsent import export
 
     plain, int8 = tmp_path / "plain.onnx", tmp_path / "int8.onnx"
-    config, _ = export._export_fp32(str(family_dirs[family]), [5, 6], plain, lambda _: None)
+    from rtsent.core.prompts import LabelWords
+
+    config, _ = export._export_fp32(str(family_dirs[family]), LabelWords.from_list([5, 6]), plain, lambda _: None)
     export._quantize(plain, int8, config)
     graph = onnx.load(str(int8)).graph
     float_products = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and

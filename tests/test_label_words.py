@@ -283,3 +283,78 @@ def test_shots_keep_k_per_class_drawn_with_the_seed(tmp_path, folders, named_dat
     out = runner.invoke(app, ["prepare", "--data", str(named_data), "--model", str(folders["gpt2"]), "--shots", "40", "--max-len", "32",
                               "--workdir", str(tmp_path)])
     assert out.exit_code == 2 and "--shots 40: class" in out.output and "32 train rows" in out.output, out.output
+
+
+# --- LoRA, serve, zero-shot and calibration with several words a class -----------------------------------
+
+VERBALIZER = (" awful| dull| very bad", " the| it", " great| very wonderful")
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, folders, named_data):
+    from rtsent.artifacts.workspace import Workspace
+
+    space = Workspace.resolve(tmp_path_factory.mktemp("verbalizer-ws"))
+    prepare.run(PrepareConfig(data=str(named_data), model=str(folders["llama"]), max_len=32,
+                              prompt=PromptConfig(label_words=VERBALIZER, label_names=tuple(NAMES))), space)
+    result = train.run(TrainConfig(model=str(folders["llama"]), lr=1e-2, batch_size=16, max_steps=4, run_name="lora",
+                                   precision="fp32", warmup=0.0, lora=True, lora_targets="q_proj,v_proj"), space)
+    return space, result
+
+
+def test_a_lora_model_with_a_verbalizer_scores_alike_on_every_engine(lora_run):
+    from rtsent.engines import open_classifier
+
+    space, result = lora_run
+    texts = named_split(8, 11)["text"]
+    torch_clf = open_classifier(str(result.model_dir), engine="torch", precision="fp32")
+    assert [len(c) for c in torch_clf.encoder.label_words.classes] == [3, 2, 2]
+    assert max(len(w) for w in torch_clf.encoder.label_words.words) > 1
+    onnx_clf = open_classifier(str(result.model_dir), engine="onnx", precision="fp32")
+    np.testing.assert_allclose(onnx_clf.scores(onnx_clf.encoder.encode(texts).input_ids),
+                               torch_clf.scores(torch_clf.encoder.encode(texts).input_ids), atol=1e-4)
+    # The model the torch engine loads is the base with the adapter merged: score it by hand, word by word.
+    model = torch_clf.model
+    rows = torch_clf.encoder.encode(texts[:2]).input_ids
+    reference = by_hand(model, rows, torch_clf.encoder.label_words)
+    ours = torch_clf.scores(rows)
+    np.testing.assert_allclose(softmax(ours.astype(np.float64)), softmax(reference), atol=1e-5)
+
+
+def test_serve_answers_with_the_data_names(lora_run):
+    from test_serve import Server
+
+    import httpx
+
+    _, result = lora_run
+    from rtsent.engines import open_classifier
+
+    texts = named_split(4, 12)["text"]
+    expected = open_classifier(str(result.model_dir), engine="torch", precision="fp32").probabilities(texts)
+    srv = Server(result.model_dir, "--precision", "fp32", "--engine", "torch")
+    try:
+        got = httpx.post(srv.url + "/predict", json={"inputs": texts}, timeout=60).json()
+    finally:
+        srv.stop()
+    for row, probs in zip(got, expected):
+        assert {r["label"]: r["score"] for r in row} == pytest.approx(dict(zip(NAMES, probs.tolist())), abs=1e-5)
+
+
+def test_zero_shot_and_calibration_score_several_token_words(tmp_path, folders, named_data):
+    """A base model scored zero-shot on data with multi-token class names; contextual calibration on top."""
+    from rtsent.engines import open_classifier
+
+    prompt = PromptConfig(label_words=(" very negative", " neutral", " very positive"), label_names=tuple(NAMES))
+    clf = open_classifier(str(folders["gpt2"]), prompt, 32, engine="torch", precision="fp32")
+    rows = clf.encoder.encode(TEXTS).input_ids
+    model = load_model(str(folders["gpt2"])).eval()
+    np.testing.assert_allclose(clf.probabilities(TEXTS), softmax(by_hand(model, rows, clf.encoder.label_words)),
+                               atol=1e-5)
+    out = runner.invoke(app, ["evaluate", "--model", str(folders["gpt2"]), "--zero-shot", "--data",
+                              str(named_data / "test.parquet"), "--label-words", ",".join(prompt.label_words),
+                              "--label-names", ",".join(NAMES), "--calibrate", "--engine", "torch", "--no-plots",
+                              "--output", str(tmp_path / "zs.json"), "--workdir", str(tmp_path)])
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "zs.json").read_text())
+    assert report["examples"] == 48 and set(report["per_class"]) == set(NAMES)
+    assert len(report["calibration"]["contextual"]["p_cf"]) == 3  # content-free scores of the three classes

@@ -53,8 +53,13 @@ def test_real_tokenizer_facts():
     seed = PromptEncoder(PromptConfig(template="{text} Sentiment: ", label_words=("neg", "pos")), tok, 128)
     assert seed.label_ids == [12480, 1930]
     assert seed.encode(["great movie"]).input_ids[0][-1] == 220  # the seed prompt ends in a lone space token
-    with pytest.raises(Exception, match="not one"):
-        PromptEncoder(PromptConfig(label_words=(" negative", " superlative")), tok, 128)
+    # A word of several tokens: the tokens GPT-2 gives it after the prompt.
+    several = PromptEncoder(PromptConfig(label_words=(" negative", " superlative")), tok, 128).label_words
+    prompt = tok("great movie\nSentiment:")["input_ids"]
+    assert list(several.classes[1][0]) == tok("great movie\nSentiment: superlative")["input_ids"][len(prompt):]
+    assert tok.convert_ids_to_tokens(list(several.classes[1][0])) == ["Ġsuper", "l", "ative"]
+    with pytest.raises(Exception, match="more than --max-len"):
+        PromptEncoder(PromptConfig(label_words=(" negative", " superlative")), tok, 5)
 
 
 def test_rotten_tomatoes_end_to_end(tmp_path, gpt2_small_config):

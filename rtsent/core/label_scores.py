@@ -25,6 +25,8 @@ class ScoringLayout(torch.nn.Module):
         self.single = words.head_ids is not None
         self.one_token = words.one_token_words
         self.several = bool(layout.class_mask.sum(axis=1).max() > 1)
+        head = words.head_ids if words.head_ids is not None else [0] * words.num_classes
+        self.register_buffer("head_ids", torch.tensor(head, dtype=torch.long), persistent=False)
         for name in ("first_ids", "word_first", "node_tokens", "node_depth", "node_ancestors", "step_node",
                      "step_token", "step_mask", "class_word", "class_mask"):
             self.register_buffer(name, torch.from_numpy(getattr(layout, name)), persistent=False)
@@ -108,6 +110,8 @@ def scores(model: Any, layout: ScoringLayout, input_ids: torch.Tensor, attention
     """
     from rtsent.core.modeling import label_logits, last_token_hidden
 
+    if layout.single:  # one single-token word a class: the label rows' logits, the graph exactly as it always was
+        return label_logits(model, last_token_hidden(model, input_ids, attention_mask).float(), layout.head_ids)
     if layout.one_token:
         hidden = last_token_hidden(model, input_ids, attention_mask)
         return class_scores(layout, word_scores(layout, label_logits(model, hidden.float(), layout.first_ids), None))
