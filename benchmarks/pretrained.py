@@ -202,6 +202,7 @@ def main() -> None:
     ap.add_argument("--variants", default=",".join(VARIANTS))
     ap.add_argument("--seeds", default="1,2")
     ap.add_argument("--epochs", type=float, default=None, help="rtsent's default when not given (the HF recipe: 1)")
+    ap.add_argument("--hf-epochs", type=float, default=None, help="the HF recipe's epochs (default: --epochs, else 1)")
     ap.add_argument("--data", type=Path, default=DATA, help="a folder of train/validation/test.parquet")
     ap.add_argument("--shots", type=int, default=0, help="K examples a class, one draw per seed")
     ap.add_argument("--extra", default="", help="more rtsent train options, for the full and lora variants")
@@ -214,7 +215,7 @@ def main() -> None:
     ap.add_argument("--out", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker_hf:
-        return worker_hf(a.model, a.seed, a.epochs or 1.0, a.out, a.data, a.shots)
+        return worker_hf(a.model, a.seed, a.hf_epochs or a.epochs or 1.0, a.out, a.data, a.shots)
     model, extra = gguf_file(), shlex.split(a.extra)
     ws = a.workdir or tempfile.mkdtemp(prefix="rtsent-pretrained-")
     seeds = [int(s) for s in a.seeds.split(",")]
@@ -226,7 +227,7 @@ def main() -> None:
             if variant.startswith("zero-shot"):
                 row = zero_shot(ws, model, variant == "zero-shot-cal")
             elif variant == "hf":
-                row = hf_recipe(ws, model, seed, a.epochs or 1.0, a.data, a.shots)
+                row = hf_recipe(ws, model, seed, a.hf_epochs or a.epochs or 1.0, a.data, a.shots)
             else:
                 lora = ["--lora"] if variant == "lora" else []
                 row = fine_tune(ws, model, seed, a.epochs, [*lora, *extra], f"{variant}-{seed}{a.tag}",

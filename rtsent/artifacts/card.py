@@ -96,8 +96,9 @@ def _body(meta: ModelMeta, reports: dict[str, dict[str, Any]]) -> str:
     lines = [
         f"# {meta.run or 'rtsent model'}",
         "",
-        f"A causal language model fine-tuned by rtsent as a sentiment classifier: each text "
-        f"becomes the prompt `{json.dumps(template)}` and the model predicts one label word as the next token "
+        f"A causal language model fine-tuned by rtsent as a text classifier: each text "
+        f"becomes the prompt `{json.dumps(template)}` and the class is the label word the model finds most likely "
+        f"after it "
         f"({', '.join(f'{json.dumps(w)} = {n}' for w, n in zip(words, names))}).",
         "",
         f"- base model: `{base}`" + (" (trained from scratch on its config)" if train.get("from_scratch") else ""),
