@@ -66,3 +66,18 @@ def test_a_signal_to_one_rank_stops_both_at_the_same_step_and_the_run_resumes(pr
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _evals(prepared_ws, "s")[-1] == 16
     assert (prepared_ws.run("s").model / META_FILE).is_file()
+
+
+def test_two_ranks_train_words_of_several_tokens(tmp_path, tiny_model_dir, data_dir):
+    """The trie tokens and their 4D mask go through DDP's wrapper like the prompt alone does."""
+    from rtsent.config import PromptConfig
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    words = PromptConfig(label_words=(" very negative| awful", " very positive"), label_names=("negative", "positive"))
+    prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=32, prompt=words), ws)
+    done = _torchrun(_train_args(ws, tiny_model_dir, "--epochs", "1", "--no-onnx", "--run-name", "words"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    meta = json.loads((ws.run("words").model / META_FILE).read_text())
+    lengths = [len(w) for c in meta["label_words"] for w in c]
+    assert len(lengths) == 3 and max(lengths) > 1
+    assert _evals(ws, "words") == [8]

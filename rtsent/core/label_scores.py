@@ -66,13 +66,19 @@ def packed_inputs(layout: ScoringLayout, input_ids: torch.Tensor, attention_mask
     return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
 
 
+def _unwrapped(model: Any) -> Any:
+    """The model inside a DDP/FSDP wrapper (training under torchrun calls the wrapper)."""
+    return getattr(model, "module", model)
+
+
 def _mask_kind(model: Any) -> str:
-    attn = getattr(getattr(model, "config", None), "_attn_implementation", None) or "sdpa"
+    """The 4D mask the model's attention reads: additive floats for eager, booleans for SDPA (and the rest)."""
+    attn = getattr(getattr(_unwrapped(model), "config", None), "_attn_implementation", None) or "sdpa"
     return "additive" if attn == "eager" else "bool"
 
 
 def _embedding_dtype(model: Any) -> torch.dtype:
-    return model.get_input_embeddings().weight.dtype
+    return _unwrapped(model).get_input_embeddings().weight.dtype
 
 
 def word_scores(layout: ScoringLayout, first: torch.Tensor, node_logprobs: torch.Tensor | None) -> torch.Tensor:
