@@ -166,7 +166,7 @@ def _labelled_file(path: Path, split: str, formats: dict[str, str]) -> Path:
         return found[0]
     if not path.is_file():
         raise UsageError(f"--data {path}: no such file or folder")
-    if path.suffix not in formats:
+    if path.suffix.lower() not in formats:
         raise UsageError(f"--data {path}: expected a .csv, .jsonl or .parquet file with text and label columns")
     return path
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from rtsent import compat
 from rtsent.artifacts.cache import hash_files
 from rtsent.errors import DataError, UsageError, first_line
-from rtsent.sources.inputs import TABLE_FORMATS as FORMATS
+from rtsent.sources.inputs import TABLE_FORMATS as FORMATS, table_format
 
 ROLES = ("train", "validation", "test")
 NO_LABEL = -1  # datasets' ClassLabel value for "no label" (e.g. GLUE test splits, whose labels are hidden)
@@ -54,10 +54,10 @@ class FolderSource(Source):
         self.name = str(folder)
         self.files: dict[str, Path] = {}
         for path in sorted(folder.iterdir()):
-            if path.suffix not in FORMATS or not path.is_file():
+            if table_format(path) is None or not path.is_file():
                 continue
             if path.stem in self.files:
-                same = sorted(p.name for p in folder.iterdir() if p.stem == path.stem and p.suffix in FORMATS)
+                same = sorted(p.name for p in folder.iterdir() if p.stem == path.stem and table_format(p))
                 raise DataError(f"{folder} has several files for split {path.stem!r}: {same}; keep one")
             self.files[path.stem] = path
         self.available = sorted(self.files)
@@ -295,7 +295,7 @@ def read_table_file(path: Path) -> Any:
     """A parquet, csv or jsonl file as an Arrow table; an unreadable one is a DataError naming why."""
     import pyarrow as pa
 
-    kind = FORMATS[path.suffix]
+    kind = table_format(path)
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
