@@ -41,6 +41,8 @@ class Examples:
     split: str
     source: dict[str, Any]
     texts: list[str] | None = None
+    file_rows: list[int] | None = None
+    """For --data: each example's 0-based data row in the file (blank rows are skipped, so they differ)."""
 
 
 def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -55,7 +57,7 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     if clf.choice is not None:
         log(clf.choice.line())
     examples = _from_file(clf, cfg) if cfg.data else _from_prepared(clf, cfg, ws)
-    out = Path(cfg.output) if cfg.output else _report_path(model, examples.split, ws)
+    out = Path(cfg.output) if cfg.output else _report_path(model, *_report_name(clf, examples, cfg), ws)
     _check_writable(out)  # before the scoring, not after it
     started = time.perf_counter()
     scores = clf.scores(examples.rows, cfg.batch_size)
@@ -154,7 +156,7 @@ def _from_file(clf: Classifier, cfg: EvaluateConfig) -> Examples:
         truncated += sum(batch.truncated)
     source = {"data": str(path), "sha256": hash_files([path])[:16], "rows": len(rows),
               "skipped_empty": split.skipped_empty, "truncated": truncated, "max_len": clf.encoder.max_len}
-    return Examples(rows, split.labels, f"data-{path.stem}", source, split.texts)
+    return Examples(rows, split.labels, f"data-{path.stem}", source, split.texts, split.rows)
 
 
 def _labelled_file(path: Path, split: str, formats: dict[str, str]) -> Path:
@@ -203,13 +205,16 @@ def _calibrated(clf: Classifier, scores: np.ndarray, examples: Examples, cfg: Ev
 
 
 def _errors(clf: Classifier, examples: Examples, probs: np.ndarray, top: int, path: Path) -> dict[str, Any]:
-    """Every misclassified example, most confident first, to a jsonl file; the first `top` in the report."""
+    """Every misclassified example, most confident first, to a jsonl file; the first `top` in the report.
+
+    `index` is the example's 0-based data row in the --data file (blank rows count, as in the file), or its
+    row in the prepared split."""
     labels = np.asarray(examples.labels)
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != labels)
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
     names = clf.label_names
-    rows = [{"index": int(i), "text": _text_of(clf, examples, int(i)), "true": names[labels[i]],
+    rows = [{"index": examples.file_rows[i] if examples.file_rows else int(i), "text": _text_of(clf, examples, int(i)), "true": names[labels[i]],
              "predicted": names[pred[i]], "probability": float(probs[i, pred[i]]),
              "probabilities": {n: float(p) for n, p in zip(names, probs[i])}} for i in wrong]
     write_jsonl(path, rows)
@@ -250,16 +255,35 @@ def _check_compatible(clf: Classifier, manifest: dict[str, Any], path: Path) -> 
         )
 
 
-def _report_path(model: str, split: str, ws: Workspace) -> Path:
-    """Next to a run's own exported model; for any other model (a user's folder, a hub snapshot, a hub
-    name) under the workspace's evals/, so that evaluating never writes into a folder rtsent did not make."""
+def _report_name(clf: Classifier, examples: Examples, cfg: EvaluateConfig) -> tuple[str, bool]:
+    """The report's split name, qualified when it does not describe what the model does on its own data:
+    `test-contextual` for --calibrate (predict, serve and the exports never apply it), `test-on-<prepared>`
+    for a prepared dataset other than the one the model was trained on. Only an unqualified report may
+    sit in a run's model folder, where the card and `rtsent runs` credit it to the model; returns the
+    name and whether it is unqualified."""
+    name = examples.split
+    prepared = examples.source.get("prepared")
+    trained_on = clf.meta.prepared if clf.meta is not None else None
+    if prepared and trained_on and prepared != trained_on:
+        name += f"-on-{prepared[:8]}"
+    if cfg.calibrate:
+        name += "-contextual"
+    return name, name == examples.split
+
+
+def _report_path(model: str, name: str, describes_model: bool, ws: Workspace) -> Path:
+    """Next to a run's own exported model when the report describes it (an unqualified name); for any other
+    model (a user's folder, a hub snapshot, a hub name) or report under the workspace's evals/, so that
+    evaluating never writes into a folder rtsent did not make, nor credits a model with figures it does not give."""
     folder = Path(model).expanduser()
-    if _is_run_export(folder, ws):
-        return ModelPaths(folder).eval_report(split)
+    run_export = _is_run_export(folder, ws)
+    if run_export and describes_model:
+        return ModelPaths(folder).eval_report(name)
     where = str(folder.resolve()) if folder.exists() else model
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", folder.name if folder.exists() else model).strip("_") or "model"
+    label = folder.resolve().parent.name if run_export else (folder.name if folder.exists() else model)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "model"
     digest = hashlib.sha256(where.encode()).hexdigest()[:8]
-    return ModelPaths(ws.evals_dir / f"{slug}-{digest}").eval_report(split)
+    return ModelPaths(ws.evals_dir / f"{slug}-{digest}").eval_report(name)
 
 
 def _check_writable(out: Path) -> None:

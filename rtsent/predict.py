@@ -198,9 +198,9 @@ class _Table:
 
 def _visible(text: str) -> str:
     """Control characters shown as escapes: a review must never move the cursor or recolour a terminal."""
-    import unicodedata
+    from rtsent.console import visible
 
-    return "".join(c if unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
+    return visible(text)
 
 
 WRITERS: dict[str, Callable[[TextIO, Any, Sequence[str]], Any]] = {

@@ -23,6 +23,8 @@ class Split:
     texts: list[str]
     labels: list[int]
     skipped_empty: int = 0
+    rows: list[int] | None = None
+    """Each kept row's 0-based row number in the file (blank rows skipped), when read from one."""
 
 
 @dataclass
@@ -349,7 +351,7 @@ def build_split(table: Any, split: str, text_column: str, label_column: str,
     """
     texts = column(table, text_column, "text", f"{where} ({split})")
     labels = column(table, label_column, "label", f"{where} ({split})")
-    kept_texts, kept_labels, skipped = [], [], 0
+    kept_texts, kept_labels, kept_rows, skipped = [], [], [], 0
     for row, (text, label) in enumerate(zip(texts, labels)):
         if isinstance(text, bytes):  # pyarrow reads a CSV column with invalid UTF-8 as binary
             raise DataError(f"{where} ({split}) row {row}: the text is not valid UTF-8; re-save the file as UTF-8")
@@ -359,12 +361,13 @@ def build_split(table: Any, split: str, text_column: str, label_column: str,
             skipped += 1
             continue
         kept_texts.append(text)
+        kept_rows.append(row)
         if class_ids is not None:
             label = _translate(label, class_ids, f"{where} ({split}) row {row}")
         kept_labels.append(label_id(label, label_names, f"{where} ({split}) row {row}"))
     if not kept_texts:
         raise DataError(f"{where} ({split}) has no rows with text")
-    return Split(kept_texts, kept_labels, skipped)
+    return Split(kept_texts, kept_labels, skipped, kept_rows)
 
 
 def _translate(label: Any, class_ids: Sequence[int], where: str) -> Any:
