@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from rtsent.artifacts.cache import clean_stale
+from rtsent.artifacts.cache import clean_stale, finite
 from rtsent.artifacts.model import resolve_model
 from rtsent.config import PredictConfig
 from rtsent.sources.inputs import Row, check_file, iter_rows, problem
@@ -136,17 +135,6 @@ def _json(row: dict[str, Any]) -> str:
     """A row as strict JSON: a NaN or infinity (a parquet float cell, a jsonl `NaN`) becomes null, never
     the bare `NaN` that strict parsers refuse."""
     return json.dumps(finite(row), ensure_ascii=False, default=str, allow_nan=False)
-
-
-def finite(value: Any) -> Any:
-    """value with every non-finite float (NaN, ±inf) inside it replaced by None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
 
 
 class _Csv:

@@ -163,3 +163,16 @@ def test_resume_takes_micro_batches_and_gives_the_same_run(tmp_path, tiny_model_
     assert wa.keys() == wb.keys()
     for key in wa:
         np.testing.assert_allclose(wa[key], wb[key], atol=1e-5, err_msg=key)
+
+
+def test_json_artifacts_are_strict_json(tmp_path):
+    from rtsent.artifacts.cache import write_json, write_jsonl
+
+    def refuse(name):
+        raise ValueError(name)
+
+    write_json(tmp_path / "r.json", {"ece": float("nan"), "per_class": [{"f1": float("inf")}], "n": 3})
+    write_jsonl(tmp_path / "e.jsonl", [{"probability": float("-inf")}])
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {
+        "ece": None, "per_class": [{"f1": None}], "n": 3}
+    assert json.loads((tmp_path / "e.jsonl").read_text(), parse_constant=refuse) == {"probability": None}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -57,17 +58,29 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (see atomic_file)."""
+    """Write strict JSON atomically (see atomic_file); a NaN or infinity is written as null (see finite)."""
     with atomic_file(path) as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False)
+        json.dump(finite(data), fh, indent=2, ensure_ascii=False, allow_nan=False)
         fh.write("\n")
 
 
 def write_jsonl(path: Path, rows: Any) -> None:
-    """Write one JSON object a line, atomically (see atomic_file)."""
+    """Write one strict JSON object a line, atomically (see atomic_file)."""
     with atomic_file(path) as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(json.dumps(finite(row), ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def finite(value: Any) -> Any:
+    """value with every non-finite float inside it (NaN, ±inf) replaced by None: JSON has no such numbers,
+    and the bare `NaN` Python writes by default is refused by strict parsers (JavaScript, jq, Go)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 @contextlib.contextmanager
