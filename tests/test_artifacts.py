@@ -176,3 +176,21 @@ def test_json_artifacts_are_strict_json(tmp_path):
     assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {
         "ece": None, "per_class": [{"f1": None}], "n": 3}
     assert json.loads((tmp_path / "e.jsonl").read_text(), parse_constant=refuse) == {"probability": None}
+
+
+def test_published_folders_have_readable_weights(trained, tmp_path):
+    import os
+
+    from rtsent.artifacts.cache import publish
+
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = 0o666 & ~mask
+    model = trained[1].model_dir
+    assert oct((model / "model.safetensors").stat().st_mode & 0o777) == oct(mode)  # safetensors writes 0600
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "w.safetensors").write_bytes(b"x")
+    os.chmod(staged / "w.safetensors", 0o600)
+    publish(staged, tmp_path / "dest")
+    assert oct((tmp_path / "dest" / "w.safetensors").stat().st_mode & 0o777) == oct(mode)

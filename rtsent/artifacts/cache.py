@@ -96,6 +96,15 @@ def staging(ws: Workspace, name: str) -> Iterator[Path]:
         raise
 
 
+def readable(folder: Path) -> None:
+    """Give every file in folder the mode a new file gets (0644 under umask 022). safetensors writes its
+    files 0600, which left the weights alone unreadable to the group and others in a published folder."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
@@ -112,6 +121,7 @@ def publish(staged: Path, dest: Path) -> None:
     renames below is repaired by the next clean_stale (which finishes the move) instead of losing both.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    readable(staged)
     (staged / DEST_MARK).write_text(str(dest.resolve()), encoding="utf-8")
     old = None
     if dest.exists():
