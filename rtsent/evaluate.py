@@ -22,7 +22,7 @@ from rtsent.core import calibration
 from rtsent.core.calibration import softmax
 from rtsent.artifacts import card
 from rtsent.artifacts.cache import clean_stale, write_json, write_jsonl
-from rtsent.config import EvaluateConfig, to_dict
+from rtsent.config import EvaluateConfig, PromptConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier
 from rtsent.core.prompts import tokenizer_fingerprint
@@ -53,7 +53,7 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     """
     clean_stale(ws)
     model = str(resolve_model(ws, cfg.model, base_ok=True))
-    clf = open_classifier(model, cfg.prompt, precision=cfg.precision, engine=cfg.engine)
+    clf = open_classifier(model, _zero_shot_prompt(model, cfg, ws), precision=cfg.precision, engine=cfg.engine)
     if clf.choice is not None:
         log(clf.choice.line())
     examples = _from_file(clf, cfg) if cfg.data else _from_prepared(clf, cfg, ws)
@@ -70,6 +70,21 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
         card.refresh(out.parent)  # a report next to a run's exported model joins its model card
     report["written_to"] = str(out)
     return report
+
+
+def _zero_shot_prompt(model: str, cfg: EvaluateConfig, ws: Workspace) -> Any:
+    """cfg.prompt; for --zero-shot without one, a base model takes the prompt the prepared data was made
+    with (its template, label words and names: a question-type dataset is not scored as sentiment), and
+    --data the default prompt. An exported model always has its own (None here)."""
+    if cfg.prompt is not None or not cfg.zero_shot or ModelPaths(Path(model).expanduser()).is_model():
+        return cfg.prompt
+    if cfg.data:
+        return PromptConfig()
+    from rtsent.artifacts.workspace import read_json
+    from rtsent.config import prompt_from_dict
+
+    path = ws.find_prepared(cfg.prepared)
+    return prompt_from_dict(read_json(path / MANIFEST, "rebuild it with `rtsent prepare --force`")["prompt"])
 
 
 def _report(clf: Classifier, model: str, examples: Examples, probs: np.ndarray, calibrated: dict[str, Any],
@@ -115,7 +130,8 @@ def compare(cfg: EvaluateConfig, models: Sequence[str], ws: Workspace,
     """
     reports = []
     for model in models:
-        own_prompt = ModelPaths(Path(model).expanduser()).is_model()
+        # a run's name, or its folder: the model has its own prompt (resolved as every command resolves it)
+        own_prompt = ModelPaths(Path(str(resolve_model(ws, model, base_ok=True))).expanduser()).is_model()
         one = dataclasses.replace(cfg, model=model, output=None, prompt=None if own_prompt else cfg.prompt)
         log(f"evaluating {model}")
         reports.append(run(one, ws, log))

@@ -160,3 +160,41 @@ def test_tables_piped_to_a_file_do_not_cut_class_names(tmp_path):
     assert "…" not in log
     for name in names:
         assert log.count(name) == 3  # per-class row, confusion column and row
+
+
+# 22. a zero-shot base model scores prepared data with the data's own prompt -----------------------------
+
+def test_zero_shot_takes_the_prepared_datas_prompt(tmp_path, tiny_model_dir, data_dir):
+    ws = tmp_path / "ws"
+    prepared = runner.invoke(app, ["prepare", "--data", str(data_dir), "--model", str(tiny_model_dir), "--max-len", "32",
+                                   "--template", "Review: {text}\\nVerdict:", "--label-words", " neg, pos",
+                                   "--label-names", "bad,good", "--workdir", str(ws)])
+    assert prepared.exit_code == 0, prepared.output
+    out = runner.invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--zero-shot", "--split", "test",
+                              "--no-plots", "--precision", "fp32", "--output", str(tmp_path / "r.json"),
+                              "--workdir", str(ws)])
+    assert out.exit_code == 0, out.output
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["prompt"] == {"template": "Review: {text}\nVerdict:", "label_words": [" neg", " pos"],
+                                "label_names": ["bad", "good"]}
+    assert set(report["per_class"]) == {"bad", "good"}
+    # Told otherwise, it is scored as told (and then the prepared data does not fit that prompt).
+    other = runner.invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--zero-shot", "--split", "test",
+                                "--template", "{text}\\nSentiment:", "--workdir", str(ws)])
+    assert other.exit_code == 1 and "another tokenizer or prompt" in other.output
+
+
+# 20 (part). a run's name works wherever its folder does -------------------------------------------------
+
+def test_comparing_a_run_by_name_with_a_zero_shot_base_model(own, tiny_model_dir, tmp_path):
+    ws, model = own
+    data = tmp_path / "mine.csv"
+    data.write_text("text,label\na brilliant wonderful film,1\na dull boring plot,0\n")
+    out = runner.invoke(app, ["evaluate", "--model", "tiny", "--model", str(tiny_model_dir), "--zero-shot",
+                              "--template", "Review: {text}\\nVerdict:", "--label-words", " neg, pos", "--data",
+                              str(data), "--no-plots", "--precision", "fp32", "--output", str(tmp_path / "c.json"),
+                              "--workdir", str(ws.root)])
+    assert out.exit_code == 0, out.output
+    first, second = json.loads((tmp_path / "c.json").read_text())["models"]
+    assert first["model"] == str(model) and first["prompt"]["template"] == "{text}\nSentiment:"  # the run's own
+    assert second["model"] == str(tiny_model_dir) and second["prompt"]["template"] == "Review: {text}\nVerdict:"
