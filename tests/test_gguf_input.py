@@ -105,3 +105,12 @@ def test_the_conversion_cache_key_holds_the_converters_version(tmp_path, monkeyp
     with pytest.raises(ArtifactError, match="cannot read"):
         gguf.local_folder(str(source))
     gguf._converted.cache_clear()
+
+
+def test_a_max_len_past_the_ggufs_context_is_refused_like_its_folders(tmp_path):
+    pytest.importorskip("gguf")
+    result = runner.invoke(app, ["predict", "fine", "--model", str(_gguf_file()), "--template", "{text}\\nSentiment:",
+                                 "--label-words", " negative, positive", "--max-len", "9000",
+                                 "--workdir", str(tmp_path / "ws")])
+    assert result.exit_code == 2, result.output
+    assert "max-len 9000 is longer than the context" in result.output and "8192" in result.output

@@ -148,7 +148,8 @@ def _convert(source: Path, digest: str, target: Path) -> None:
 
     from rtsent import compat
 
-    Console(stderr=True).print(f"converting {source.name} once into {target} (dequantized to fp32)")
+    Console(stderr=True).print(f"converting {source.name} once into {target} (dequantized to fp32)",
+                               markup=False, soft_wrap=True)  # one line, whatever the terminal's width
     staging = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
