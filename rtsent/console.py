@@ -57,6 +57,8 @@ def print_trained(result: Any) -> None:
     if cal:
         console.print(Text(f"temperature {cal['temperature']:.3f} fitted on {cal['fitted_on']} "
                            f"(NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f})"))
+        if cal.get("note"):
+            console.print(Text(f"note: {cal['note']}"), soft_wrap=True)
     for plot in getattr(result, "plots", ()):
         console.print(Text(f"plot: {plot}"), soft_wrap=True)
 

@@ -198,3 +198,25 @@ def test_comparing_a_run_by_name_with_a_zero_shot_base_model(own, tiny_model_dir
     first, second = json.loads((tmp_path / "c.json").read_text())["models"]
     assert first["model"] == str(model) and first["prompt"]["template"] == "{text}\nSentiment:"  # the run's own
     assert second["model"] == str(tiny_model_dir) and second["prompt"]["template"] == "Review: {text}\nVerdict:"
+
+
+# 20 (part). a temperature stuck at its bound is explained ----------------------------------------------
+
+def test_a_temperature_at_its_upper_bound_gets_a_note(capsys):
+    import numpy as np
+    from types import SimpleNamespace
+
+    from rtsent import console
+    from rtsent.core.calibration import temperature_record
+
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 400)
+    scores = np.stack([labels * 0.3, (1 - labels) * 0.3], axis=1) + rng.normal(0, 1, (400, 2))  # below chance
+    record = temperature_record(scores, labels)
+    assert record["temperature"] > 99 and "upper bound 100" in record["note"]
+    good = temperature_record(np.stack([1 - labels, labels], axis=1) * 2.0 + rng.normal(0, 1, (400, 2)), labels)
+    assert "note" not in good and 0.1 < good["temperature"] < 10
+    result = SimpleNamespace(best_accuracy=0.4, run=SimpleNamespace(name="r"), steps=4, seconds=1.0,
+                             train_examples_per_s=10.0, best_step=4, total_params=0, model_dir="m", calibration=record)
+    console.print_trained(result)
+    assert "note: T reached its upper bound 100" in capsys.readouterr().out
