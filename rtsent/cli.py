@@ -254,7 +254,9 @@ PROMPT_OPTIONS = (
             "class's first word, stripped).", Optional[str]),
 )
 ZERO_SHOT_OPTIONS = (
-    _option("zero_shot", False, "Score a base model (no rtsent.json) with the default prompt.", bool, ("--zero-shot",)),
+    _option("zero_shot", False, "Score a base model (no rtsent.json): with the prompt the prepared data was made "
+                                "with, unless --template/--label-words say otherwise (--data: the default prompt).",
+            bool, ("--zero-shot",)),
     _option("template", None, "Zero-shot: " + TEMPLATE_HELP, Optional[str]),
     _option("label_words", None, "Zero-shot: " + WORDS_HELP, Optional[str]),
     _option("label_names", None, "Zero-shot: comma-separated class names.", Optional[str]),
@@ -300,8 +302,9 @@ def evaluate(fields: dict[str, Any], model: Optional[List[str]], zero_shot: bool
              label_words: Optional[str], label_names: Optional[str], workdir: Optional[str]) -> None:
     """Accuracy, macro-F1, per-class precision/recall, confusion matrix and calibration on a split."""
     models = list(model or [])
-    cfg = EvaluateConfig(**fields, model=models[0] if len(models) == 1 else None,
-                         prompt=_prompt(template, label_words, label_names, required=zero_shot))
+    # --zero-shot alone: prompt None, and evaluate takes the prepared data's (or, for --data, the default)
+    cfg = EvaluateConfig(**fields, model=models[0] if len(models) == 1 else None, zero_shot=zero_shot,
+                         prompt=_prompt(template, label_words, label_names, required=False))
     from rtsent import console
     from rtsent import evaluate as stage
 

@@ -167,6 +167,24 @@ def gguf_parsed_once() -> Any:
         gguf.GGUFReader, gguf.get_tensor_name_map = reader_type, name_map
 
 
+@contextlib.contextmanager
+def gguf_quiet_progress() -> Any:
+    """Within the block, transformers' GGUF loader shows no tqdm bar ("Converting and de-quantizing GGUF
+    tensors...") on stderr: it imports tqdm itself, past transformers' progress-bar switch. rtsent prints
+    one line for the conversion instead."""
+    from transformers import modeling_gguf_pytorch_utils as loader
+
+    bar = getattr(loader, "tqdm", None)
+    if bar is None:
+        yield
+        return
+    loader.tqdm = lambda iterable=None, *args, **kwargs: iterable
+    try:
+        yield
+    finally:
+        loader.tqdm = bar
+
+
 # ---------------------------------------------------------------- huggingface_hub
 
 

@@ -374,6 +374,9 @@ class EvaluateConfig:
     prepared: str | None = opt(None, "Prepared dataset folder or fingerprint (default: the model's, else the latest).")
     prompt: PromptConfig | None = opt(None, cli=False)
     """Prompt for a base model that has no rtsent.json (zero-shot)."""
+    zero_shot: bool = opt(False, cli=False)
+    """--zero-shot: a base model without a prompt given scores prepared data with the prompt the data was
+    prepared with (the default prompt for --data)."""
     batch_size: int = opt(64, "Examples per batch.")
     precision: str = opt("auto", SCORING_PRECISION_HELP)
     engine: str = opt("auto", ENGINE_HELP)

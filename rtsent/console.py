@@ -11,7 +11,21 @@ from rich.text import Text
 
 
 def _console() -> Console:
-    return Console(highlight=False)
+    """stdout's console. Piped to a file or a log it is as wide as a table needs (not 80 columns), so a
+    class name or a path is never cut to `abbreviati…` where nobody can widen the window."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=WIDE)
+
+
+WIDE = 1000
+
+
+def visible(text: str) -> str:
+    """Control characters shown as escapes: text from the data (a review, a class name) must never move
+    the cursor, retitle or recolour a terminal."""
+    import unicodedata
+
+    return "".join(c if unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in str(text))
 
 
 def print_prepared(result: Any) -> None:
@@ -43,6 +57,8 @@ def print_trained(result: Any) -> None:
     if cal:
         console.print(Text(f"temperature {cal['temperature']:.3f} fitted on {cal['fitted_on']} "
                            f"(NLL {cal['nll_before']:.4f} -> {cal['nll_after']:.4f})"))
+        if cal.get("note"):
+            console.print(Text(f"note: {cal['note']}"), soft_wrap=True)
     for plot in getattr(result, "plots", ()):
         console.print(Text(f"plot: {plot}"), soft_wrap=True)
 
@@ -59,12 +75,12 @@ def print_evaluation(report: dict[str, Any]) -> None:
         console.print(Text(f"note: {report['warning']}"))
     classes = Table("class", "precision", "recall", "F1", "support")
     for name, c in report["per_class"].items():
-        classes.add_row(Text(name), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
+        classes.add_row(Text(visible(name)), f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1']:.4f}", str(c["support"]))
     console.print(classes)
     names = report["confusion_matrix"]["labels"]
-    confusion = Table("true \\ predicted", *(escape(n) for n in names), title="confusion matrix")
+    confusion = Table("true \\ predicted", *(escape(visible(n)) for n in names), title="confusion matrix")
     for name, row in zip(names, report["confusion_matrix"]["rows_true_cols_predicted"]):
-        confusion.add_row(Text(name), *(str(v) for v in row))
+        confusion.add_row(Text(visible(name)), *(str(v) for v in row))
     console.print(confusion)
     _print_calibration(console, report)
     _print_errors(console, report)
@@ -98,7 +114,8 @@ def _print_errors(console: Console, report: dict[str, Any]) -> None:
         table = Table("text", "true", "predicted", "probability",
                       title=f"{len(errors['top'])} most confident of {errors['count']} mistakes")
         for row in errors["top"]:
-            table.add_row(Text(row["text"]), Text(row["true"]), Text(row["predicted"]), f"{row['probability']:.4f}")
+            table.add_row(Text(visible(row["text"])), Text(visible(row["true"])), Text(visible(row["predicted"])),
+                          f"{row['probability']:.4f}")
         console.print(table)
     console.print(Text(f"{errors['count']} mistakes written to {errors['written_to']}"), soft_wrap=True)
 
@@ -174,7 +191,13 @@ def print_runs(rows: list[dict[str, Any]]) -> None:
     table = Table("run", "finished", "steps", "best step", "val acc", "test acc", "test ECE", "T", "seconds",
                   title="runs (newest first)")
     for r in rows:
+        if r.get("damaged"):
+            table.add_row(Text(r["run"]), "damaged", *["–"] * 7)
+            continue
         table.add_row(Text(r["run"]), "yes" if r["finished"] else "no", number(r["steps"]), number(r["best_step"]),
                       number(r["validation_accuracy"]), number(r["test_accuracy"]), number(r["test_ece"]),
                       number(r["temperature"], 3), number(r["seconds"], 1))
     console.print(table)
+    for r in rows:
+        if r.get("damaged"):
+            console.print(Text(f"{r['run']}: {r['damaged']}"), soft_wrap=True)

@@ -22,7 +22,7 @@ from rtsent.core import calibration
 from rtsent.core.calibration import softmax
 from rtsent.artifacts import card
 from rtsent.artifacts.cache import clean_stale, write_json, write_jsonl
-from rtsent.config import EvaluateConfig, to_dict
+from rtsent.config import EvaluateConfig, PromptConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier
 from rtsent.core.prompts import tokenizer_fingerprint
@@ -41,6 +41,8 @@ class Examples:
     split: str
     source: dict[str, Any]
     texts: list[str] | None = None
+    file_rows: list[int] | None = None
+    """For --data: each example's 0-based data row in the file (blank rows are skipped, so they differ)."""
 
 
 def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
@@ -51,11 +53,11 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     """
     clean_stale(ws)
     model = str(resolve_model(ws, cfg.model, base_ok=True))
-    clf = open_classifier(model, cfg.prompt, precision=cfg.precision, engine=cfg.engine)
+    clf = open_classifier(model, _zero_shot_prompt(model, cfg, ws), precision=cfg.precision, engine=cfg.engine)
     if clf.choice is not None:
         log(clf.choice.line())
     examples = _from_file(clf, cfg) if cfg.data else _from_prepared(clf, cfg, ws)
-    out = Path(cfg.output) if cfg.output else _report_path(model, examples.split, ws)
+    out = Path(cfg.output) if cfg.output else _report_path(model, *_report_name(clf, examples, cfg), ws)
     _check_writable(out)  # before the scoring, not after it
     started = time.perf_counter()
     scores = clf.scores(examples.rows, cfg.batch_size)
@@ -68,6 +70,21 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
         card.refresh(out.parent)  # a report next to a run's exported model joins its model card
     report["written_to"] = str(out)
     return report
+
+
+def _zero_shot_prompt(model: str, cfg: EvaluateConfig, ws: Workspace) -> Any:
+    """cfg.prompt; for --zero-shot without one, a base model takes the prompt the prepared data was made
+    with (its template, label words and names: a question-type dataset is not scored as sentiment), and
+    --data the default prompt. An exported model always has its own (None here)."""
+    if cfg.prompt is not None or not cfg.zero_shot or ModelPaths(Path(model).expanduser()).is_model():
+        return cfg.prompt
+    if cfg.data:
+        return PromptConfig()
+    from rtsent.artifacts.workspace import read_json
+    from rtsent.config import prompt_from_dict
+
+    path = ws.find_prepared(cfg.prepared)
+    return prompt_from_dict(read_json(path / MANIFEST, "rebuild it with `rtsent prepare --force`")["prompt"])
 
 
 def _report(clf: Classifier, model: str, examples: Examples, probs: np.ndarray, calibrated: dict[str, Any],
@@ -113,7 +130,8 @@ def compare(cfg: EvaluateConfig, models: Sequence[str], ws: Workspace,
     """
     reports = []
     for model in models:
-        own_prompt = ModelPaths(Path(model).expanduser()).is_model()
+        # a run's name, or its folder: the model has its own prompt (resolved as every command resolves it)
+        own_prompt = ModelPaths(Path(str(resolve_model(ws, model, base_ok=True))).expanduser()).is_model()
         one = dataclasses.replace(cfg, model=model, output=None, prompt=None if own_prompt else cfg.prompt)
         log(f"evaluating {model}")
         reports.append(run(one, ws, log))
@@ -154,7 +172,7 @@ def _from_file(clf: Classifier, cfg: EvaluateConfig) -> Examples:
         truncated += sum(batch.truncated)
     source = {"data": str(path), "sha256": hash_files([path])[:16], "rows": len(rows),
               "skipped_empty": split.skipped_empty, "truncated": truncated, "max_len": clf.encoder.max_len}
-    return Examples(rows, split.labels, f"data-{path.stem}", source, split.texts)
+    return Examples(rows, split.labels, f"data-{path.stem}", source, split.texts, split.rows)
 
 
 def _labelled_file(path: Path, split: str, formats: dict[str, str]) -> Path:
@@ -166,7 +184,7 @@ def _labelled_file(path: Path, split: str, formats: dict[str, str]) -> Path:
         return found[0]
     if not path.is_file():
         raise UsageError(f"--data {path}: no such file or folder")
-    if path.suffix not in formats:
+    if path.suffix.lower() not in formats:
         raise UsageError(f"--data {path}: expected a .csv, .jsonl or .parquet file with text and label columns")
     return path
 
@@ -203,13 +221,16 @@ def _calibrated(clf: Classifier, scores: np.ndarray, examples: Examples, cfg: Ev
 
 
 def _errors(clf: Classifier, examples: Examples, probs: np.ndarray, top: int, path: Path) -> dict[str, Any]:
-    """Every misclassified example, most confident first, to a jsonl file; the first `top` in the report."""
+    """Every misclassified example, most confident first, to a jsonl file; the first `top` in the report.
+
+    `index` is the example's 0-based data row in the --data file (blank rows count, as in the file), or its
+    row in the prepared split."""
     labels = np.asarray(examples.labels)
     pred = probs.argmax(axis=1)
     wrong = np.flatnonzero(pred != labels)
     wrong = wrong[np.argsort(-probs[wrong, pred[wrong]], kind="stable")]
     names = clf.label_names
-    rows = [{"index": int(i), "text": _text_of(clf, examples, int(i)), "true": names[labels[i]],
+    rows = [{"index": examples.file_rows[i] if examples.file_rows else int(i), "text": _text_of(clf, examples, int(i)), "true": names[labels[i]],
              "predicted": names[pred[i]], "probability": float(probs[i, pred[i]]),
              "probabilities": {n: float(p) for n, p in zip(names, probs[i])}} for i in wrong]
     write_jsonl(path, rows)
@@ -250,16 +271,35 @@ def _check_compatible(clf: Classifier, manifest: dict[str, Any], path: Path) -> 
         )
 
 
-def _report_path(model: str, split: str, ws: Workspace) -> Path:
-    """Next to a run's own exported model; for any other model (a user's folder, a hub snapshot, a hub
-    name) under the workspace's evals/, so that evaluating never writes into a folder rtsent did not make."""
+def _report_name(clf: Classifier, examples: Examples, cfg: EvaluateConfig) -> tuple[str, bool]:
+    """The report's split name, qualified when it does not describe what the model does on its own data:
+    `test-contextual` for --calibrate (predict, serve and the exports never apply it), `test-on-<prepared>`
+    for a prepared dataset other than the one the model was trained on. Only an unqualified report may
+    sit in a run's model folder, where the card and `rtsent runs` credit it to the model; returns the
+    name and whether it is unqualified."""
+    name = examples.split
+    prepared = examples.source.get("prepared")
+    trained_on = clf.meta.prepared if clf.meta is not None else None
+    if prepared and trained_on and prepared != trained_on:
+        name += f"-on-{prepared[:8]}"
+    if cfg.calibrate:
+        name += "-contextual"
+    return name, name == examples.split
+
+
+def _report_path(model: str, name: str, describes_model: bool, ws: Workspace) -> Path:
+    """Next to a run's own exported model when the report describes it (an unqualified name); for any other
+    model (a user's folder, a hub snapshot, a hub name) or report under the workspace's evals/, so that
+    evaluating never writes into a folder rtsent did not make, nor credits a model with figures it does not give."""
     folder = Path(model).expanduser()
-    if _is_run_export(folder, ws):
-        return ModelPaths(folder).eval_report(split)
+    run_export = _is_run_export(folder, ws)
+    if run_export and describes_model:
+        return ModelPaths(folder).eval_report(name)
     where = str(folder.resolve()) if folder.exists() else model
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", folder.name if folder.exists() else model).strip("_") or "model"
+    label = folder.resolve().parent.name if run_export else (folder.name if folder.exists() else model)
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "model"
     digest = hashlib.sha256(where.encode()).hexdigest()[:8]
-    return ModelPaths(ws.evals_dir / f"{slug}-{digest}").eval_report(split)
+    return ModelPaths(ws.evals_dir / f"{slug}-{digest}").eval_report(name)
 
 
 def _check_writable(out: Path) -> None:

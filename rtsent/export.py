@@ -103,12 +103,43 @@ def export_folder(folder: Path, int8: bool = False, log: Callable[[str], None] =
             record["int8_check"] = _check_int8(tmp, meta.replace(onnx=record), check, log)
             if not record["int8_check"]["accepted"] and not keep_failed_int8:
                 del record["graphs"]["int8"]
-        for name in [record["tokenizer"], *record["graphs"].values()]:
-            os.replace(tmp / name, folder / name)
+        else:
+            _keep_int8(paths, meta, record, log)
+        _swap_in(folder, meta, tmp, [record["tokenizer"], *(n for k, n in record["graphs"].items()
+                                                            if (tmp / n).is_file())])
     meta.replace(onnx=record).write(folder)
     if "int8" not in record["graphs"]:  # a stale int8 graph would no longer be listed; remove it with the entry
         paths.onnx("int8").unlink(missing_ok=True)
     return record
+
+
+def _keep_int8(paths: ModelPaths, meta: ModelMeta, record: dict[str, Any], log: Callable[[str], None]) -> None:
+    """A plain export (no --int8) keeps the folder's int8 graph and its check: it was quantized from the
+    same weights for the same label words, and rebuilding it needs --int8 and the prepared validation split."""
+    old = meta.onnx or {}
+    graph = (old.get("graphs") or {}).get("int8")
+    if not graph or not paths.onnx("int8").is_file() or graph != paths.onnx_name("int8"):
+        return
+    if old.get("label_words") != record["label_words"] or old.get("pad_id") != record["pad_id"]:
+        log("the int8 graph was made for other label words; dropped (rebuild it with `rtsent export --int8`)")
+        return
+    record["graphs"]["int8"] = graph
+    if "int8_check" in old:
+        record["int8_check"] = old["int8_check"]
+
+
+def _swap_in(folder: Path, meta: ModelMeta, tmp: Path, names: list[str]) -> None:
+    """Rename the new files over the old ones. rtsent.json is first rewritten without its onnx record, so
+    a crash between the renames leaves a folder whose record vouches for no graph (the torch engine
+    scores it) instead of an old "int8 validated" record describing a new, unchecked graph."""
+    from rtsent.faults import crash_point
+
+    if meta.onnx is not None and any((folder / name).exists() for name in names):
+        meta.replace(onnx=None).write(folder)
+    for i, name in enumerate(names):
+        os.replace(tmp / name, folder / name)
+        if i == 0:
+            crash_point("export:between-renames")
 
 
 def after_training(folder: Path, log: Callable[[str], None], int8: bool = True, check: Rows | None = None) -> None:

@@ -9,10 +9,10 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from rtsent.artifacts.cache import clean_stale
+from rtsent.artifacts.cache import clean_stale, finite
 from rtsent.artifacts.model import resolve_model
 from rtsent.config import PredictConfig
-from rtsent.sources.inputs import Row, iter_rows, problem
+from rtsent.sources.inputs import Row, check_file, iter_rows, problem
 from rtsent.errors import DataError
 from rtsent.engines import open_classifier
 from rtsent.artifacts.workspace import Workspace
@@ -45,18 +45,25 @@ def _rows(cfg: PredictConfig) -> Iterator[list[Row]]:
 OUTPUT_KEYS = ("text", "label", "probability", "probabilities", "error")
 
 
+def output_columns(names: Sequence[str]) -> set[str]:
+    """Every column predict writes in any format (csv adds p_<class>): a kept column of one of these
+    names is carried as input.<name>, the same in every format, and never overwritten."""
+    return {*OUTPUT_KEYS, *(f"p_{n}" for n in names)}
+
+
 def predictions(cfg: PredictConfig, clf: Any) -> Iterator[dict[str, Any]]:
     """One dict per input row, in input order: carried columns, text, label, probability, every class's
     probability. A row that cannot be classified (blank text) keeps its place with label None and an
     "error" saying why. Memory stays bounded by one batch whatever the input size.
     """
     names = clf.label_names
+    taken = output_columns(names)
     for chunk in _rows(cfg):
         problems = [problem(row.text) for row in chunk]
         good = [i for i, p in enumerate(problems) if p is None]
         probs = dict(zip(good, clf.probabilities([chunk[i].text for i in good], cfg.batch_size))) if good else {}
         for i, row in enumerate(chunk):
-            carried = {(f"input.{k}" if k in OUTPUT_KEYS else k): v for k, v in row.carried.items()}
+            carried = {(f"input.{k}" if k in taken else k): v for k, v in row.carried.items()}
             if i not in probs:
                 text = row.text if isinstance(row.text, str) else ("" if row.text is None else str(row.text))
                 yield {**carried, "text": text, "label": None, "probability": None, "probabilities": None,
@@ -78,6 +85,8 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
     out = out or sys.stdout
     fmt = cfg.format if cfg.format != "auto" else ("table" if cfg.texts else "jsonl")
     started = time.perf_counter()
+    if cfg.file:
+        check_file(cfg.file, cfg.text_column, cfg.keep_columns)  # a bad file is refused before any row is out
     clean_stale(ws)
     job = "bulk" if cfg.file else "cold"  # texts on the command line: a new process scoring a few reviews
     clf = open_classifier(str(resolve_model(ws, cfg.model, base_ok=True)), prompt, cfg.max_len, cfg.precision,
@@ -102,7 +111,7 @@ class _JsonLines:
         self.out = out
 
     def add(self, row: dict[str, Any]) -> None:
-        self.out.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        self.out.write(_json(row) + "\n")
 
     def close(self) -> None:
         self.out.flush()
@@ -114,12 +123,18 @@ class _JsonArray(_JsonLines):
         self.first = True
 
     def add(self, row: dict[str, Any]) -> None:
-        self.out.write(("[\n  " if self.first else ",\n  ") + json.dumps(row, ensure_ascii=False, default=str))
+        self.out.write(("[\n  " if self.first else ",\n  ") + _json(row))
         self.first = False
 
     def close(self) -> None:
         self.out.write("[]\n" if self.first else "\n]\n")
         self.out.flush()
+
+
+def _json(row: dict[str, Any]) -> str:
+    """A row as strict JSON: a NaN or infinity (a parquet float cell, a jsonl `NaN`) becomes null, never
+    the bare `NaN` that strict parsers refuse."""
+    return json.dumps(finite(row), ensure_ascii=False, default=str, allow_nan=False)
 
 
 class _Csv:
@@ -171,9 +186,9 @@ class _Table:
 
 def _visible(text: str) -> str:
     """Control characters shown as escapes: a review must never move the cursor or recolour a terminal."""
-    import unicodedata
+    from rtsent.console import visible
 
-    return "".join(c if unicodedata.category(c) != "Cc" else repr(c)[1:-1] for c in text)
+    return visible(text)
 
 
 WRITERS: dict[str, Callable[[TextIO, Any, Sequence[str]], Any]] = {

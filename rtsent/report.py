@@ -96,7 +96,11 @@ def list_runs(ws: Workspace, fmt: str = "table") -> list[dict[str, Any]]:
         raise UsageError(f"--format must be one of {', '.join(LIST_FORMATS)}, got {fmt!r}")
     rows = []
     for paths in ws.runs():
-        r = run_report(ws, paths.name)
+        try:
+            r = run_report(ws, paths.name)
+        except ArtifactError as exc:  # one damaged run is listed as such; the others are still listed
+            rows.append({"run": paths.name, "finished": False, "damaged": str(exc)})
+            continue
         test, validation = r["evaluations"].get("test", {}), r["evaluations"].get("validation", {})
         rows.append({
             "run": paths.name,

@@ -20,7 +20,7 @@ from rtsent import __version__, prepare
 from rtsent.artifacts import card
 from rtsent.training import distributed, lora, speed
 from rtsent.artifacts.cache import clean_stale, locked, publish, staging, write_json
-from rtsent.artifacts.model import ModelMeta
+from rtsent.artifacts.model import ModelMeta, ModelPaths
 from rtsent.config import TrainConfig, prompt_from_dict, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point
@@ -70,7 +70,24 @@ def run(cfg: TrainConfig, ws: Workspace, console: Any = None, log: Callable[[str
     trackers(cfg.report_to)  # an unknown or uninstalled integration fails before anything is written
     lock = locked(ws, f"run-{paths.name}", f"run {paths.name}") if is_main_process() else contextlib.nullcontext()
     with lock, quiet_transformers():
+        if cfg.resume and ModelPaths(paths.model).is_model():
+            return _finished(paths, log)
         return _train(cfg, ws, paths, console, log)
+
+
+def _finished(paths: RunPaths, log: Callable[[str], None]) -> TrainResult:
+    """--resume of a run whose model is exported (the export is training's last step): nothing is left to
+    train, and the model folder, with the reports, card and graphs added to it since, stays as it is."""
+    meta = ModelMeta.read(paths.model)
+    best, timing = meta.best or {}, meta.training or {}
+    log(f"run {paths.name} is finished (its model is {paths.model}); nothing to resume")
+    return TrainResult(paths, paths.model, best.get("validation_accuracy"), best.get("step"), int(timing.get("steps") or 0),
+                       float(timing.get("seconds") or 0.0), float(timing.get("train_examples_per_s") or 0.0),
+                       meta.calibration)
+
+
+RESUME_MAY_CHANGE = ("micro_batches", "gradient_checkpointing", "report_to", "plots")
+"""Options that change how a step is computed or logged, not the update: --resume takes them as given."""
 
 
 def _resolve_run(cfg: TrainConfig, ws: Workspace, log: Callable[[str], None]) -> tuple[TrainConfig, RunPaths]:
@@ -89,15 +106,16 @@ def _resolve_run(cfg: TrainConfig, ws: Workspace, log: Callable[[str], None]) ->
     saved = record.get("config", {})
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     # A run continues on its own data, never on whatever was prepared since.
-    resumed = TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, "resume": True, "run_name": paths.name,
-                             "prepared": record.get("prepared") or saved.get("prepared")})
+    defaults = TrainConfig()
+    given = {f: getattr(cfg, f) for f in RESUME_MAY_CHANGE if getattr(cfg, f) != getattr(defaults, f)}
+    resumed = TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, **given, "resume": True,
+                             "run_name": paths.name, "prepared": record.get("prepared") or saved.get("prepared")})
     if resumed.prepared is None or not (ws.prepared(resumed.prepared) / MANIFEST).is_file():
         raise ArtifactError(
             f"run {paths.name} was trained on prepared dataset {resumed.prepared}, which is no longer in "
             f"{ws.prepared_dir}; re-create it with `{_prepare_command(record.get('prepared_config'))}` and resume, "
             f"or start a new run"
         )
-    defaults = TrainConfig()
     for f in fields - {"resume", "run_name"}:
         given, kept = getattr(cfg, f), getattr(resumed, f)
         if given != getattr(defaults, f) and given != kept:

@@ -70,3 +70,130 @@ def test_model_paths_name_every_file(tmp_path):
     for name in ("eval-data-mine.json", "eval-test.json", "eval-validation.json"):
         (tmp_path / name).write_text("{}")
     assert [p.name for p in paths.eval_reports()] == ["eval-validation.json", "eval-test.json", "eval-data-mine.json"]
+
+
+# --- artifacts that must not disappear or lie (issue #27) ------------------------------------------------
+
+@pytest.fixture
+def own_ws(trained, tmp_path):
+    """A private copy of the trained workspace: these tests change the run's model folder."""
+    from rtsent.artifacts.workspace import Workspace
+
+    root = tmp_path / "ws"
+    shutil.copytree(trained[0].root, root)
+    return Workspace.resolve(root)
+
+
+def test_a_plain_export_keeps_the_checked_int8_graph(own_ws):
+    from rtsent import export
+    from rtsent.config import ExportConfig
+
+    folder = own_ws.run("tiny").model
+    export.run(ExportConfig(model=str(folder), int8=True), own_ws)
+    checked = ModelMeta.read(folder).onnx
+    int8 = (folder / "model.int8.onnx").read_bytes()
+    shutil.rmtree(own_ws.prepared_dir)  # a plain export needs no validation split
+    export.run(ExportConfig(model=str(folder)), own_ws)
+    again = ModelMeta.read(folder).onnx
+    assert (folder / "model.int8.onnx").read_bytes() == int8
+    assert again["graphs"] == checked["graphs"] and again["int8_check"] == checked["int8_check"]
+
+
+def test_a_crash_between_the_graph_renames_leaves_a_record_that_vouches_for_no_graph(own_ws):
+    import os
+    import subprocess
+    import sys
+
+    from rtsent import export
+    from rtsent.config import ExportConfig
+    from rtsent.engines import open_classifier
+
+    folder = own_ws.run("tiny").model
+    export.run(ExportConfig(model=str(folder), int8=True), own_ws)
+    meta = ModelMeta.read(folder)
+    onnx = {**meta.onnx, "int8_check": {**meta.onnx["int8_check"], "accepted": True}}
+    meta.replace(onnx=onnx).write(folder)  # an int8 graph that passed its check
+    assert ModelMeta.read(folder).int8_validated
+    crashed = subprocess.run([sys.executable, "-m", "rtsent", "export", str(folder), "--int8", "--workdir",
+                              str(own_ws.root)], env={**os.environ, "RTSENT_CRASH_AT": "export:between-renames"},
+                             capture_output=True, text=True, timeout=300)
+    assert crashed.returncode == -9, crashed.stderr
+    after = ModelMeta.read(folder)
+    assert not after.int8_validated and after.graphs() == {}  # not the old record over new graphs
+    clf = open_classifier(str(folder))
+    assert clf.engine == "torch"
+    export.run(ExportConfig(model=str(folder), int8=True), own_ws)  # the next export repairs it
+    assert set(ModelMeta.read(folder).graphs()) == {"fp32", "int8"}
+
+
+def test_resume_of_a_finished_run_leaves_its_model_folder_alone(own_ws):
+    from typer.testing import CliRunner
+
+    from rtsent.cli import app
+
+    folder = own_ws.run("tiny").model
+    (folder / "eval-test.json").write_text(json.dumps({"split": "test", "accuracy": 0.5, "macro_f1": 0.5}))
+    before = {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()}
+    out = CliRunner().invoke(app, ["train", "--resume", "--run-name", "tiny", "--workdir", str(own_ws.root)])
+    assert out.exit_code == 0, out.output
+    assert "finished" in out.output
+    assert {p.name: p.read_bytes() for p in folder.iterdir() if p.is_file()} == before
+
+
+def test_resume_takes_micro_batches_and_gives_the_same_run(tmp_path, tiny_model_dir, data_dir, monkeypatch):
+    from rtsent import prepare, train
+    from rtsent.artifacts.workspace import Workspace
+    from rtsent.config import PrepareConfig, TrainConfig
+    from rtsent.errors import Interrupted
+    from safetensors.numpy import load_file
+
+    ws = Workspace.resolve(tmp_path / "ws")
+    prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=32), ws)
+    cfg = dict(model=str(tiny_model_dir), lr=5e-3, batch_size=16, max_steps=4, eval_every=2, precision="fp32",
+               warmup=0.0, onnx=False, plots=False)
+    a = train.run(TrainConfig(**cfg, run_name="a"), ws)
+    monkeypatch.setenv("RTSENT_INTERRUPT_AT_STEP", "2")
+    with pytest.raises(Interrupted):
+        train.run(TrainConfig(**cfg, run_name="b"), ws)
+    monkeypatch.delenv("RTSENT_INTERRUPT_AT_STEP")
+    used = []
+    real = train._training_arguments
+    monkeypatch.setattr(train, "_training_arguments", lambda c, *rest, **kw: used.append(c.micro_batches) or real(c, *rest, **kw))
+    b = train.run(TrainConfig(resume=True, run_name="b", micro_batches=2), ws)
+    assert used == [2]
+    assert json.loads(ws.run("b").config.read_text())["config"]["micro_batches"] == 2
+    wa, wb = load_file(str(a.model_dir / "model.safetensors")), load_file(str(b.model_dir / "model.safetensors"))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        np.testing.assert_allclose(wa[key], wb[key], atol=1e-5, err_msg=key)
+
+
+def test_json_artifacts_are_strict_json(tmp_path):
+    from rtsent.artifacts.cache import write_json, write_jsonl
+
+    def refuse(name):
+        raise ValueError(name)
+
+    write_json(tmp_path / "r.json", {"ece": float("nan"), "per_class": [{"f1": float("inf")}], "n": 3})
+    write_jsonl(tmp_path / "e.jsonl", [{"probability": float("-inf")}])
+    assert json.loads((tmp_path / "r.json").read_text(), parse_constant=refuse) == {
+        "ece": None, "per_class": [{"f1": None}], "n": 3}
+    assert json.loads((tmp_path / "e.jsonl").read_text(), parse_constant=refuse) == {"probability": None}
+
+
+def test_published_folders_have_readable_weights(trained, tmp_path):
+    import os
+
+    from rtsent.artifacts.cache import publish
+
+    mask = os.umask(0)
+    os.umask(mask)
+    mode = 0o666 & ~mask
+    model = trained[1].model_dir
+    assert oct((model / "model.safetensors").stat().st_mode & 0o777) == oct(mode)  # safetensors writes 0600
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "w.safetensors").write_bytes(b"x")
+    os.chmod(staged / "w.safetensors", 0o600)
+    publish(staged, tmp_path / "dest")
+    assert oct((tmp_path / "dest" / "w.safetensors").stat().st_mode & 0o777) == oct(mode)

@@ -340,3 +340,20 @@ def test_evaluate_split_that_was_not_prepared(model_dir, tmp_path, tiny_model_di
            "--output", str(tmp_path / "r.json")], 1, "has no test split", case="evaluate --split test without test data")
     assert not (tmp_path / "r.json").exists()
     fails(["evaluate", "--split", "dev", "--workdir", str(ws)], 2, "--split must be one of", case="unknown --split")
+
+
+def test_the_onnx_engine_on_a_model_without_a_graph_says_what_to_do(trained, tiny_model_dir, tmp_path):
+    from rtsent.artifacts.model import ModelMeta
+
+    base = fails(["predict", "fine", "--model", str(tiny_model_dir), "--template", "{text}\\nSentiment:",
+                  "--engine", "onnx", "--workdir", str(tmp_path / "ws")], 1, "is a base model", "--engine torch",
+                 case="--engine onnx on a base model")
+    assert "rtsent export" not in base.replace("`rtsent train`", "")
+    folder = tmp_path / "model"
+    shutil.copytree(trained[1].model_dir, folder)
+    ModelMeta.read(folder).replace(onnx=None).write(folder)
+    for name in ("model.onnx", "model.int8.onnx"):
+        (folder / name).unlink(missing_ok=True)
+    line = fails(["predict", "fine", "--model", str(folder), "--engine", "onnx", "--precision", "fp32",
+                  "--workdir", str(tmp_path / "ws")], 1, "has no ONNX graph; run `rtsent export", case="--engine onnx, no graph")
+    assert "no an " not in line

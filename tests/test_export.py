@@ -229,3 +229,51 @@ def test_push_failures_are_one_line(trained, fake_hub, make_error, code, message
 def test_push_of_an_unknown_run_names_the_fix(ws, fake_hub):
     out = runner.invoke(app, ["push", "nope", "--repo-id", "me/tiny", "--workdir", str(ws.root)])
     assert out.exit_code == 1 and "rtsent train" in out.output and fake_hub.calls == []
+
+
+def test_push_uploads_no_mistakes_review_texts_or_local_paths(trained, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    space, _ = trained
+    root = tmp_path / "ws"
+    shutil.copytree(space.root, root)
+    folder = root / "runs" / "tiny" / "model"
+    data = tmp_path / "private.csv"  # labels flipped: every confident answer is a "mistake"
+    data.write_text("text,label\n" + "".join(f"secret review {i} brilliant wonderful,0\nsecret {i} dull boring,1\n"
+                                               for i in range(5)))
+    for extra in (["--split", "test"], ["--data", str(data)]):
+        out = runner.invoke(app, ["evaluate", "--model", str(folder), "--errors", "3", "--precision", "fp32",
+                                  "--workdir", str(root), *extra])
+        assert out.exit_code == 0, out.output
+    errors = folder / "eval-data-private-errors.jsonl"
+    mistakes = [json.loads(line)["text"] for line in errors.read_text().splitlines()]
+    assert mistakes and str(root) in (folder / "eval-data-private.json").read_text()
+    uploaded = {}
+
+    class Api:
+        def create_repo(self, repo_id, private=False, exist_ok=False, repo_type=None):
+            return f"https://huggingface.co/{repo_id}"
+
+        def upload_folder(self, repo_id, folder_path, repo_type=None, commit_message=None):
+            for p in Path(folder_path).rglob("*"):
+                if p.is_file():
+                    uploaded[str(p.relative_to(folder_path))] = p.read_bytes()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", Api)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    out = runner.invoke(app, ["push", "tiny", "--repo-id", "me/tiny", "--workdir", str(root)])
+    assert out.exit_code == 0, out.output
+    assert {"model.safetensors", "rtsent.json", "README.md", "eval-test.json", "eval-data-private.json",
+            "config.json"} <= set(uploaded)
+    assert uploaded["model.safetensors"] == (folder / "model.safetensors").read_bytes()
+    assert not [name for name in uploaded if name.endswith("errors.jsonl")]
+    for name, blob in uploaded.items():
+        assert str(tmp_path).encode() not in blob, name  # no absolute local path (the workspace, the data)
+        assert str(trained[1].model_dir.parent.parent.parent).encode() not in blob, name
+        if not name.endswith((".safetensors", ".onnx", ".png")):
+            assert not [t for t in mistakes if json.dumps(t)[1:-1].encode() in blob], name
+    report = json.loads(uploaded["eval-test.json"])
+    assert report["accuracy"] == json.loads((folder / "eval-test.json").read_text())["accuracy"]
+    assert "| test | Test accuracy |" in uploaded["README.md"].decode()
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before  # the folder is unchanged
+    assert not list((root / ".tmp").iterdir())

@@ -363,3 +363,45 @@ def test_the_int8_graph_keeps_the_familys_fp32_layers_and_the_label_projection(f
     if kept_layers:
         assert len(float_products) == 1 + config.num_hidden_layers  # one per layer
     assert sum(n.op_type in ("MatMulInteger", "DynamicQuantizeMatMul") for n in graph.node) > 0  # the rest is int8
+
+
+# --- the model card's "Use" snippet, run as a reader would run it -----------------------------------------
+
+
+def card_snippet(card: str) -> str:
+    """The python block of a model card's "Use" section."""
+    use = card.split("## Use", 1)[1]
+    return use.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+@pytest.mark.parametrize("family", ["llama", "opt", "gpt2"])
+def test_the_cards_snippet_gives_predicts_probabilities(family_dirs, tmp_path, family):
+    import contextlib
+    import io
+    import shutil
+
+    from rtsent.artifacts import card
+    from rtsent.artifacts.model import ModelMeta
+    from rtsent.export import write_tokenizer_json
+
+    folder = tmp_path / "model"
+    shutil.copytree(family_dirs[family], folder)
+    tok = load_tokenizer(str(folder))
+    prompt = PromptConfig(template="movie: {text}\nSentiment:")
+    encoder = PromptEncoder(prompt, tok, 64)
+    write_tokenizer_json(tok, folder / "tokenizer.json")
+    ModelMeta.new(prompt=prompt, label_ids=tuple(encoder.label_ids), max_len=64, run="r",
+                  calibration={"temperature": 1.7, "fitted_on": "validation"}).write(folder)
+    code = card_snippet(card.write(folder).read_text())
+    assert f"ids = {encoder.bos_ids} + " in code and encoder.bos_ids == ([] if family == "gpt2" else [tok.bos_token_id])
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        exec(code.replace('"this folder or its hub repository"', repr(str(folder))), {})
+    from_card = eval(shown.getvalue())  # the dict the snippet prints
+    out = io.StringIO()
+    predict.run(PredictConfig(model=str(folder), texts=("A gripping, beautifully acted film.",), format="jsonl",
+                              precision="fp32", engine="torch"), Workspace.resolve(tmp_path / "ws"), out=out)
+    expected = json.loads(out.getvalue())["probabilities"]
+    assert from_card.keys() == expected.keys()
+    for name in expected:
+        assert from_card[name] == pytest.approx(expected[name], abs=1e-6)

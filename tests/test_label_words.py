@@ -228,7 +228,8 @@ def test_predict_card_and_seqcls_keep_the_names(named_run, tmp_path):
     snippet = snippet.replace("A gripping, beautifully acted film.", "bland dull boring")
     printed = []
     exec(snippet, {"print": printed.append})
-    assert printed == [row["label"]]
+    assert printed[0] == pytest.approx(row["probabilities"], abs=1e-4)
+    assert max(printed[0], key=printed[0].get) == row["label"]
     # A linear head cannot score words of several tokens: one line, exit 2, no folder.
     out = runner.invoke(app, ["export", str(result.model_dir), "--seq-cls", "--output", str(tmp_path / "sc")])
     assert out.exit_code == 2 and "one single-token label word per class" in out.output

@@ -73,7 +73,15 @@ def pretrained_run(tmp_path_factory, data_dir):
     return ws, prepared, result, logs
 
 
-def test_zero_shot_scores_of_the_gguf_equal_the_models_own_last_token_logits(reference, monkeypatch):
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_zero_shot_scores_of_the_gguf_equal_the_models_own_last_token_logits(reference, monkeypatch, capfd):
     import gguf
 
     from rtsent.config import PromptConfig
@@ -93,6 +101,14 @@ def test_zero_shot_scores_of_the_gguf_equal_the_models_own_last_token_logits(ref
                           precision="fp32")
     if not converted_before:  # this call converted the file: its metadata was parsed once, not once per use
         assert len(parsed) == 1, parsed
+        assert "de-quantizing" not in capfd.readouterr().err  # transformers' own tqdm bar stays off stderr
+    import os
+
+    mode = 0o666 & ~_umask()
+    [folder] = (cache_root() / "gguf").glob(f"{GGUF.stem}-*/gguf.json")
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in folder.parent.iterdir()} == {
+        p.name: oct(mode) for p in folder.parent.iterdir()}  # the weights too: safetensors writes 0600
+    assert not list((cache_root() / "gguf").glob(".tmp-*")) and os.path.isdir(folder.parent)
     ours = clf.scores(clf.encoder.encode(REVIEWS).input_ids)
     np.testing.assert_allclose(ours, reference_scores(reference, REVIEWS), atol=1e-4, rtol=0)
 

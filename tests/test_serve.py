@@ -171,7 +171,7 @@ def test_classify_speaks_vllms_dialect(server, model):
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["object"] == "list" and body["id"].startswith("classify-") and isinstance(body["created"], int)
-    assert body["model"] == str(model)
+    assert body["model"] == "tiny"  # the run's name, never the server's local path
     expected = _probabilities(model, texts)
     meta = json.loads((model / "rtsent.json").read_text())
     names = meta["prompt"]["label_names"]
@@ -229,6 +229,29 @@ def test_health_info_metrics_docs(server, model):
     assert metric(text, "rtsent_requests_total", endpoint="/predict", status="200") >= 1
     assert metric(text, "rtsent_model_loaded") == 1 and metric(text, "rtsent_queue_requests") == 0
     assert metric(text, "process_resident_memory_bytes") > 10e6  # the process collector's own metrics
+
+
+@pytest.mark.parametrize("raw", [b'{"inputs": "ok", "parameters": {"top_k": 1e400}}',
+                                 b'{"inputs": "ok", "parameters": {"top_k": NaN}}',
+                                 b'{"inputs": "ok", "parameters": {"top_k": -Infinity}}'])
+def test_a_non_finite_number_is_a_422_like_any_bad_request(server, raw):
+    assert post(server, {"inputs": "fine"}).status_code == 200
+    before = metric(httpx.get(server.url + "/metrics").text, "rtsent_requests_total", endpoint="/predict")
+    response = post(server, content=raw)
+    assert response.status_code == 422, response.text
+    assert response.json()["error"] == "parameters.top_k: Input should be a finite number"
+    text = httpx.get(server.url + "/metrics").text
+    assert metric(text, "rtsent_requests_total", endpoint="/predict", status="422") >= 1
+    assert metric(text, "rtsent_requests_total", endpoint="/predict") == before + 1
+    assert 'status="500"' not in text
+
+
+def test_no_answer_gives_away_the_servers_local_paths(server, model):
+    info = httpx.get(server.url + "/info").text
+    classify = httpx.post(server.url + "/classify", json={"model": "m", "input": ["good"]}, timeout=30).text
+    assert json.loads(info)["model"] == "tiny"
+    for body in (info, classify):
+        assert str(model) not in body and str(model.parent) not in body
 
 
 @pytest.mark.parametrize("body, content, status, words", [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -57,17 +58,29 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (see atomic_file)."""
+    """Write strict JSON atomically (see atomic_file); a NaN or infinity is written as null (see finite)."""
     with atomic_file(path) as fh:
-        json.dump(data, fh, indent=2, ensure_ascii=False)
+        json.dump(finite(data), fh, indent=2, ensure_ascii=False, allow_nan=False)
         fh.write("\n")
 
 
 def write_jsonl(path: Path, rows: Any) -> None:
-    """Write one JSON object a line, atomically (see atomic_file)."""
+    """Write one strict JSON object a line, atomically (see atomic_file)."""
     with atomic_file(path) as fh:
         for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            fh.write(json.dumps(finite(row), ensure_ascii=False, allow_nan=False) + "\n")
+
+
+def finite(value: Any) -> Any:
+    """value with every non-finite float inside it (NaN, ±inf) replaced by None: JSON has no such numbers,
+    and the bare `NaN` Python writes by default is refused by strict parsers (JavaScript, jq, Go)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 @contextlib.contextmanager
@@ -81,6 +94,15 @@ def staging(ws: Workspace, name: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(path, ignore_errors=True)
         raise
+
+
+def readable(folder: Path) -> None:
+    """Give every file in folder the mode a new file gets (0644 under umask 022). safetensors writes its
+    files 0600, which left the weights alone unreadable to the group and others in a published folder."""
+    mode = 0o666 & ~_umask()
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            os.chmod(path, mode)
 
 
 def _umask() -> int:
@@ -99,6 +121,7 @@ def publish(staged: Path, dest: Path) -> None:
     renames below is repaired by the next clean_stale (which finishes the move) instead of losing both.
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
+    readable(staged)
     (staged / DEST_MARK).write_text(str(dest.resolve()), encoding="utf-8")
     old = None
     if dest.exists():

@@ -28,7 +28,7 @@ def write(folder: Path) -> Path:
     meta = ModelMeta.read(paths.dir)
     found = read_eval_reports(paths)
     reports = {split: found[split] for split in EVAL_ORDER if split in found}
-    text = f"---\n{_metadata(meta, reports).to_yaml()}\n---\n\n{_body(meta, reports)}"
+    text = f"---\n{_metadata(meta, reports).to_yaml()}\n---\n\n{_body(paths, meta, reports)}"
     _write_text(paths.card, text)
     return paths.card
 
@@ -87,7 +87,7 @@ def _metrics(meta: ModelMeta, reports: dict[str, dict[str, Any]]) -> dict[str, l
     return out
 
 
-def _body(meta: ModelMeta, reports: dict[str, dict[str, Any]]) -> str:
+def _body(paths: ModelPaths, meta: ModelMeta, reports: dict[str, dict[str, Any]]) -> str:
     train = meta.train
     template = meta.prompt.template
     words, names = list(meta.prompt.label_words), list(meta.prompt.label_names)
@@ -111,34 +111,69 @@ def _body(meta: ModelMeta, reports: dict[str, dict[str, Any]]) -> str:
     for split, metrics in _metrics(meta, reports).items():
         for _, value, label, _ in metrics:
             lines.append(f"| {split} | {label} | {value:.4f} |")
-    lines += ["", "## Use", "", "```python", *_use_snippet(meta), "```", "",
+    lines += ["", "## Use", "", *_use_snippet(paths, meta), "",
               "## Training configuration", "", "```json", json.dumps(train, indent=2, sort_keys=True), "```", ""]
     return "\n".join(lines)
 
 
-def _use_snippet(meta: ModelMeta) -> list[str]:
-    """Python that classifies a review with transformers alone, as rtsent scores it."""
+def _use_snippet(paths: ModelPaths, meta: ModelMeta) -> list[str]:
+    """Python that scores a review with transformers alone, exactly as `rtsent predict` does: the prompt's
+    token ids as rtsent builds them (the tokenizer's BOS, the template's start and the review tokenized
+    together, then the template's end as the tokens that follow a review), the class scores (_class_scores)
+    divided by the fitted temperature. tests/test_families.py and tests/test_label_words.py run it against
+    predict."""
     template, names = meta.prompt.template, list(meta.prompt.label_names)
-    head = ["import torch", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+    parts = _prompt_parts(paths, meta)
+    if parts is None:  # no tokenizer.json to read the ids from: the whole prompt, as the tokenizer encodes it
+        build = [f"prompt = {json.dumps(template)}.format(text=review)",
+                 "ids = tok(prompt)[\"input_ids\"]"]
+    else:
+        bos, suffix = parts
+        build = ["# the prompt as rtsent builds it: the tokenizer's BOS, the template's start with the review, and",
+                 f"# the template's end {json.dumps(meta.prompt.suffix)} as the tokens that follow a review",
+                 f"ids = {bos} + tok({json.dumps(meta.prompt.prefix)} + review, add_special_tokens=False)"
+                 f"[\"input_ids\"] + {suffix}"]
+    return ["```python", "import torch", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
             "MODEL = \"this folder or its hub repository\"",
             "tok = AutoTokenizer.from_pretrained(MODEL)", "model = AutoModelForCausalLM.from_pretrained(MODEL)",
-            f"prompt = {json.dumps(template)}.format(text=\"A gripping, beautifully acted film.\")",
-            "ids = tok(prompt)[\"input_ids\"]"]
-    ids = meta.label_words.head_ids
-    if ids is not None:
-        return head + ["next_token = model(torch.tensor([ids])).logits[0, -1]",
-                       f"label_ids = {ids}  # {json.dumps(list(meta.prompt.label_words))}",
-                       f"print({json.dumps(names)}[int(next_token[label_ids].argmax())])"]
-    words = {name: ws for name, ws in zip(names, meta.label_words.to_list())}
-    return head + [
-        f"words = {json.dumps(words)}  # each class's words, as token ids after the prompt",
-        "",
-        "def log_prob(word):  # log P(word | prompt), token by token",
-        "    logits = model(torch.tensor([ids + word])).logits[0].log_softmax(-1)",
-        "    return sum(logits[len(ids) - 1 + i, t] for i, t in enumerate(word))",
-        "",
-        "scores = {name: torch.logsumexp(torch.stack([log_prob(w) for w in ws]), 0) for name, ws in words.items()}",
-        "print(max(scores, key=scores.get))"]
+            "review = \"A gripping, beautifully acted film.\"  # up to the model's max_len "
+            f"({meta.max_len} tokens); rtsent cuts longer ones",
+            *build, *_class_scores(meta),
+            f"probabilities = (scores / {meta.temperature!r}).softmax(-1)  # the fitted temperature",
+            f"print(dict(zip({json.dumps(names)}, probabilities.tolist())))", "```"]
+
+
+def _class_scores(meta: ModelMeta) -> list[str]:
+    """`scores` of the snippet: the label words' logits where each class is one single-token word, else each
+    word's log-probability token by token, a class's several words combined by logsumexp (LabelWords)."""
+    words = list(meta.prompt.label_words)
+    head = meta.label_words.head_ids
+    if head is not None:
+        return ["with torch.no_grad():", "    next_token = model(torch.tensor([ids])).logits[0, -1]",
+                f"scores = next_token[{head}]  # {json.dumps(words)}"]
+    return [f"words = {json.dumps(meta.label_words.to_list())}  # each class's words as token ids after the prompt: "
+            f"{json.dumps(words)}", "",
+            "def log_prob(word):  # log P(word | prompt), token by token",
+            "    with torch.no_grad():",
+            "        logits = model(torch.tensor([ids + word])).logits[0].log_softmax(-1)",
+            "    return sum(logits[len(ids) - 1 + i, t] for i, t in enumerate(word))", "",
+            "scores = torch.stack([torch.logsumexp(torch.stack([log_prob(w) for w in ws]), 0) for ws in words])"]
+
+
+def _prompt_parts(paths: ModelPaths, meta: ModelMeta) -> tuple[list[int], list[int]] | None:
+    """The BOS ids and the template-end ids rtsent puts around every review, read from the folder's
+    tokenizer.json (without transformers), or None where the folder has none."""
+    if not paths.tokenizer_json.is_file():
+        return None
+    from rtsent.core.prompts import PromptEncoder
+    from rtsent.engines.onnx import JsonTokenizer
+    from rtsent.errors import RtsentError
+
+    try:
+        encoder = PromptEncoder(meta.prompt, JsonTokenizer(paths.tokenizer_json), meta.max_len)
+    except RtsentError:
+        return None
+    return list(encoder.bos_ids), list(encoder.suffix_ids)
 
 
 def _write_text(path: Path, text: str) -> None:

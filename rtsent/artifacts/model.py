@@ -82,17 +82,29 @@ class ModelPaths:
 
 
 def read_eval_reports(paths: ModelPaths) -> dict[str, dict[str, Any]]:
-    """The folder's readable evaluation reports by split (a damaged or foreign file is skipped)."""
+    """The folder's readable evaluation reports by split (a damaged or foreign file is skipped).
+
+    Only reports that describe what the folder does count: one with contextual calibration (which
+    predict, serve and the exports never apply) or scored on a prepared dataset other than the model's
+    own (older rtsent wrote both into the folder) is left out, so the card never credits it."""
     import json
 
+    try:
+        trained_on = json.loads(paths.meta.read_text(encoding="utf-8")).get("prepared")
+    except (OSError, ValueError, AttributeError):
+        trained_on = None
     found = {}
     for path in paths.eval_reports():
         try:
             report = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        if isinstance(report, dict) and "accuracy" in report:
-            found[report.get("split") or path.stem.removeprefix("eval-")] = {**report, "path": str(path)}
+        if not isinstance(report, dict) or "accuracy" not in report:
+            continue
+        contextual = isinstance(report.get("calibration"), dict) and report["calibration"].get("contextual")
+        if contextual or (trained_on and report.get("prepared") not in (None, trained_on)):
+            continue
+        found[report.get("split") or path.stem.removeprefix("eval-")] = {**report, "path": str(path)}
     return found
 
 

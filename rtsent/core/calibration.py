@@ -69,6 +69,10 @@ def temperature_record(scores: np.ndarray, labels: Sequence[int], fitted_on: str
     if math.log(t) <= LOG_T_BOUNDS[0] + 1e-3:
         record.update(temperature=1.0, note=f"every {fitted_on} example is right, so no finite temperature "
                                             f"minimises the NLL; kept T = 1")
+    elif math.log(t) >= LOG_T_BOUNDS[1] - 1e-3:
+        record["note"] = (f"T reached its upper bound {math.exp(LOG_T_BOUNDS[1]):g}: the scores say almost nothing "
+                          f"about the {fitted_on} labels (the model is at or below chance there), so every "
+                          f"probability is near uniform; check the data, the label words or the training")
     t = record["temperature"]
     record.update(nll_before=round(nll(scores, labels), 6), nll_after=round(nll(scores, labels, t), 6))
     return record

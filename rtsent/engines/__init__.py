@@ -38,8 +38,11 @@ def open_classifier(model: str, prompt: "PromptConfig | None" = None, max_len: i
         if choice.precision not in ONNX_PRECISIONS:
             raise UsageError(f"the onnx engine runs fp32 or int8 graphs, not {choice.precision}; "
                              f"use --engine torch for {choice.precision}")
-        if choice.precision not in graphs or meta is None:
-            which = "an int8 ONNX graph" if choice.precision == "int8" else "an ONNX graph"
+        if meta is None:  # a base model: `rtsent export` takes only folders that `rtsent train` made
+            raise ArtifactError(f"{model} is a base model, which has no ONNX graph (only models made by `rtsent "
+                                f"train` are exported); use --engine torch")
+        if choice.precision not in graphs:
+            which = "int8 ONNX graph" if choice.precision == "int8" else "ONNX graph"
             flag = " --int8" if choice.precision == "int8" else ""
             raise ArtifactError(f"{model} has no {which}; run `rtsent export {model}{flag}` first (or use --engine torch)")
         from rtsent.engines.onnx import OnnxClassifier
@@ -82,8 +85,10 @@ def _config(model: str) -> Any:
             return SimpleNamespace(**json.loads(path.read_text(encoding="utf-8")))
         except (OSError, ValueError, TypeError):
             return None
-    if folder.exists():
+    from rtsent.sources import gguf
+
+    if folder.exists() and not gguf.is_gguf(model) and not (folder.is_dir() and gguf.find_in_folder(folder)):
         return None
-    from rtsent.core.modeling import load_config
+    from rtsent.core.modeling import load_config  # a hub name, or a GGUF file's converted folder
 
     return load_config(model)

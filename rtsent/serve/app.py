@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from rtsent import __version__
+from rtsent.artifacts.cache import finite
 from rtsent.artifacts.model import ModelPaths, read_eval_reports
 from rtsent.config import ServeConfig
 from rtsent.engines.base import Classifier
@@ -126,6 +127,12 @@ class State:
         if clf.choice is not None:
             self.log(clf.choice.line())
 
+    @property
+    def public_name(self) -> str:
+        """The model's name for clients: its run's name, else its folder's; never the server's local path."""
+        meta = self.classifier.meta if self.classifier is not None else None
+        return (meta.run if meta is not None and meta.run else None) or Path(self.model).name
+
     def _open(self) -> Classifier:
         from rtsent.engines import open_classifier
 
@@ -156,7 +163,7 @@ class State:
         meta = clf.meta
         reports = read_eval_reports(ModelPaths(Path(self.model)))
         return {
-            "model": str(Path(self.model).resolve()),
+            "model": self.public_name,
             "engine": clf.engine,
             "version": __version__,
             "template": clf.prompt.template,
@@ -201,7 +208,7 @@ async def predict(body: PredictRequest, request: Request) -> Any:
         return _error(exc.status, exc.message, exc.retry)
     values = _apply(state.classifier, scores, params.function_to_apply or "softmax")
     names = state.classifier.label_names
-    return JSONResponse([_ranked(row, names, params.top_k) for row in values])  # already the declared shape
+    return JSONResponse(finite([_ranked(row, names, params.top_k) for row in values]))  # the declared shape
 
 
 async def classify(body: ClassifyRequest, request: Request) -> Any:
@@ -224,7 +231,7 @@ async def classify(body: ClassifyRequest, request: Request) -> Any:
              "num_classes": k} for i, row in enumerate(values)]
     used = int(tokens.sum())
     return JSONResponse({"id": f"classify-{uuid.uuid4().hex}", "object": "list", "created": int(time.time()),
-                         "model": state.model, "data": data,
+                         "model": state.public_name, "data": data,
                          "usage": {"prompt_tokens": used, "total_tokens": used, "completion_tokens": 0,
                                    "prompt_tokens_details": None}})
 
@@ -314,8 +321,9 @@ def _ranked(row: np.ndarray, names: Sequence[str], top_k: int | None) -> list[di
 
 async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
     errors = exc.errors()
+    # finite(): the offending input may be a NaN or 1e400 (inf), which a JSON response cannot hold
     return JSONResponse({"error": "; ".join(dict.fromkeys(_describe(e) for e in errors)),
-                         "detail": jsonable_encoder(errors)}, status_code=422)
+                         "detail": finite(jsonable_encoder(errors))}, status_code=422)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:

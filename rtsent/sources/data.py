@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from rtsent import compat
 from rtsent.artifacts.cache import hash_files
 from rtsent.errors import DataError, UsageError, first_line
-from rtsent.sources.inputs import TABLE_FORMATS as FORMATS
+from rtsent.sources.inputs import TABLE_FORMATS as FORMATS, table_format
 
 ROLES = ("train", "validation", "test")
 NO_LABEL = -1  # datasets' ClassLabel value for "no label" (e.g. GLUE test splits, whose labels are hidden)
@@ -23,6 +23,8 @@ class Split:
     texts: list[str]
     labels: list[int]
     skipped_empty: int = 0
+    rows: list[int] | None = None
+    """Each kept row's 0-based row number in the file (blank rows skipped), when read from one."""
 
 
 @dataclass
@@ -54,10 +56,10 @@ class FolderSource(Source):
         self.name = str(folder)
         self.files: dict[str, Path] = {}
         for path in sorted(folder.iterdir()):
-            if path.suffix not in FORMATS or not path.is_file():
+            if table_format(path) is None or not path.is_file():
                 continue
             if path.stem in self.files:
-                same = sorted(p.name for p in folder.iterdir() if p.stem == path.stem and p.suffix in FORMATS)
+                same = sorted(p.name for p in folder.iterdir() if p.stem == path.stem and table_format(p))
                 raise DataError(f"{folder} has several files for split {path.stem!r}: {same}; keep one")
             self.files[path.stem] = path
         self.available = sorted(self.files)
@@ -343,7 +345,7 @@ def read_table_file(path: Path) -> Any:
     """A parquet, csv or jsonl file as an Arrow table; an unreadable one is a DataError naming why."""
     import pyarrow as pa
 
-    kind = FORMATS[path.suffix]
+    kind = table_format(path)
     try:
         if kind == "parquet":
             import pyarrow.parquet as pq
@@ -397,7 +399,7 @@ def build_split(table: Any, split: str, text_column: str, label_column: str,
     """
     texts = column(table, text_column, "text", f"{where} ({split})")
     labels = column(table, label_column, "label", f"{where} ({split})")
-    kept_texts, kept_labels, skipped = [], [], 0
+    kept_texts, kept_labels, kept_rows, skipped = [], [], [], 0
     for row, (text, label) in enumerate(zip(texts, labels)):
         if isinstance(text, bytes):  # pyarrow reads a CSV column with invalid UTF-8 as binary
             raise DataError(f"{where} ({split}) row {row}: the text is not valid UTF-8; re-save the file as UTF-8")
@@ -407,12 +409,13 @@ def build_split(table: Any, split: str, text_column: str, label_column: str,
             skipped += 1
             continue
         kept_texts.append(text)
+        kept_rows.append(row)
         if class_ids is not None:
             label = _translate(label, class_ids, f"{where} ({split}) row {row}")
         kept_labels.append(label_id(label, label_names, f"{where} ({split}) row {row}"))
     if not kept_texts:
         raise DataError(f"{where} ({split}) has no rows with text")
-    return Split(kept_texts, kept_labels, skipped)
+    return Split(kept_texts, kept_labels, skipped, kept_rows)
 
 
 def _translate(label: Any, class_ids: Sequence[int], where: str) -> Any:

@@ -5,8 +5,12 @@ transformers reads GGUF through the `gguf` package and dequantizes to fp32, but 
 `save_pretrained` the result ("quantized with gguf, not serializable"): the weights are copied into a
 plain model of the same config, without the quantization config, and saved from there.
 
-    <cache>/gguf/<stem>-<sha256[:16]>/   config.json, model.safetensors, tokenizer files, gguf.json
+    <cache>/gguf/<stem>-<sha256[:16]>-c<CONVERTER>/   config.json, model.safetensors, tokenizer files, gguf.json
     <cache> = $RTSENT_CACHE, else $XDG_CACHE_HOME/rtsent, else ~/.cache/rtsent
+
+The key holds the converter's version, so a fixed conversion never serves a folder the old one made; a
+staging folder of a conversion that was killed (`.tmp-<name>-<pid>`, its process gone) is removed by the
+next conversion.
 """
 
 from __future__ import annotations
@@ -17,10 +21,12 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from rtsent.artifacts.cache import readable
 from rtsent.errors import ArtifactError, UsageError, first_line
 
 SUFFIX = ".gguf"
@@ -28,6 +34,8 @@ INFO = "gguf.json"
 ENV_CACHE = "RTSENT_CACHE"
 # Tensor types that hold plain floats; any other (Q4_1, Q8_0, K-quants...) is quantized.
 FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
+CONVERTER = 1
+"""Bumped whenever a conversion of the same file would give another folder (part of the cache key)."""
 
 
 def is_gguf(name: str) -> bool:
@@ -102,7 +110,7 @@ def _converted(path: str, size: int, mtime_ns: int) -> Path:
     """(path, size, mtime) key the in-process memo; the folder itself is keyed by content."""
     source = Path(path)
     digest = _sha256(source)
-    target = cache_root() / "gguf" / f"{source.stem}-{digest[:16]}"
+    target = cache_root() / "gguf" / f"{source.stem}-{digest[:16]}-c{CONVERTER}"
     if (target / INFO).is_file():
         return target
     if importlib.util.find_spec("gguf") is None:
@@ -112,8 +120,19 @@ def _converted(path: str, size: int, mtime_ns: int) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(target) + ".lock"):  # torchrun ranks: one converts, the others wait and reuse
         if not (target / INFO).is_file():
+            _remove_dead_staging(target.parent)
             _convert(source, digest, target)
     return target
+
+
+def _remove_dead_staging(folder: Path) -> None:
+    """Staging folders of conversions whose process is gone (killed mid-way: hundreds of MB each)."""
+    from rtsent.artifacts.cache import _alive
+
+    for entry in folder.glob(".tmp-*"):
+        pid = entry.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            shutil.rmtree(entry, ignore_errors=True)
 
 
 def _sha256(path: Path) -> str:
@@ -129,17 +148,20 @@ def _convert(source: Path, digest: str, target: Path) -> None:
 
     from rtsent import compat
 
-    Console(stderr=True).print(f"converting {source.name} once into {target} (dequantized to fp32)")
+    Console(stderr=True).print(f"converting {source.name} once into {target} (dequantized to fp32)",
+                               markup=False, soft_wrap=True)  # one line, whatever the terminal's width
     staging = target.with_name(f".tmp-{target.name}-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     try:
-        with compat.gguf_parsed_once() as reader:
+        with compat.gguf_parsed_once() as reader, compat.gguf_quiet_progress():
             model, tok = _load(source)
             types = _tensor_types(reader(source))
         model.save_pretrained(str(staging), safe_serialization=True)
         tok.save_pretrained(str(staging))
-        info = {"file": source.name, "source": str(source), "sha256": digest, "tensor_types": types}
+        info = {"file": source.name, "source": str(source), "sha256": digest, "tensor_types": types,
+                "converter": CONVERTER}
         (staging / INFO).write_text(json.dumps(info, indent=2), encoding="utf-8")  # written last: the completion mark
+        readable(staging)
         os.replace(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -161,8 +183,9 @@ def _load(source: Path) -> tuple[Any, Any]:
         with quiet_transformers():
             tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
             loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise ArtifactError(f"cannot read {source} as a causal LM: {first_line(exc)}") from None
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError, struct.error) as exc:
+        # struct.error: a truncated file (gguf's reader unpacks past its end)
+        raise ArtifactError(f"cannot read {source} as a causal LM: {_reason(exc, source)}") from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
@@ -175,6 +198,12 @@ def _load(source: Path) -> tuple[Any, Any]:
     plain.load_state_dict(loaded.state_dict(), assign=True)
     plain.tie_weights()
     return plain, tok
+
+
+def _reason(exc: BaseException, source: Path) -> str:
+    if isinstance(exc, struct.error) or "buffer" in str(exc) or "cannot reshape" in str(exc):
+        return "the file ends early (truncated: an interrupted download or copy?); download it again"
+    return first_line(exc)
 
 
 def _tensor_types(reader: Any) -> dict[str, int]:

@@ -18,6 +18,11 @@ TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json"
 """File suffixes of tables and the reader each takes (the training data's too: sources/data.py)."""
 
 
+def table_format(path: str | Path) -> str | None:
+    """The reader a file takes by its suffix, whatever its case (`reviews.CSV`); None for plain text."""
+    return TABLE_FORMATS.get(Path(path).suffix.lower())
+
+
 @dataclass(frozen=True)
 class Row:
     """One input row: its text (None when the cell is empty or not text) and the columns carried along."""
@@ -32,7 +37,7 @@ def iter_rows(path: str, text_column: str, keep: Sequence[str], chunk: int) -> I
     Raises UsageError for a missing file or columns kept from a plain-text input, DataError for
     unreadable content or a missing column.
     """
-    if path == "-" or Path(path).suffix not in TABLE_FORMATS:
+    if path == "-" or table_format(path) is None:
         if keep:
             raise UsageError("--keep-columns needs a csv, jsonl or parquet --file (plain text lines have no columns)")
         if path == "-":
@@ -41,12 +46,12 @@ def iter_rows(path: str, text_column: str, keep: Sequence[str], chunk: int) -> I
     p = Path(path).expanduser()
     if not p.is_file():
         raise UsageError(f"--file {path}: no such file")
-    if p.suffix not in TABLE_FORMATS:
+    kind = table_format(p)
+    if kind is None:
         with open(p, "rb") as fh:
             yield from _chunks((Row(t) for t in _lines(fh, str(p))), chunk)
         return
     columns = [text_column, *[c for c in keep if c != text_column]]
-    kind = TABLE_FORMATS[p.suffix]
     if kind == "parquet":
         yield from _iter_parquet(p, columns, keep, chunk)
     elif kind == "csv":
@@ -56,9 +61,10 @@ def iter_rows(path: str, text_column: str, keep: Sequence[str], chunk: int) -> I
 
 
 def _lines(stream: Any, where: str) -> Iterator[str]:
+    """Decoded lines without their line ends; a UTF-8 byte-order mark (Windows editors write one) is not text."""
     for number, raw in enumerate(stream, start=1):
         try:
-            line = raw.decode("utf-8")
+            line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
         except UnicodeDecodeError:
             raise DataError(f"{where} line {number} is not valid UTF-8; re-save the file as UTF-8") from None
         yield line.rstrip("\r\n")
@@ -76,11 +82,16 @@ def _chunks(items: Iterator[Row], size: int) -> Iterator[list[Row]]:
 
 
 def _missing(path: Path, names: Sequence[str], columns: Sequence[str]) -> None:
+    """A column asked for that the file lacks, or has twice (which one would be read?), is a DataError."""
     absent = [c for c in columns if c not in names]
     if absent:
         role = "text column" if absent[0] == columns[0] else "column"
         fix = "pass --text-column" if role == "text column" else "check --keep-columns"
         raise DataError(f"{path} has no {role} {absent[0]!r} (columns: {', '.join(names)}); {fix}")
+    twice = [c for c in columns if list(names).count(c) > 1]
+    if twice:
+        raise DataError(f"{path} has {list(names).count(twice[0])} columns named {twice[0]!r} (columns: "
+                        f"{', '.join(names)}); rename them so that each name is used once")
 
 
 def _batch_rows(batch: Any, columns: Sequence[str], keep: Sequence[str]) -> list[Row]:
@@ -101,40 +112,94 @@ def _iter_parquet(path: Path, columns: Sequence[str], keep: Sequence[str], chunk
 
 
 def _iter_csv(path: Path, columns: Sequence[str], keep: Sequence[str], chunk: int) -> Iterator[list[Row]]:
-    """CSV in record batches (pyarrow's streaming reader): memory holds one block, not the file."""
+    """CSV in record batches (pyarrow's streaming reader): memory holds one block, not the file.
+
+    Only the columns asked for are read, each as the text it is: no type is guessed, so a kept `007`
+    comes back `007`, and a column that looks numeric for a block and then holds `x1` reads whole.
+    """
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
+    header = _csv_header(path)
+    if not header:
+        raise DataError(f"cannot read {path}: the file is empty")
+    _missing(path, header, columns)
     try:
         # Empty cells stay empty strings (a blank review), never a null that would hide a row's text.
-        convert = pcsv.ConvertOptions(column_types={columns[0]: pa.string()}, strings_can_be_null=False)
+        convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=list(columns),
+                                      strings_can_be_null=False, quoted_strings_can_be_null=False)
         reader = pcsv.open_csv(path, convert_options=convert)
-        _missing(path, reader.schema.names, columns)
         for batch in reader:
             rows = _batch_rows(batch, columns, keep)
             for start in range(0, len(rows), chunk):
                 yield rows[start : start + chunk]
     except (pa.ArrowInvalid, OSError) as exc:
-        reason = first_line(exc)
-        if "utf8" in reason.lower() or "utf-8" in reason.lower():
-            reason = "it is not valid UTF-8 text; re-save it as UTF-8"
-        raise DataError(f"cannot read {path}: {reason}") from None
+        raise DataError(f"cannot read {path}: {_csv_reason(exc)}") from None
+
+
+def _csv_reason(exc: Exception) -> str:
+    reason = first_line(exc)
+    if "utf8" in reason.lower() or "utf-8" in reason.lower():
+        reason = "it is not valid UTF-8 text; re-save it as UTF-8"
+    return reason
+
+
+def _csv_header(path: Path) -> list[str]:
+    """The csv's column names as written (duplicates included), read by the csv module from the first record."""
+    import csv
+
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as fh:
+            return next(csv.reader(fh), [])
+    except UnicodeDecodeError:
+        raise DataError(f"cannot read {path}: its header is not valid UTF-8 text; re-save it as UTF-8") from None
+    except csv.Error as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
 
 
 def _jsonl_rows(path: Path, text_column: str, keep: Sequence[str]) -> Iterator[Row]:
     """One row per JSON line, read one line at a time; a blank line is a blank row."""
+    used = {text_column, *keep}
+    hook = lambda pairs: _no_repeated_keys(pairs, used)  # noqa: E731
     with open(path, "rb") as fh:
         for number, line in enumerate(_lines(fh, str(path)), start=1):
             if not line.strip():
                 yield Row("", {c: None for c in keep})
                 continue
             try:
-                record = json.loads(line)
+                record = json.loads(line, object_pairs_hook=hook)
+            except _RepeatedKey as exc:
+                raise DataError(f"{path} record {number} has the field {exc.args[0]!r} twice; keep one") from None
             except ValueError as exc:
                 raise DataError(f"{path} record {number} is not valid JSON ({exc})") from None
             if not isinstance(record, dict) or text_column not in record:
                 raise DataError(f"{path} record {number} has no text field {text_column!r}; pass --text-column")
             yield Row(record[text_column], {c: record.get(c) for c in keep})
+
+
+class _RepeatedKey(ValueError):
+    pass
+
+
+def _no_repeated_keys(pairs: list[tuple[str, Any]], used: set[str]) -> dict[str, Any]:
+    """json.loads keeps the last of repeated keys silently; a record that names a field read twice is refused."""
+    record: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in record and key in used:
+            raise _RepeatedKey(key)
+        record[key] = value
+    return record
+
+
+def check_file(path: str, text_column: str, keep: Sequence[str]) -> None:
+    """Read a whole input file once and raise what iter_rows would raise part-way: a bad record, a
+    missing field, invalid UTF-8. Called before the first output row is written (and before a model
+    is loaded), so a bad file is refused whole and never leaves an output that stops half-way but looks
+    complete. Stdin cannot be read twice, so it is not checked (its lines are streamed)."""
+    if path == "-":
+        return
+    for _ in iter_rows(path, text_column, keep, 4096):
+        pass
 
 
 EMPTY = "empty text"
