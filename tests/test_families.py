@@ -390,7 +390,7 @@ def test_the_cards_snippet_gives_predicts_probabilities(family_dirs, tmp_path, f
     prompt = PromptConfig(template="movie: {text}\nSentiment:")
     encoder = PromptEncoder(prompt, tok, 64)
     write_tokenizer_json(tok, folder / "tokenizer.json")
-    ModelMeta.new(prompt=prompt, label_ids=tuple(encoder.label_ids), max_len=64, run="r",
+    ModelMeta.new(prompt=prompt, label_words=encoder.label_words, max_len=64, run="r",
                   calibration={"temperature": 1.7, "fitted_on": "validation"}).write(folder)
     code = card_snippet(card.write(folder).read_text())
     assert f"ids = {encoder.bos_ids} + " in code and encoder.bos_ids == ([] if family == "gpt2" else [tok.bos_token_id])
