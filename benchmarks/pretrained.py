@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shlex
 import statistics
 import sys
@@ -150,9 +151,13 @@ def worker_hf(model: str, seed: int, epochs: float, out: str, data: Path = DATA,
     def metrics(pred):
         return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
 
+    # Few-shot: evaluate (and checkpoint) about ten times in all, as rtsent does, not after every one-step epoch.
+    steps = math.ceil(len(ds["train"]) / 32) * epochs
+    every = {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": max(1, int(steps // 10)),
+             "save_steps": max(1, int(steps // 10))} if shots else {"eval_strategy": "epoch", "save_strategy": "epoch"}
     args = TrainingArguments(out, per_device_train_batch_size=32, per_device_eval_batch_size=64, learning_rate=5e-5,
-                             num_train_epochs=epochs, warmup_steps=0.06, weight_decay=0.01, eval_strategy="epoch",
-                             save_strategy="epoch", save_total_limit=1, load_best_model_at_end=True,
+                             num_train_epochs=epochs, warmup_steps=0.06, weight_decay=0.01, **every,
+                             save_total_limit=1, load_best_model_at_end=True,
                              metric_for_best_model="accuracy", seed=seed, bf16=cpu_has_fast_bf16(), use_cpu=True,
                              report_to="none", disable_tqdm=True, logging_steps=50)
     trainer = Trainer(net, args, train_dataset=ds["train"], eval_dataset=ds["validation"], processing_class=tok,
