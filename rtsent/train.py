@@ -71,16 +71,17 @@ def run(cfg: TrainConfig, ws: Workspace, console: Any = None, log: Callable[[str
     lock = locked(ws, f"run-{paths.name}", f"run {paths.name}") if is_main_process() else contextlib.nullcontext()
     with lock, quiet_transformers():
         if cfg.resume and ModelPaths(paths.model).is_model():
-            return _finished(paths, log)
+            return _finished(cfg, paths, log)
         return _train(cfg, ws, paths, console, log)
 
 
-def _finished(paths: RunPaths, log: Callable[[str], None]) -> TrainResult:
+def _finished(cfg: TrainConfig, paths: RunPaths, log: Callable[[str], None]) -> TrainResult:
     """--resume of a run whose model is exported (the export is training's last step): nothing is left to
     train, and the model folder, with the reports, card and graphs added to it since, stays as it is."""
     meta = ModelMeta.read(paths.model)
     best, timing = meta.best or {}, meta.training or {}
-    log(f"run {paths.name} is finished (its model is {paths.model}); nothing to resume")
+    log(f"run {paths.name} is finished (trained on prepared data {cfg.prepared}; its model is {paths.model}); "
+        f"nothing to resume")
     return TrainResult(paths, paths.model, best.get("validation_accuracy"), best.get("step"), int(timing.get("steps") or 0),
                        float(timing.get("seconds") or 0.0), float(timing.get("train_examples_per_s") or 0.0),
                        meta.calibration)

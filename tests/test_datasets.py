@@ -234,3 +234,16 @@ def test_too_small_train_cannot_be_carved(tmp_path, tiny_model_dir, ws):
         run_prepare(ws, tiny_model_dir, data)
     carved = run_prepare(ws, tiny_model_dir, data, validation_fraction=0.5).manifest["splits"]["validation"]
     assert carved["per_class"] == {"negative": 1, "positive": 1}
+
+
+def test_a_csv_label_column_of_numbers_and_names_is_read_whole(tmp_path):
+    from rtsent.sources.data import build_raw_split, read_raw_file
+
+    review = "a long review of the film " * 8  # ~200 bytes a row: the names come after pyarrow's first 1 MB block
+    rows = [f"{review}{i},{i % 2}" for i in range(6000)] + [f"{review}last,positive", f"{review}float,1.0"]
+    path = tmp_path / "train.csv"
+    path.write_text("text,label\n" + "\n".join(rows) + "\n")
+    assert path.stat().st_size > 1_100_000
+    split = build_raw_split(read_raw_file(path), "train", "text", "label", ("negative", "positive"), str(path))
+    assert len(split.texts) == 6002 and split.labels[:4] == [0, 1, 0, 1] and split.labels[-2:] == [1, 1]
+    assert split.texts[-1] == review + "float"

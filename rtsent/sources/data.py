@@ -425,6 +425,13 @@ def _translate(label: Any, class_ids: Sequence[int], where: str) -> Any:
     return class_ids[label] if isinstance(label, int) and 0 <= label < len(class_ids) else label
 
 
+def _number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def label_id(label: Any, names: Sequence[str], where: str) -> int:
     """Class id of a label: an integer 0..K-1, or a label name."""
     k = len(names)
@@ -433,6 +440,9 @@ def label_id(label: Any, names: Sequence[str], where: str) -> int:
     if isinstance(label, str):
         if label in names:
             return names.index(label)
+        # "1.0" read as text: a csv label column that also holds names is read as strings whole
+        if not label.strip().isdecimal() and _number(label) is not None:
+            return label_id(_number(label), names, where)
         if not label.strip().isdecimal():  # "1" read as text (e.g. a quoted CSV cell) is still class 1
             raise DataError(
                 f"{where}: label {label!r} is not one of the label names {list(names)}; pass --label-names to match"
