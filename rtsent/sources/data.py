@@ -277,7 +277,7 @@ def data_class_names(source: Source, plan: SplitPlan, label_column: str) -> list
     if label_column not in raw.table.column_names:
         return None
     strings = {v for v in raw.table.column(label_column).to_pylist() if isinstance(v, str)}
-    if not strings or any(v.strip().isdecimal() for v in strings):  # class ids, some perhaps read as text
+    if not strings or any(_number(v) is not None for v in strings):  # class ids, some perhaps read as text
         return None
     if len(strings) < 2:
         raise DataError(f"{source.name} ({plan.train}): train's labels name one class {sorted(strings)}; a classifier "
