@@ -124,9 +124,10 @@ class PromptConfig:
 class PrepareConfig:
     """Options of `rtsent prepare`."""
 
-    data: str = opt(DEFAULT_DATA, "Hub dataset name, or a folder of train/validation/test .parquet/.csv/.jsonl files, "
+    data: str = opt(DEFAULT_DATA, "rotten_tomatoes (shipped with rtsent), a hub dataset name, a folder of "
+                                  "train/validation/test .parquet/.csv/.jsonl files, "
                                   "or a save_to_disk folder.")
-    model: str = opt(DEFAULT_MODEL, "Model (hub name, folder or .gguf file) whose tokenizer to use.")
+    model: str = opt(DEFAULT_MODEL, "Model (hub name, folder, .gguf file, or smollm2) whose tokenizer to use.")
     prompt: PromptConfig = opt(factory=PromptConfig, cli=False)
     """Built from --template, --label-words and --label-names."""
     max_len: int = opt(128, "Longest prompt in tokens; longer reviews lose their tail, never the template.")
@@ -175,7 +176,7 @@ LORA_BATCH = 32
 class TrainConfig:
     """Options of `rtsent train`."""
 
-    model: str = opt(DEFAULT_MODEL, "Starting model: hub name, local folder or .gguf file (with --from-scratch: "
+    model: str = opt(DEFAULT_MODEL, "Starting model: hub name, local folder, .gguf file, or smollm2 (with --from-scratch: "
                                     "the config to build from).")
     prepared: str | None = opt(None, "Prepared dataset folder or fingerprint (default: the latest).")
     lr: float | None = opt(None, "Peak learning rate (default 1e-4; 5e-4 with --lora), tuned for the default "
