@@ -141,15 +141,19 @@ def make_model(kind: str, work: Path, max_len: int, steps: int) -> Path:
         model, extra = "smollm2", ["--lr", "5e-5"]
     else:
         raise SystemExit(f"unknown model {kind!r}: gpt2-tiny or smollm2")
+    done = work / "ws" / "runs" / kind / "model"
+    if (done / "rtsent.json").is_file():  # trained by an earlier call of this script
+        return done
     rtsent("prepare", "--model", model, "--max-len", str(max_len), *ws)
     rtsent("train", "--model", model, *extra, "--max-steps", str(steps), "--batch-size", "16", "--no-int8",
-           "--no-plots", "--run-name", kind, "--precision", "fp32", *ws)
+           "--no-plots", "--run-name", kind, *ws)
     return work / "ws" / "runs" / kind / "model"
 
 
-def pick_reviews(model: Path, n: int) -> tuple[list[str], list[int]]:
+def pick_reviews(model: Path, n: int, joined: int) -> tuple[list[str], list[int]]:
     """The validation reviews with the longest prompts (every one rtsent cuts, up to n/2), then evenly spaced
-    others; and each prompt's uncut length in tokens (rtsent's own encoder with room for any review)."""
+    others, the last `joined` of them replaced by three reviews joined into one; and each prompt's uncut length
+    in tokens (rtsent's own encoder with room for any review)."""
     import pyarrow.parquet as pq
 
     from rtsent.core.prompts import PromptEncoder
@@ -164,7 +168,9 @@ def pick_reviews(model: Path, n: int) -> tuple[list[str], list[int]]:
     taken = set(longest)
     rest = [i for i in range(len(texts)) if i not in taken]
     chosen = longest + rest[:: max(1, len(rest) // (n - len(longest)))][: n - len(longest)]
-    return [texts[i] for i in chosen], [full[i] for i in chosen]
+    # Longer than any single review: three consecutive reviews as one text, in place of the last evenly spaced.
+    picked = [texts[i] for i in chosen[: n - joined]] + [" ".join(texts[i:i + 3]) for i in range(0, 3 * joined, 3)]
+    return picked, [len(ids) for ids in PromptEncoder(encoder.prompt, encoder.tokenizer, 100_000).encode(picked).input_ids]
 
 
 def rtsent_probabilities(model: Path, texts: list[str], work: Path) -> list[list[float]]:
@@ -172,7 +178,8 @@ def rtsent_probabilities(model: Path, texts: list[str], work: Path) -> list[list
     path.write_text("\n".join(texts) + "\n", encoding="utf-8")
     out = rtsent("predict", "--file", str(path), "--model", str(model), "--engine", "torch", "--precision", "fp32",
                  "--format", "jsonl")
-    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    rows = [json.loads(line) for line in out.split("\n") if line.strip()]  # not splitlines(): reviews hold U+0085
+    assert len(rows) == len(texts), (len(rows), len(texts))
     names = json.loads((model / "rtsent.json").read_text())["prompt"]["label_names"]
     return [[row["probabilities"][name] for name in names] for row in rows]
 
@@ -197,7 +204,7 @@ def post(url: str, body: dict) -> tuple[int, dict]:
 def serve_and_compare(venv: Path, folder: Path, texts: list[str], lengths: list[int], expected: list[list[float]],
                       max_len: int, work: Path) -> dict:
     port = free_port()
-    logfile = work / f"vllm-{folder.parent.name}.log"
+    logfile = work / f"vllm-{folder.name}.log"
     argv = [str(venv / "bin" / "vllm"), "serve", str(folder), "--runner", "pooling", "--convert", "classify",
             "--dtype", "float32", "--enforce-eager", "--host", "127.0.0.1", "--port", str(port)]
     started = time.perf_counter()
@@ -254,6 +261,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--max-len", type=int, default=64)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--joined", type=int, default=10, help="texts made of three joined reviews, among the --n")
+    ap.add_argument("--control", action="store_true", help="also serve each folder without max_seq_len in config.json")
     ap.add_argument("--venv", default=str(OUT / "vllm-venv"))
     ap.add_argument("--work", default=str(OUT / "vllm-check"))
     args = ap.parse_args()
@@ -273,11 +282,21 @@ def main() -> None:
         shutil.rmtree(folder, ignore_errors=True)
         rtsent("export", str(model), "--seq-cls", "--output", str(folder))
         config = json.loads((folder / "config.json").read_text())
-        texts, lengths = pick_reviews(model, args.n)
+        texts, lengths = pick_reviews(model, args.n, args.joined)
         expected = rtsent_probabilities(model, texts, work)
         log(f"{kind}: vllm serve")
         result = serve_and_compare(Path(args.venv), folder, texts, lengths, expected, args.max_len, work)
         result["config_max_seq_len"] = config.get("max_seq_len")
+        if args.control:  # the same folder without the key: what vLLM does with the export as it was before
+            plain = work / f"{kind}-seq-cls-without-max-seq-len"
+            shutil.rmtree(plain, ignore_errors=True)
+            shutil.copytree(folder, plain)
+            config.pop("max_seq_len", None)
+            (plain / "config.json").write_text(json.dumps(config, indent=2))
+            log(f"{kind}: vllm serve, control without max_seq_len")
+            control = serve_and_compare(Path(args.venv), plain, texts, lengths, expected, args.max_len, work)
+            result["control_without_max_seq_len"] = {k: control[k] for k in
+                                                      ("max_model_len", "max_abs_diff", "max_abs_diff_cut", "same_label")}
         report["models"][kind] = result
         log(f"{kind}: {json.dumps(result)}")
     report["load_at_end"] = os.getloadavg()
@@ -290,6 +309,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|---|---:|---:|")
     for kind, r in report["models"].items():
         refused = r["without_truncate_prompt_tokens"]
+        if "control_without_max_seq_len" in r:
+            c = r["control_without_max_seq_len"]
+            print(f"| {kind}, config.json without max_seq_len (control) | {c['max_model_len']} | | | {c['max_abs_diff']:.1e} "
+                  f"(cut reviews: {c['max_abs_diff_cut']:.1e}) | {c['same_label']}/{r['reviews']} | | | |")
         print(f"| {kind} | {r['max_model_len']} | {r['reviews']} ({r['cut_by_rtsent']}) | {r['longest_prompt_tokens']} "
               f"| {r['max_abs_diff']:.1e} | {r['same_label']}/{r['reviews']} | "
               f"{refused['status'] if refused else '-'} | {r['startup_s']} | {r['classify_s']} |")
