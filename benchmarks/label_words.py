@@ -3,10 +3,11 @@
     python benchmarks/label_words.py speed      # scoring and training examples/s, own names vs one-token words
     python benchmarks/label_words.py bias       # zero-shot validation: a word's score as the sum or the mean
 
-speed: the same model scores SST-5 validation (torch engine, the precision auto picks) with the class names as
-words (" very negative" ... " very positive", some of two tokens) and with single-token synonyms (" terrible,
-bad, neutral, good, great"), side by side in one process, three passes each; then `rtsent train --max-steps N`
-for each word set, its Trainer examples/s read from rtsent.json. The target: within 1.5x.
+speed: the same model scores SST-5 validation (the torch engine's path, bf16 where the CPU has it natively)
+with the class names as words (" very negative" ... " very positive", some of two tokens) and with single-token
+synonyms (" terrible, bad, neutral, good, great"), side by side in one process, passes alternating; then
+training steps (fp32 weights, bf16 autocast where native, the lm loss, backward) on the same batches,
+alternating the word sets step by step. The target: within 1.5x.
 
 bias: per-token log-probabilities of each class's words after each validation prompt, zero-shot; the class
 score as the sum over tokens (rtsent's) or the mean, accuracy and how often each class is predicted.
@@ -18,13 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, check, cpu_description, run_child  # noqa: E402
-from pretrained import gguf_file, rtsent  # noqa: E402
+from common import OUT, cpu_description  # noqa: E402
+from pretrained import gguf_file  # noqa: E402
 
 SST5 = Path("/work/shared/data/sst5")
 NAMES = ("very negative", "negative", "neutral", "positive", "very positive")
@@ -45,50 +45,77 @@ def prompts() -> dict[str, object]:
                                                                                              label_names=NAMES)}
 
 
+def _model_and_prompts(precision: str) -> tuple[object, object, dict[str, object]]:
+    from rtsent.core import label_scores
+    from rtsent.core.modeling import DTYPES, load_model, load_tokenizer
+    from rtsent.core.prompts import PromptEncoder
+
+    tok = load_tokenizer(gguf_file())
+    model = load_model(gguf_file(), dtype=DTYPES[precision], compute=precision)
+    sets = {}
+    for name, prompt in prompts().items():
+        encoder = PromptEncoder(prompt, tok, 128)
+        sets[name] = (encoder, label_scores.ScoringLayout(encoder.label_words))
+    return tok, model, sets
+
+
 def scoring_speed(passes: int) -> dict[str, object]:
+    """Both word sets scored by the same model in alternating passes (so a busy machine slows both alike)."""
     import torch
 
     from rtsent.core import label_scores
-    from rtsent.core.modeling import DTYPES, load_model, load_tokenizer, pad_batch
-    from rtsent.core.prompts import PromptEncoder
+    from rtsent.core.modeling import pad_batch
     from rtsent.engines.base import length_sorted_batches
     from rtsent.engines.choice import Machine
 
-    model_name = gguf_file()
     precision = "bf16" if Machine.here().native_bf16 else "fp32"
-    tok = load_tokenizer(model_name)
-    model = load_model(model_name, dtype=DTYPES[precision], compute=precision).eval()
+    tok, model, sets = _model_and_prompts(precision)
+    model.eval()
     texts, _ = sst5("validation")
-    out: dict[str, object] = {"precision": precision, "reviews": len(texts)}
-    for name, prompt in prompts().items():
-        encoder = PromptEncoder(prompt, tok, 128)
-        layout = label_scores.ScoringLayout(encoder.label_words)
-        rows = encoder.encode(texts).input_ids
-        times = []
-        for _ in range(passes):
+    rows = {name: encoder.encode(texts).input_ids for name, (encoder, _) in sets.items()}
+    times: dict[str, list[float]] = {name: [] for name in sets}
+    for _ in range(passes):
+        for name, (_, layout) in sets.items():
             started = time.perf_counter()
             with torch.inference_mode():
-                for idx in length_sorted_batches(rows, 64):
-                    label_scores.scores(model, layout, **pad_batch([rows[i] for i in idx], tok.pad_token_id))
-            times.append(time.perf_counter() - started)
-        out[name] = {"words": encoder.label_words.describe(tok), "nodes": layout.nodes,
-                     "examples_per_s": round(len(texts) / min(times), 1), "seconds": [round(t, 2) for t in times]}
-    return out
+                for idx in length_sorted_batches(rows[name], 64):
+                    label_scores.scores(model, layout, **pad_batch([rows[name][i] for i in idx], tok.pad_token_id))
+            times[name].append(time.perf_counter() - started)
+    return {"precision": precision, "reviews": len(texts), **{
+        name: {"words": encoder.label_words.describe(tok), "nodes": layout.nodes,
+               "examples_per_s": round(len(texts) / min(times[name]), 1), "seconds": [round(t, 2) for t in times[name]]}
+        for name, (encoder, layout) in sets.items()}}
 
 
-def training_speed(steps: int, ws: str) -> dict[str, object]:
-    out = {}
-    for name, words in (("own names", None), ("one-token synonyms", ",".join(SYNONYMS))):
-        words_arg = ["--label-words", words, "--label-names", ",".join(NAMES)] if words else []
-        check(run_child(rtsent("prepare", "--workdir", ws, "--data", str(SST5), "--model", gguf_file(), *words_arg)),
-              "prepare")
-        run = f"speed-{len(out)}"
-        child = check(run_child(rtsent("train", "--workdir", ws, "--model", gguf_file(), "--max-steps", str(steps),
-                                       "--run-name", run, "--no-plots", "--no-onnx")), "train")
-        meta = json.loads((Path(ws) / "runs" / run / "model" / "rtsent.json").read_text())
-        out[name] = {"train_examples_per_s": meta["training"]["train_examples_per_s"],
-                     "wall_s": round(child["wall_s"], 1), "peak_rss_mb": round(child["peak_rss_mb"])}
-    return out
+def training_speed(steps: int, batch: int) -> dict[str, object]:
+    """Training steps (forward, loss, backward, as rtsent trains: fp32 weights, bf16 autocast where native) of
+    the same model on the same batches, alternating the two word sets step by step."""
+    import torch
+
+    from rtsent.core import label_scores
+    from rtsent.core.modeling import pad_batch
+    from rtsent.engines.choice import Machine
+
+    bf16 = Machine.here().native_bf16
+    tok, model, sets = _model_and_prompts("fp32")
+    model.train()
+    texts, labels = sst5("train")
+    times: dict[str, list[float]] = {name: [] for name in sets}
+    for step in range(steps + 1):
+        chunk = slice(step * batch, (step + 1) * batch)
+        for name, (encoder, layout) in sets.items():
+            inputs = {**pad_batch(encoder.encode(texts[chunk]).input_ids, tok.pad_token_id),
+                      "labels": torch.tensor(labels[chunk])}
+            started = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss, _ = label_scores.loss_and_scores(model, layout, inputs, "lm")
+            loss.backward()
+            model.zero_grad(set_to_none=True)
+            if step:  # the first step of each warms up
+                times[name].append(time.perf_counter() - started)
+    return {"bf16_autocast": bf16, "batch": batch, "steps": steps, **{
+        name: {"examples_per_s": round(batch * len(t) / sum(t), 1), "seconds": [round(x, 2) for x in t]}
+        for name, t in times.items()}}
 
 
 def bias(limit: int) -> dict[str, object]:
@@ -129,13 +156,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("part", choices=("speed", "bias"))
     ap.add_argument("--passes", type=int, default=3)
-    ap.add_argument("--steps", type=int, default=20, help="training steps timed per word set")
+    ap.add_argument("--steps", type=int, default=8, help="training steps timed per word set")
+    ap.add_argument("--batch", type=int, default=16, help="training batch")
     ap.add_argument("--limit", type=int, default=100000, help="validation reviews for bias")
-    ap.add_argument("--workdir", default=None)
     a = ap.parse_args()
     if a.part == "speed":
-        ws = a.workdir or tempfile.mkdtemp(prefix="rtsent-words-")
-        result = {"scoring": scoring_speed(a.passes), "training": training_speed(a.steps, ws)}
+        result = {"scoring": scoring_speed(a.passes), "training": training_speed(a.steps, a.batch)}
     else:
         result = bias(a.limit)
     record = {"machine": cpu_description(), "when": time.strftime("%Y-%m-%d %H:%M"), **result}

@@ -176,9 +176,10 @@ def _word_problems(entries: tuple[str, ...]) -> list[str]:
 class PrepareConfig:
     """Options of `rtsent prepare`."""
 
-    data: str = opt(DEFAULT_DATA, "Hub dataset name, or a folder of train/validation/test .parquet/.csv/.jsonl files, "
+    data: str = opt(DEFAULT_DATA, "rotten_tomatoes (shipped with rtsent), a hub dataset name, a folder of "
+                                  "train/validation/test .parquet/.csv/.jsonl files, "
                                   "or a save_to_disk folder.")
-    model: str = opt(DEFAULT_MODEL, "Model (hub name, folder or .gguf file) whose tokenizer to use.")
+    model: str = opt(DEFAULT_MODEL, "Model (hub name, folder, .gguf file, or smollm2) whose tokenizer to use.")
     prompt: PromptConfig = opt(factory=lambda: PromptConfig(label_words=()), cli=False)
     """Built from --template, --label-words and --label-names; without words or names, the classes come from
     the data's label names (a ClassLabel's names, or the distinct string labels, sorted)."""
@@ -232,7 +233,7 @@ LORA_BATCH = 32
 class TrainConfig:
     """Options of `rtsent train`."""
 
-    model: str = opt(DEFAULT_MODEL, "Starting model: hub name, local folder or .gguf file (with --from-scratch: "
+    model: str = opt(DEFAULT_MODEL, "Starting model: hub name, local folder, .gguf file, or smollm2 (with --from-scratch: "
                                     "the config to build from).")
     prepared: str | None = opt(None, "Prepared dataset folder or fingerprint (default: the latest).")
     lr: float | None = opt(None, "Peak learning rate (default 1e-4; 5e-4 with --lora), tuned for the default "

@@ -52,7 +52,7 @@ def export_seqcls(folder: Path, out: Path, texts: Sequence[str], log: Callable[[
     with quiet_transformers():
         model.save_pretrained(str(out), safe_serialization=True)
     fast.save_pretrained(str(out))
-    _patch_config(ModelPaths(out).config, model.config)
+    _patch_config(ModelPaths(out).config, model.config, meta.max_len)
     record = {"prompt": meta.prompt.template, "label_names": list(meta.prompt.label_names),
               "label_ids": encoder.label_words.head_ids, "temperature": meta.temperature, "max_len": meta.max_len,
               "prefix_applied_by_tokenizer": prefix_applied,
@@ -171,13 +171,19 @@ def _check(fast: Any, encoder: Any, texts: Sequence[str], client_prefix: str) ->
                              f"({got[:8]}... against {ids[:8]}...); the template cannot be applied by this tokenizer")
 
 
-def _patch_config(path: Path, config: Any) -> None:
+def _patch_config(path: Path, config: Any, max_len: int | None) -> None:
     """Keys other readers look for that transformers leaves out of config.json: num_labels (derived from
-    id2label), and text-embeddings-inference's max_position_embeddings, which GPT-2 configs call n_positions."""
+    id2label), text-embeddings-inference's max_position_embeddings, which GPT-2 configs call n_positions,
+    and max_seq_len = rtsent's max_len. vLLM takes the smallest of the length keys it knows (max_seq_len is
+    one; the tokenizer's model_max_length is not, for these models) as its max model length, so it refuses a
+    longer review instead of scoring it whole, and `"truncate_prompt_tokens": -1` cuts it where rtsent does
+    (vllm/transformers_utils/model_arch_config_convertor.py, derive_max_model_len_and_key, vllm 0.32)."""
     data = json.loads(path.read_text(encoding="utf-8"))
     data["num_labels"] = len(data["id2label"])
     if "max_position_embeddings" not in data and isinstance(getattr(config, "n_positions", None), int):
         data["max_position_embeddings"] = config.n_positions
+    if isinstance(max_len, int):
+        data["max_seq_len"] = max_len
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 

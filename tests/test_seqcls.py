@@ -77,6 +77,8 @@ def test_the_folder_is_a_standard_sequence_classifier(seqcls_gpt2):
     assert config["id2label"] == {"0": "negative", "1": "positive"} and config["label2id"] == {"negative": 0, "positive": 1}
     assert config["pad_token_id"] is not None and config["max_position_embeddings"] == config["n_positions"]
     assert config["num_labels"] == 2 and config["problem_type"] == "single_label_classification"
+    # vLLM's max model length: the smallest length key it reads (n_positions 128 here); benchmarks/vllm_check.py
+    assert config["max_seq_len"] == meta["max_len"] == 32 < config["n_positions"]
     tok = AutoTokenizer.from_pretrained(str(folder))
     encoder = open_classifier(str(model), engine="torch").encoder
     for text in ["fine", "dull and long", *ODD[:2]]:  # raw review in, rtsent's whole prompt out

@@ -34,7 +34,12 @@ def write(folder: Path) -> Path:
 
 
 def _hub_name(name: str | None) -> str | None:
-    """A hub repository name, or None for a local path (the hub's metadata only takes hub names)."""
+    """A hub repository name, or None for a local path (the hub's metadata only takes hub names); a packaged
+    model's name (`smollm2`) stands for the hub repository of the model its file holds."""
+    from rtsent.sources.gguf import PACKAGED
+
+    if name in PACKAGED and not Path(name).exists():
+        return PACKAGED[name].hub
     if not name or name.startswith((".", "/", "~")) or Path(name).expanduser().exists() or name.count("/") > 1:
         return None
     return name

