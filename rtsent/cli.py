@@ -46,7 +46,7 @@ class _OneLineErrors(typer.core.TyperGroup):
 app = typer.Typer(
     cls=_OneLineErrors,
     name="rtsent",
-    help="Fine-tune a causal LM (GPT-2 by default) as a label-word sentiment classifier: prepare -> train -> evaluate -> predict, then serve.",
+    help="Fine-tune a causal LM (GPT-2 by default) as a label-word text classifier: prepare -> train -> evaluate -> predict, then serve.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
