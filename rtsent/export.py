@@ -245,7 +245,8 @@ def _export_fp32(model: str, words: Any, path: Path, log: Callable[[str], None])
     import torch
 
     from rtsent.core import label_scores
-    from rtsent.core.modeling import load_model, pad_batch, quiet_transformers
+    from rtsent.core.modeling import load_model, pad_batch
+    from rtsent.quiet import quiet_transformers
 
     class LabelScores(torch.nn.Module):
         """input_ids, attention_mask -> class scores, as the torch engine computes them (core/label_scores.py)."""

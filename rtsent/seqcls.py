@@ -38,7 +38,8 @@ def export_seqcls(folder: Path, out: Path, texts: Sequence[str], log: Callable[[
     """
     import torch
 
-    from rtsent.core.modeling import load_model, load_tokenizer, quiet_transformers
+    from rtsent.core.modeling import load_model, load_tokenizer
+    from rtsent.quiet import quiet_transformers
     from rtsent.core.prompts import PromptEncoder
 
     meta = ModelMeta.read(folder)
@@ -194,7 +195,8 @@ def _onnx(out: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rtsent.core.modeling import pad_batch, quiet_transformers
+    from rtsent.core.modeling import pad_batch
+    from rtsent.quiet import quiet_transformers
     from rtsent.export import EXPORTERS, EXPORTER, _first_line, _quiet_exporter, _single_file
 
     class Logits(torch.nn.Module):

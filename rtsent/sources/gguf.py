@@ -211,7 +211,7 @@ def _load(source: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rtsent.core.modeling import quiet_transformers
+    from rtsent.quiet import quiet_transformers
 
     from transformers.utils import logging as hf_logging
 
