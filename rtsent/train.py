@@ -442,7 +442,7 @@ def _export(trainer: LabelPositionTrainer, tok: Any, ws: Workspace, paths: RunPa
         ).write(tmp)
         card.write(tmp)
         if cfg.onnx:
-            from rtsent.export import after_training
+            from rtsent.artifacts.onnx_graph import after_training
 
             trainer.release_model()
             check = (list(data.validation["input_ids"]), list(data.validation["labels"])) if cfg.int8 else None

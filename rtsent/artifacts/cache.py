@@ -51,6 +51,17 @@ def staging(ws: Workspace, name: str) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def scratch(parent: Path, prefix: str) -> Iterator[Path]:
+    """A fresh folder inside parent for the block's work (files built there are renamed into place), removed
+    afterwards with whatever is left in it."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def readable(folder: Path) -> None:
     """Give every file in folder the mode a new file gets (0644 under umask 022). safetensors writes its
     files 0600, which left the weights alone unreadable to the group and others in a published folder."""
