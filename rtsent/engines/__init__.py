@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rtsent.artifacts.model import ModelMeta
     from rtsent.config import PromptConfig
     from rtsent.engines.base import Classifier
 
@@ -19,9 +20,10 @@ def open_classifier(model: str, prompt: "PromptConfig | None" = None, max_len: i
     """An exported rtsent model (its rtsent.json gives the prompt), or a base model with an explicit prompt.
 
     What auto means is decided once by engines.choice for the job ("cold" or "bulk") on this machine, and
-    checked there; the engine runs that choice as it is, and the classifier's `choice` says what and why. Raises ArtifactError for a folder without
-    rtsent.json when no prompt is given or without the graph an explicit onnx engine needs, UsageError
-    when a given prompt contradicts the model's or the precision does not exist for the engine.
+    checked there; the engine runs that choice as it is, and the classifier's `choice` says what and why.
+    Raises ArtifactError for a folder without rtsent.json when no prompt is given or without the graph an
+    explicit onnx engine needs, UsageError when a given prompt contradicts the model's or the engine or the
+    machine cannot run the precision.
     """
     from rtsent.artifacts.model import DEFAULT_MAX_LEN
     from rtsent.engines.base import onnx_graphs, read_model_meta
@@ -44,7 +46,7 @@ def open_classifier(model: str, prompt: "PromptConfig | None" = None, max_len: i
     return clf
 
 
-def _check_graph(model: str, meta: Any, graphs: dict[str, Any], precision: str) -> None:
+def _check_graph(model: str, meta: "ModelMeta | None", graphs: dict[str, Any], precision: str) -> None:
     """ArtifactError unless the folder holds the graph the onnx engine was chosen to run."""
     from rtsent.errors import ArtifactError
 
