@@ -16,9 +16,6 @@ from typing import Any
 
 from rtsent.errors import UsageError
 
-TORCH_PRECISIONS = ("fp32", "bf16", "fp16")
-
-
 @dataclass(frozen=True)
 class Machine:
     """What the engine choice and the training precision depend on: the CPU's ISA flags and the GPU."""

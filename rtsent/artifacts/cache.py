@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from rtsent.errors import ArtifactError, BusyError
 from rtsent.faults import crash_point
-from rtsent.artifacts.files import atomic_file, finite, umask, write_json, write_jsonl  # noqa: F401 (their home before files.py)
+from rtsent.artifacts.files import atomic_file, finite, umask, write_json, write_jsonl  # noqa: F401 (re-exported: the stages import them from here)
 from rtsent.artifacts.workspace import Workspace
 
 # Bumped whenever the layout or content of a stage's output changes, so old caches are not reused.
@@ -118,7 +118,7 @@ def clean_stale(ws: Workspace) -> None:
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id exists (one of another user's counts): its staging folders are in use."""
+    """Whether a process with this id exists (another user's too): the staging folders it named are in use."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
