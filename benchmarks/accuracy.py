@@ -61,7 +61,8 @@ def main() -> None:
 
     from rtsent import evaluate, prepare, train
     from rtsent.config import FULL_BATCH, EvaluateConfig, PrepareConfig, TrainConfig
-    from rtsent.core.modeling import default_device, resolve_precision
+    from rtsent.core.modeling import default_device
+    from rtsent.machine import resolve_precision
     from rtsent.artifacts.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)

@@ -69,7 +69,8 @@ def worker_rtsent_train(args) -> None:
     kw = {"max_steps": args.steps} if args.steps else {"epochs": args.epochs}
     cfg = TrainConfig(model=args.model, run_name=args.run_name, **kw)
     import torch
-    from rtsent.core.modeling import default_device, resolve_precision
+    from rtsent.core.modeling import default_device
+    from rtsent.machine import resolve_precision
 
     started = time.perf_counter()
     res = tr.run(cfg, Workspace.resolve(args.workspace))

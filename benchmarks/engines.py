@@ -107,13 +107,13 @@ def worker_alternatives(args) -> None:
     """Beside an exported folder: the unfused fp32 graph and the fused graph quantized to int8."""
     import json as _json
 
-    from rtsent import export
+    from rtsent.artifacts import onnx_graph
 
     folder = Path(args.model)
     meta = _json.loads((folder / "rtsent.json").read_text())
     started = time.perf_counter()
-    export._export_fp32(str(folder), meta["onnx"]["label_ids"], folder / ALTERNATIVES["fp32"])
-    export._quantize(folder / "model.onnx", folder / ALTERNATIVES["int8"])
+    onnx_graph._export_fp32(str(folder), meta["onnx"]["label_ids"], folder / ALTERNATIVES["fp32"])
+    onnx_graph._quantize(folder / "model.onnx", folder / ALTERNATIVES["int8"])
     emit({"fused_fp32": meta["onnx"]["fused_fp32"], "seconds": round(time.perf_counter() - started, 1)})
 
 

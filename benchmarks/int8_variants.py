@@ -33,7 +33,7 @@ def quantize(variant: str, source: Path, dest: Path) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from rtsent.export import _kept_fp32
+    from rtsent.artifacts.onnx_graph import _kept_fp32
 
     kept = _kept_fp32(source, None)  # the label projection only
     products = [n.name for n in onnx.load(str(source), load_external_data=False).graph.node if n.op_type == "MatMul"]

@@ -66,7 +66,7 @@ def scoring_speed(passes: int) -> dict[str, object]:
     from rtsent.core import label_scores
     from rtsent.core.modeling import pad_batch
     from rtsent.engines.base import length_sorted_batches
-    from rtsent.engines.choice import Machine
+    from rtsent.machine import Machine
 
     precision = "bf16" if Machine.here().native_bf16 else "fp32"
     tok, model, sets = _model_and_prompts(precision)
@@ -94,7 +94,7 @@ def training_speed(steps: int, batch: int) -> dict[str, object]:
 
     from rtsent.core import label_scores
     from rtsent.core.modeling import pad_batch
-    from rtsent.engines.choice import Machine
+    from rtsent.machine import Machine
 
     bf16 = Machine.here().native_bf16
     tok, model, sets = _model_and_prompts("fp32")

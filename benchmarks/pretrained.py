@@ -152,7 +152,7 @@ def worker_hf(model: str, seed: int, epochs: float, out: str, data: Path = DATA,
 
     from rtsent.core.calibration import fit_temperature, softmax, summary
     from rtsent.sources.gguf import local_folder
-    from rtsent.core.modeling import cpu_has_fast_bf16
+    from rtsent.machine import cpu_has_fast_bf16
 
     folder = local_folder(model)  # the GGUF's converted folder: the same weights and tokenizer rtsent trains from
     set_seed(seed)

@@ -37,7 +37,9 @@ class Interrupted(RtsentError):
     exit_code = 130
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
-    """The first non-empty line of an exception's message (its type's name when it has none), cut to limit."""
+def first_line(exc: BaseException, limit: int = 200, typed: bool = False) -> str:
+    """The first non-empty line of an exception's message (its type's name when it has none), cut to limit;
+    with typed, after the type's name ("RuntimeError: ..."), for a library's error that rtsent only reports."""
     lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return (lines[0].strip() if lines else type(exc).__name__)[:limit]
+    line = (lines[0].strip() if lines else type(exc).__name__)[:limit]
+    return f"{type(exc).__name__}: {line}" if typed else line

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rtsent.artifacts.cache import atomic_file
+from rtsent.artifacts.files import atomic_file
 from rtsent.errors import ArtifactError
 
 

@@ -17,7 +17,8 @@ from typing import Any, Callable
 from rtsent.artifacts import card
 from rtsent.config import PushConfig
 from rtsent.errors import HubError, UsageError, first_line
-from rtsent.artifacts.cache import staging, write_json
+from rtsent.artifacts.cache import staging
+from rtsent.artifacts.files import write_json
 from rtsent.artifacts.model import ModelPaths, resolve_model
 from rtsent.artifacts.workspace import Workspace
 

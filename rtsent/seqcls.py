@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from rtsent.artifacts.model import ModelMeta, ModelPaths
-from rtsent.errors import UsageError
+from rtsent.errors import UsageError, first_line
 
 SEQCLS_FILE = "rtsent-seqcls.json"
 PROBES = ("A gripping, beautifully acted film.", "dull", "it's not bad at all -- really!", "Ünïcödé 🎬 film\n\tis ok")
@@ -38,7 +38,8 @@ def export_seqcls(folder: Path, out: Path, texts: Sequence[str], log: Callable[[
     """
     import torch
 
-    from rtsent.core.modeling import load_model, load_tokenizer, quiet_transformers
+    from rtsent.core.modeling import load_model, load_tokenizer
+    from rtsent.quiet import quiet_transformers
     from rtsent.core.prompts import PromptEncoder
 
     meta = ModelMeta.read(folder)
@@ -194,8 +195,9 @@ def _onnx(out: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from rtsent.core.modeling import pad_batch, quiet_transformers
-    from rtsent.export import EXPORTERS, EXPORTER, _first_line, _quiet_exporter, _single_file
+    from rtsent.artifacts.onnx_graph import single_file, write_graph
+    from rtsent.core.modeling import pad_batch
+    from rtsent.quiet import quiet_transformers
 
     class Logits(torch.nn.Module):
         def __init__(self, inner: Any):
@@ -212,12 +214,10 @@ def _onnx(out: Path, log: Callable[[str], None]) -> dict[str, Any] | None:
     sample = pad_batch([[5, 6, 7], [8, 9]], pad_id=pad)
     plain = out / ".plain.onnx"
     try:
-        with _quiet_exporter(), torch.no_grad():
-            EXPORTERS[EXPORTER](Logits(model).eval(), (sample["input_ids"], sample["attention_mask"]), plain,
-                                output="logits")
-        _single_file(plain, out / "model.onnx")
+        write_graph(Logits(model).eval(), (sample["input_ids"], sample["attention_mask"]), plain, output="logits")
+        single_file(plain, out / "model.onnx")
     except Exception as exc:  # the folder is complete without it; only text-embeddings-inference needs it
-        log(f"no model.onnx in the sequence-classification folder ({_first_line(exc)})")
+        log(f"no model.onnx in the sequence-classification folder ({first_line(exc, 120, typed=True)})")
         return None
     finally:
         for leftover in out.glob(".plain.onnx*"):

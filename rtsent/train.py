@@ -30,9 +30,10 @@ from rtsent.training.trainer import (LabelCollator, LabelPositionTrainer, Metric
                                      StopOnSignal, accuracy_metrics)
 from rtsent.core.prompts import LabelWords
 from rtsent.core.families import check_max_len
-from rtsent.core.modeling import (default_device, load_model, load_tokenizer, origin_note, quiet_transformers, resolve_precision, saved_config)
+from rtsent.core.modeling import default_device, load_model, load_tokenizer, origin_note, saved_config
 from rtsent.core.prompts import tokenizer_fingerprint
-from rtsent.engines.choice import Machine
+from rtsent.machine import Machine, resolve_precision
+from rtsent.quiet import quiet_transformers
 from rtsent.artifacts.workspace import MANIFEST, RunPaths, Workspace, read_json
 
 
@@ -441,7 +442,7 @@ def _export(trainer: LabelPositionTrainer, tok: Any, ws: Workspace, paths: RunPa
         ).write(tmp)
         card.write(tmp)
         if cfg.onnx:
-            from rtsent.export import after_training
+            from rtsent.artifacts.onnx_graph import after_training
 
             trainer.release_model()
             check = (list(data.validation["input_ids"]), list(data.validation["labels"])) if cfg.int8 else None

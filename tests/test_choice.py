@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from rtsent.engines.choice import Machine, choose
+from rtsent.engines.choice import choose
+from rtsent.machine import Machine
 
 AMX = Machine(frozenset({"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_vnni"}))
 ZEN5 = Machine(frozenset({"avx2", "avx512f", "avx512_bf16", "avx512_vnni"}))
 ZEN3 = Machine(frozenset({"avx2", "fma"}))
 GPU = Machine(frozenset({"avx2"}), gpu=True)
+GPU_BF16 = Machine(frozenset({"avx2"}), gpu=True, gpu_bf16=True)  # Ampere and newer; GPU: a V100/T4
 BOTH = {"fp32": "model.onnx", "int8": "model.int8.onnx"}
 FP32 = {"fp32": "model.onnx"}
 
@@ -32,8 +34,10 @@ FP32 = {"fp32": "model.onnx"}
     # no graph: torch at the CPU's precision
     (ZEN5, "cold", {}, False, ("torch", "bf16")),
     (ZEN3, "bulk", {}, False, ("torch", "fp32")),
-    # a GPU: torch for bulk (the engine picks bf16/fp16), the int8 graph still for one cold review
-    (GPU, "bulk", BOTH, True, ("torch", "auto")),
+    # a GPU: torch for bulk, bf16 where the GPU has it natively, else fp16 (decided here, once, never "auto");
+    # the int8 graph still for one cold review
+    (GPU, "bulk", BOTH, True, ("torch", "fp16")),
+    (GPU_BF16, "bulk", BOTH, True, ("torch", "bf16")),
     (GPU, "cold", BOTH, True, ("onnx", "int8")),
 ])
 def test_auto_picks_by_job_and_machine(machine, job, graphs, validated, expected):
@@ -90,7 +94,7 @@ def test_this_machines_flags_match_torchs_own_check():
     """/proc/cpuinfo's bf16 features agree with torch's own CPUID check of this CPU (the fallback elsewhere),
     and training's --precision auto reads the machine the same way as scoring."""
     from rtsent import compat
-    from rtsent.core.modeling import cpu_has_fast_bf16
+    from rtsent.machine import cpu_has_fast_bf16
 
     assert Machine.here().flags & {"avx512_bf16", "amx_bf16"} == compat.cpu_bf16_flags()
     assert cpu_has_fast_bf16() is Machine.here().native_bf16
@@ -100,7 +104,7 @@ def test_without_proc_cpuinfo_the_flags_come_from_torch(monkeypatch):
     import builtins
 
     from rtsent import compat
-    from rtsent.engines import choice
+    from rtsent import machine
 
     real_open = builtins.open
 
@@ -110,4 +114,30 @@ def test_without_proc_cpuinfo_the_flags_come_from_torch(monkeypatch):
         return real_open(path, *a, **k)
 
     monkeypatch.setattr(builtins, "open", no_cpuinfo)
-    assert choice._cpu_flags() == compat.cpu_bf16_flags()
+    assert machine._cpu_flags() == compat.cpu_bf16_flags()
+
+
+@pytest.mark.parametrize("engine, precision, machine, refusal", [
+    ("onnx", "bf16", AMX, "the onnx engine runs fp32 or int8 graphs, not bf16"),
+    ("onnx", "fp16", GPU, "the onnx engine runs fp32 or int8 graphs, not fp16"),
+    ("torch", "int8", AMX, "--precision int8 needs the onnx engine"),
+    ("torch", "fp16", AMX, "--precision fp16 needs a GPU"),
+    ("auto", "fp16", ZEN3, "--precision fp16 needs a GPU"),
+])
+def test_check_refuses_what_the_engine_or_the_machine_cannot_run(engine, precision, machine, refusal):
+    from rtsent.engines.choice import check
+    from rtsent.errors import UsageError
+
+    with pytest.raises(UsageError, match=refusal):
+        check(choose("bulk", FP32, False, engine, precision, machine=machine), machine)
+
+
+def test_check_passes_every_choice_auto_makes():
+    from rtsent.engines.choice import check
+
+    for machine in (AMX, ZEN5, ZEN3, GPU, GPU_BF16):
+        for job in ("cold", "bulk"):
+            for graphs, validated in ((BOTH, True), (BOTH, False), (FP32, False), ({}, False)):
+                choice = choose(job, graphs, validated, machine=machine)
+                assert check(choice, machine) is choice and choice.precision != "auto"
+    assert check(choose("bulk", FP32, False, "torch", "fp16", machine=GPU), GPU).precision == "fp16"

@@ -106,6 +106,7 @@ def test_training_writes_a_checked_int8_graph_and_auto_uses_it(trained):
 
 def test_an_int8_graph_that_fails_its_check_is_not_kept_by_train(plain_model, trained, tmp_path, monkeypatch):
     from rtsent import export
+    from rtsent.artifacts import onnx_graph
     from rtsent.artifacts.model import ModelMeta
     from rtsent.engines import open_classifier
 
@@ -113,15 +114,15 @@ def test_an_int8_graph_that_fails_its_check_is_not_kept_by_train(plain_model, tr
     shutil.copytree(plain_model, folder)
     rows = export.validation_rows(ModelMeta.read(folder), trained[0])
     assert rows is not None and len(rows[0]) == 64
-    monkeypatch.setattr(export, "INT8_MIN_AGREEMENT", 1.01)  # no graph can pass: the failure path
+    monkeypatch.setattr(onnx_graph, "INT8_MIN_AGREEMENT", 1.01)  # no graph can pass: the failure path
     lines: list[str] = []
-    export.after_training(folder, lines.append, int8=True, check=rows)
+    onnx_graph.after_training(folder, lines.append, int8=True, check=rows)
     meta = json.loads((folder / "rtsent.json").read_text())
     assert meta["onnx"]["graphs"] == {"fp32": "model.onnx"} and not (folder / "model.int8.onnx").exists()
     assert meta["onnx"]["int8_check"]["accepted"] is False and "keeps the fp32 graph" in " ".join(lines)
     assert open_classifier(str(folder), job="cold").precision == "fp32"
     # The explicit export keeps a failed graph for --precision int8, and auto still does not pick it
-    export.export_folder(folder, True, lines.append, rows)
+    onnx_graph.export_folder(folder, True, lines.append, rows)
     assert (folder / "model.int8.onnx").is_file()
     assert open_classifier(str(folder), job="cold").precision == "fp32"
     assert open_classifier(str(folder), precision="int8").precision == "int8"
@@ -236,7 +237,7 @@ def test_damaged_graph_or_tokenizer_is_one_line(trained, tmp_path, damage, expec
 
 
 def test_a_failed_export_keeps_the_folder_as_it_was(plain_model, tmp_path, monkeypatch):
-    from rtsent import export
+    from rtsent.artifacts import onnx_graph
 
     folder = tmp_path / "model"
     shutil.copytree(plain_model, folder)
@@ -245,9 +246,9 @@ def test_a_failed_export_keeps_the_folder_as_it_was(plain_model, tmp_path, monke
     def broken(*args, **kwargs):
         raise RuntimeError("unsupported operator aten::frobnicate\nlong details")
 
-    monkeypatch.setattr(export, "_export_fp32", broken)
+    monkeypatch.setattr(onnx_graph, "_export_fp32", broken)
     logged: list[str] = []
-    export.after_training(folder, logged.append)
+    onnx_graph.after_training(folder, logged.append)
     failures = [line for line in logged if "ONNX export failed" in line]
     assert len(failures) == 1 and "aten::frobnicate" in failures[0] and "torch engine" in failures[0]
     assert "long details" not in failures[0]
@@ -256,7 +257,7 @@ def test_a_failed_export_keeps_the_folder_as_it_was(plain_model, tmp_path, monke
 
 def test_the_fallback_exporter_writes_a_graph_that_scores_the_same(exported, texts, tmp_path, monkeypatch):
     """When the TorchScript exporter fails, torch.export's writes the graph: the same scores, said in the log."""
-    from rtsent import export
+    from rtsent.artifacts import onnx_graph
     from rtsent.engines import open_classifier
 
     folder = tmp_path / "model"
@@ -265,9 +266,9 @@ def test_the_fallback_exporter_writes_a_graph_that_scores_the_same(exported, tex
     def broken(*args, **kwargs):
         raise RuntimeError("tracer cannot handle this")
 
-    monkeypatch.setitem(export.EXPORTERS, "torchscript", broken)
+    monkeypatch.setitem(onnx_graph.EXPORTERS, "torchscript", broken)
     logged: list[str] = []
-    record = export.export_folder(folder, log=logged.append)
+    record = onnx_graph.export_folder(folder, log=logged.append)
     assert any("tracer cannot handle this" in line and "torch.export" in line for line in logged), logged
     assert record["exporter"].startswith("torch.onnx dynamo")
     default = open_classifier(str(exported), precision="fp32", engine="onnx")
@@ -281,7 +282,7 @@ def test_the_fallback_exporter_writes_a_graph_that_scores_the_same(exported, tex
 
 def _encoders(tokenizer_folder: Path, tmp_path: Path, prompt: PromptConfig, max_len: int):
     from rtsent.engines.onnx import JsonTokenizer
-    from rtsent.export import write_tokenizer_json
+    from rtsent.artifacts.onnx_graph import write_tokenizer_json
     from rtsent.core.modeling import load_tokenizer
     from rtsent.core.prompts import PromptEncoder
 
@@ -315,7 +316,7 @@ def test_add_special_tokens_applies_the_post_processor_like_transformers(tiny_mo
     from transformers import AutoTokenizer
 
     from rtsent.engines.onnx import JsonTokenizer
-    from rtsent.export import write_tokenizer_json
+    from rtsent.artifacts.onnx_graph import write_tokenizer_json
 
     raw = Tokenizer.from_file(str(tiny_model_dir / "tokenizer.json"))
     raw.add_special_tokens(["<s>"])

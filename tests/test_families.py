@@ -346,13 +346,13 @@ def test_the_int8_graph_keeps_the_familys_fp32_layers_and_the_label_projection(f
     graph's output) always, and a gated MLP's down projection in every layer of the families that have one."""
     import onnx
 
-    from rtsent import export
+    from rtsent.artifacts import onnx_graph
 
     plain, int8 = tmp_path / "plain.onnx", tmp_path / "int8.onnx"
     from rtsent.core.prompts import LabelWords
 
-    config, _ = export._export_fp32(str(family_dirs[family]), LabelWords.from_list([5, 6]), plain, lambda _: None)
-    export._quantize(plain, int8, config)
+    config, _ = onnx_graph._export_fp32(str(family_dirs[family]), LabelWords.from_list([5, 6]), plain, lambda _: None)
+    onnx_graph._quantize(plain, int8, config)
     graph = onnx.load(str(int8)).graph
     float_products = {n.name for n in graph.node if n.op_type in ("MatMul", "Gemm") and
                       any(i in {t.name for t in graph.initializer} for i in n.input)}  # weight products still fp32
@@ -382,7 +382,7 @@ def test_the_cards_snippet_gives_predicts_probabilities(family_dirs, tmp_path, f
 
     from rtsent.artifacts import card
     from rtsent.artifacts.model import ModelMeta
-    from rtsent.export import write_tokenizer_json
+    from rtsent.artifacts.onnx_graph import write_tokenizer_json
 
     folder = tmp_path / "model"
     shutil.copytree(family_dirs[family], folder)

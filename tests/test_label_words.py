@@ -24,7 +24,6 @@ from rtsent.config import PrepareConfig, PromptConfig, TrainConfig
 from rtsent.core import label_scores
 from rtsent.core.modeling import load_model, load_tokenizer, pad_batch
 from rtsent.core.prompts import LabelWords, PromptEncoder
-from rtsent.errors import UsageError
 
 runner = CliRunner()
 TEMPLATE = "{text}\nSentiment:"
@@ -116,8 +115,8 @@ def test_k_classes_cost_one_forward_with_one_token_per_distinct_word_prefix(fold
     encoder = PromptEncoder(PromptConfig(template=TEMPLATE, label_words=WORDS), tok, 64)
     model = load_model(str(folders["gpt2"])).eval()
     seen = []
-    hook = model.base_model.register_forward_hook(lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape),
-                                                  with_kwargs=True)
+    model.base_model.register_forward_hook(lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape),
+                                           with_kwargs=True)
     rows = encoder.encode(TEXTS).input_ids
     batch = pad_batch(rows, tok.pad_token_id)
     with torch.no_grad():

@@ -165,7 +165,7 @@ def test_prepare_fingerprint_follows_data_tokenizer_label_names_and_columns(ws, 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp16")])
 def test_auto_precision_on_gpus_picks_native_bf16_or_fp16(monkeypatch, native, expected):
-    from rtsent.core.modeling import resolve_precision
+    from rtsent.machine import resolve_precision
 
     # A V100/T4 reports bf16 support through emulation only; an A100 natively.
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
@@ -222,7 +222,7 @@ def test_label_loss_trains_end_to_end(ws, tiny_model_dir, data_dir):
 
 
 def test_bf16_training_path_runs_and_learns(ws, tiny_model_dir, data_dir):
-    from rtsent.core.modeling import cpu_has_fast_bf16
+    from rtsent.machine import cpu_has_fast_bf16
 
     if not cpu_has_fast_bf16():
         pytest.skip("this CPU has no native bf16 (AVX-512 BF16/AMX); rtsent's auto precision would not use it")

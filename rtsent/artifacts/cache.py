@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import math
 import os
 import shutil
 import tempfile
@@ -15,6 +14,7 @@ from typing import Any, Iterator
 
 from rtsent.errors import ArtifactError, BusyError
 from rtsent.faults import crash_point
+from rtsent.artifacts.files import atomic_file, finite, umask, write_json, write_jsonl  # noqa: F401 (re-exported: the stages import them from here)
 from rtsent.artifacts.workspace import Workspace
 
 # Bumped whenever the layout or content of a stage's output changes, so old caches are not reused.
@@ -39,56 +39,11 @@ def hash_files(paths: list[Path]) -> str:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
-    """A file handle whose content appears at `path` only when the block ends without error: a reader
-    sees the old file or the whole new one, never a part. Text modes write UTF-8."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the artifact is as readable as any file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def write_json(path: Path, data: Any) -> None:
-    """Write strict JSON atomically (see atomic_file); a NaN or infinity is written as null (see finite)."""
-    with atomic_file(path) as fh:
-        json.dump(finite(data), fh, indent=2, ensure_ascii=False, allow_nan=False)
-        fh.write("\n")
-
-
-def write_jsonl(path: Path, rows: Any) -> None:
-    """Write one strict JSON object a line, atomically (see atomic_file)."""
-    with atomic_file(path) as fh:
-        for row in rows:
-            fh.write(json.dumps(finite(row), ensure_ascii=False, allow_nan=False) + "\n")
-
-
-def finite(value: Any) -> Any:
-    """value with every non-finite float inside it (NaN, ±inf) replaced by None: JSON has no such numbers,
-    and the bare `NaN` Python writes by default is refused by strict parsers (JavaScript, jq, Go)."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-@contextlib.contextmanager
 def staging(ws: Workspace, name: str) -> Iterator[Path]:
     """A fresh folder under .tmp/ for building an artifact; removed if the build fails."""
     clean_stale(ws)
     path = Path(tempfile.mkdtemp(dir=ws.tmp_dir, prefix=f"{os.getpid()}-{name}-"))
-    os.chmod(path, 0o777 & ~_umask())  # mkdtemp makes 0700; the published artifact should not be
+    os.chmod(path, 0o777 & ~umask())  # mkdtemp makes 0700; the published artifact should not be
     try:
         yield path
     except BaseException:
@@ -96,19 +51,24 @@ def staging(ws: Workspace, name: str) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def scratch(parent: Path, prefix: str) -> Iterator[Path]:
+    """A fresh folder inside parent for the block's work (files built there are renamed into place), removed
+    afterwards with whatever is left in it."""
+    path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def readable(folder: Path) -> None:
     """Give every file in folder the mode a new file gets (0644 under umask 022). safetensors writes its
     files 0600, which left the weights alone unreadable to the group and others in a published folder."""
-    mode = 0o666 & ~_umask()
+    mode = 0o666 & ~umask()
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink():
             os.chmod(path, mode)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 DEST_MARK = ".rtsent-dest"
@@ -144,7 +104,7 @@ def clean_stale(ws: Workspace) -> None:
         return
     for entry in sorted(ws.tmp_dir.iterdir(), key=lambda e: "-old-" in e.name):
         pid = entry.name.split("-")[0]
-        if not (pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid))):
+        if not (pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid))):
             continue
         mark = entry / DEST_MARK
         if "-old-" not in entry.name and mark.is_file():
@@ -157,7 +117,8 @@ def clean_stale(ws: Workspace) -> None:
         shutil.rmtree(entry, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (another user's too): the staging folders it named are in use."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

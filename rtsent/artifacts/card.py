@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rtsent.artifacts.cache import atomic_file
+from rtsent.artifacts.files import atomic_file
 from rtsent.artifacts.model import EVAL_ORDER, ModelMeta, ModelPaths, read_eval_reports
 from rtsent.config import to_dict
 

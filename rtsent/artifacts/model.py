@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rtsent.artifacts.files import read_json, write_json
 from rtsent.errors import ArtifactError, UsageError
 
 META_FILE = "rtsent.json"
@@ -196,8 +197,6 @@ class ModelMeta:
     @classmethod
     def read(cls, folder: str | Path) -> "ModelMeta":
         """The record of a model folder; ArtifactError (with the fix) when it is missing or damaged."""
-        from rtsent.artifacts.workspace import read_json
-
         paths = ModelPaths(Path(folder).expanduser())
         hint = f"re-export the model with `rtsent train --resume --run-name <its run>` (or delete {paths.meta})"
         data = read_json(paths.meta, hint)
@@ -214,8 +213,6 @@ class ModelMeta:
 
     def write(self, folder: str | Path) -> Path:
         """Write rtsent.json into folder, atomically; returns its path."""
-        from rtsent.artifacts.cache import write_json
-
         path = ModelPaths(Path(folder)).meta
         write_json(path, self.to_dict())
         return path

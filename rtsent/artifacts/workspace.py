@@ -16,11 +16,11 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from rtsent.artifacts.files import read_json
 from rtsent.artifacts.model import META_FILE
 from rtsent.errors import ArtifactError, UsageError
 
@@ -196,17 +196,3 @@ def _newest(paths) -> Path | None:
         if best_time is None or mtime > best_time:
             best, best_time = path, mtime
     return best
-
-
-def read_json(path: Path, rebuild_hint: str) -> dict:
-    """Read a JSON artifact; a missing or corrupt one is an ArtifactError naming the fix."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise ArtifactError(f"{path} is missing; {rebuild_hint}") from None
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path} is unreadable or incomplete ({exc}); {rebuild_hint}") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path} is not a JSON object; {rebuild_hint}")
-    return data

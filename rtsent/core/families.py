@@ -1,5 +1,6 @@
-"""What differs between causal-LM families, in one table: LoRA targets, context length, derived config
-fields, fast-kernel swaps and final-logit transforms. Nothing else in rtsent tests for a model type.
+"""What differs between causal-LM families, in one table: LoRA targets, the ONNX graph's fuser and int8
+exceptions, context length, derived config fields, fast-kernel swaps and final-logit transforms. Nothing
+else in rtsent tests for a model type.
 
 Config attributes are read by their generic names wherever transformers defines them for every family
 (hidden_size, num_attention_heads: GPT-2 maps them onto n_embd/n_head), and dropout rates are found
@@ -18,7 +19,8 @@ from rtsent.errors import UsageError, first_line
 
 @dataclass(frozen=True)
 class Family:
-    """One model family: which layers LoRA adapts by default and how they store their weights."""
+    """One model family: which layers LoRA adapts by default, how they store their weights, and how its ONNX
+    graph is fused and quantized."""
 
     lora_targets: tuple[str, ...]
     """Module names (suffixes) that LoRA adapts when --lora-targets is not given: the attention's
@@ -30,11 +32,16 @@ class Family:
     product of two projections, where these models' outlier activations live (the LLM.int8() paper's
     finding); one int8 scale per tensor for those rows erases the rest. SmolLM2-135M: 86.5 % of its
     decisions as fp32 with every layer int8, 97.8 % with the down projections kept (docs/benchmarks.md)."""
+    onnx_fuser: str | None = None
+    """onnxruntime.transformers' fuser (its model type) that fuses GELU/LayerNorm/attention in the exported fp32
+    graph, None where there is none. benchmarks/engines.py measured, side by side, the fused fp32 graph 1.25-1.6x
+    faster than the plain one and the fused int8 graph 0.75-0.8x as fast as the plain int8 one
+    (docs/benchmarks.md), so fp32 is fused and int8 is quantized unfused."""
 
 
 GATED_MLP_INT8 = ("down_proj",)
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family(lora_targets=("c_attn",), fan_in_fan_out=True),
+    "gpt2": Family(lora_targets=("c_attn",), fan_in_fan_out=True, onnx_fuser="gpt2"),
     "opt": Family(lora_targets=("q_proj", "v_proj")),
     "gpt_neox": Family(lora_targets=("query_key_value",)),
     "llama": Family(lora_targets=("q_proj", "v_proj"), int8_fp32_layers=GATED_MLP_INT8),

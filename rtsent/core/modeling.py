@@ -175,27 +175,6 @@ def saved_config(model: Any) -> Iterator[None]:
             setattr(config, key, value)
 
 
-def resolve_precision(precision: str, device: torch.device) -> str:
-    """fp32, bf16 or fp16 for `auto` and an explicit choice, refusing what the device cannot do."""
-    if precision == "auto":
-        if device.type == "cuda":
-            # Native bf16 only (Ampere and newer): V100/T4 "support" bf16 by slow emulation, where fp16
-            # with the Trainer's loss scaling is the fast choice.
-            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-        return "bf16" if cpu_has_fast_bf16() else "fp32"
-    if precision == "fp16" and device.type != "cuda":
-        raise UsageError("--precision fp16 needs a GPU; use bf16 (or auto) on a CPU")
-    return precision
-
-
-def cpu_has_fast_bf16() -> bool:
-    """True on CPUs with native bf16 matmul (AVX-512 BF16 or AMX), where bf16 is several times faster: the
-    same reading of the machine as the scoring engines' choice (engines/choice.py)."""
-    from rtsent.engines.choice import Machine
-
-    return Machine.here().native_bf16
-
-
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -239,16 +218,3 @@ def pad_batch(rows: Sequence[Sequence[int]], pad_id: int, multiple: int = 1) -> 
 
     ids, mask = pad_rows(rows, pad_id, multiple)
     return {"input_ids": torch.from_numpy(ids), "attention_mask": torch.from_numpy(mask)}
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Silence transformers' info/warning chatter for the duration (errors still raise)."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from rtsent.artifacts.model import ModelMeta
     from rtsent.config import PromptConfig
     from rtsent.engines.base import Classifier
 
@@ -18,33 +19,22 @@ def open_classifier(model: str, prompt: "PromptConfig | None" = None, max_len: i
                     precision: str = "auto", engine: str = "auto", job: str = "bulk") -> "Classifier":
     """An exported rtsent model (its rtsent.json gives the prompt), or a base model with an explicit prompt.
 
-    What auto means is decided by engines.choice for the job ("cold" or "bulk") on this machine; the
-    classifier's `choice` says what was picked and why. Raises ArtifactError for a folder without
-    rtsent.json when no prompt is given or without the graph an explicit onnx engine needs, UsageError
-    when a given prompt contradicts the model's or the precision does not exist for the engine.
+    What auto means is decided once by engines.choice for the job ("cold" or "bulk") on this machine, and
+    checked there; the engine runs that choice as it is, and the classifier's `choice` says what and why.
+    Raises ArtifactError for a folder without rtsent.json when no prompt is given or without the graph an
+    explicit onnx engine needs, UsageError when a given prompt contradicts the model's or the engine or the
+    machine cannot run the precision.
     """
-    from dataclasses import replace
-
     from rtsent.artifacts.model import DEFAULT_MAX_LEN
-    from rtsent.engines.base import ONNX_PRECISIONS, onnx_graphs, read_model_meta
-    from rtsent.engines.choice import choose
-    from rtsent.errors import ArtifactError, UsageError
+    from rtsent.engines.base import onnx_graphs, read_model_meta
+    from rtsent.engines.choice import check, choose
 
     meta, prompt = read_model_meta(model, prompt)
     max_len = fitting_max_len(model, max_len or (meta.max_len if meta else None), DEFAULT_MAX_LEN)
     graphs = onnx_graphs(model, meta)
-    choice = choose(job, graphs, meta is not None and meta.int8_validated, engine, precision)
+    choice = check(choose(job, graphs, meta is not None and meta.int8_validated, engine, precision))
     if choice.engine == "onnx":
-        if choice.precision not in ONNX_PRECISIONS:
-            raise UsageError(f"the onnx engine runs fp32 or int8 graphs, not {choice.precision}; "
-                             f"use --engine torch for {choice.precision}")
-        if meta is None:  # a base model: `rtsent export` takes only folders that `rtsent train` made
-            raise ArtifactError(f"{model} is a base model, which has no ONNX graph (only models made by `rtsent "
-                                f"train` are exported); use --engine torch")
-        if choice.precision not in graphs:
-            which = "int8 ONNX graph" if choice.precision == "int8" else "ONNX graph"
-            flag = " --int8" if choice.precision == "int8" else ""
-            raise ArtifactError(f"{model} has no {which}; run `rtsent export {model}{flag}` first (or use --engine torch)")
+        _check_graph(model, meta, graphs, choice.precision)
         from rtsent.engines.onnx import OnnxClassifier
 
         clf: Classifier = OnnxClassifier(model, meta, prompt, max_len, graphs[choice.precision], choice.precision)
@@ -52,8 +42,21 @@ def open_classifier(model: str, prompt: "PromptConfig | None" = None, max_len: i
         from rtsent.engines.torch import TorchClassifier
 
         clf = TorchClassifier(model, meta, prompt, max_len, choice.precision)
-    clf.choice = replace(choice, precision=clf.precision)  # auto on a GPU: what the engine resolved
+    clf.choice = choice
     return clf
+
+
+def _check_graph(model: str, meta: "ModelMeta | None", graphs: dict[str, Any], precision: str) -> None:
+    """ArtifactError unless the folder holds the graph the onnx engine was chosen to run."""
+    from rtsent.errors import ArtifactError
+
+    if meta is None:  # a base model: `rtsent export` takes only folders that `rtsent train` made
+        raise ArtifactError(f"{model} is a base model, which has no ONNX graph (only models made by `rtsent "
+                            f"train` are exported); use --engine torch")
+    if precision not in graphs:
+        which = "int8 ONNX graph" if precision == "int8" else "ONNX graph"
+        flag = " --int8" if precision == "int8" else ""
+        raise ArtifactError(f"{model} has no {which}; run `rtsent export {model}{flag}` first (or use --engine torch)")
 
 
 def fitting_max_len(model: str, max_len: int | None, default: int) -> int:

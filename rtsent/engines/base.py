@@ -15,9 +15,6 @@ from rtsent.core.calibration import softmax
 from rtsent.engines.choice import Choice
 from rtsent.errors import ArtifactError, UsageError
 
-ONNX_PRECISIONS = ("auto", "fp32", "int8")
-
-
 def read_model_meta(model: str, prompt: PromptConfig | None = None) -> tuple[ModelMeta | None, PromptConfig]:
     """The model folder's record (None for a base model given a prompt) and the prompt to score with.
 

@@ -2,8 +2,8 @@
 
 Two jobs: `cold` (a new process scoring a few reviews: `rtsent predict "text"`), where loading is the
 cost, and `bulk` (evaluate, predict --file, serve), where the steady rate is. The choice follows what the
-machine offers, read from the CPU's flags without importing torch on Linux (a cold predict must not pay
-for it); training's `--precision auto` asks the same `Machine`:
+machine offers as `rtsent.machine.Machine` reads it (the CPU's flags without importing torch on Linux: a
+cold predict must not pay for it); training's `--precision auto` follows the same rule (Machine.torch_precision):
 
     GPU                                  bulk: torch (bf16, fp16 on GPUs without native bf16); cold as
                                          below (a cold torch start with CUDA took 13-15 s, the graph 1.0-1.3 s)
@@ -13,64 +13,19 @@ for it); training's `--precision auto` asks the same `Machine`:
     bulk, otherwise                      onnx fp32 graph (fused; faster than torch fp32 on AMX, as fast on AVX2)
 
 docs/benchmarks.md ("Fast by default") has the measurements. An explicit --engine or --precision is
-always honoured exactly; auto fills in only what was left open.
+always honoured exactly; auto fills in only what was left open. The Choice is concrete (never "auto")
+and check() is the one place that refuses an engine and precision that cannot run here.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
-from functools import lru_cache
 from typing import Any, Mapping
 
+from rtsent.errors import UsageError
+from rtsent.machine import Machine
+
 JOBS = ("cold", "bulk")
-
-
-@dataclass(frozen=True)
-class Machine:
-    """What the scoring choice depends on: the CPU's ISA flags and whether a CUDA GPU is present."""
-
-    flags: frozenset[str] = frozenset()
-    gpu: bool = False
-
-    @classmethod
-    @lru_cache(maxsize=1)
-    def here(cls) -> "Machine":
-        return cls(frozenset(_cpu_flags()), _has_cuda_gpu())
-
-    @property
-    def amx(self) -> bool:
-        return "amx_bf16" in self.flags
-
-    @property
-    def native_bf16(self) -> bool:
-        """AMX or AVX-512 BF16: bf16 matmuls in hardware, several times faster than fp32."""
-        return self.amx or "avx512_bf16" in self.flags
-
-    @property
-    def vnni(self) -> bool:
-        return bool({"avx512_vnni", "avx_vnni"} & self.flags)
-
-    def bf16_caution(self, precision: str) -> str:
-        """A clause for a line where bf16 was asked for on a CPU that only emulates it: on an AVX2 CPU (AMD
-        Zen 3) a bf16 matrix product ran 79x slower than fp32 (docs/benchmarks.md)."""
-        if precision == "bf16" and not self.gpu and not self.native_bf16:
-            return f"; bf16 is emulated on {self.describe()}, many times slower than fp32 (auto would take fp32)"
-        return ""
-
-    def describe(self) -> str:
-        if self.gpu:
-            return "a CUDA GPU"
-        if self.amx:
-            return "a CPU with AMX"
-        if self.native_bf16:
-            return "a CPU with AVX-512 BF16"
-        extra = " and VNNI" if self.vnni else ""
-        if "avx512f" in self.flags:
-            return f"a CPU with AVX-512{extra}, no native bf16"
-        if "avx2" in self.flags:
-            return f"a CPU with AVX2{extra}, no native bf16"
-        return "a CPU without native bf16"
 
 
 @dataclass(frozen=True)
@@ -78,7 +33,7 @@ class Choice:
     engine: str
     """torch or onnx."""
     precision: str
-    """fp32, bf16, fp16, int8; auto only for torch on a GPU (bf16 or fp16, decided by the engine)."""
+    """fp32, bf16, fp16 (torch) or int8 (onnx): never auto, the engine runs exactly this."""
     reason: str
 
     def line(self) -> str:
@@ -96,8 +51,9 @@ def choose(job: str, graphs: Mapping[str, Any], int8_validated: bool, engine: st
     if engine != "auto" and precision != "auto":
         return Choice(engine, precision, "as asked" + (m.bf16_caution(precision) if engine == "torch" else ""))
     if engine == "torch" or precision in ("bf16", "fp16"):
-        why = "as asked" + m.bf16_caution(precision) if precision != "auto" else _torch_why(m)
-        return Choice("torch", _torch_precision(precision, m), why)
+        resolved = _torch_precision(precision, m)
+        why = "as asked" + m.bf16_caution(precision) if precision != "auto" else _torch_why(m, resolved)
+        return Choice("torch", resolved, why)
     if precision == "int8":
         return Choice("onnx", "int8", "as asked")
     if engine == "onnx":  # precision auto or fp32: the validated int8 graph when auto allows it
@@ -129,17 +85,14 @@ def _auto(job: str, graphs: Mapping[str, Any], int8_validated: bool, precision: 
 
 
 def _torch_precision(precision: str, m: Machine) -> str:
-    if precision != "auto":
-        return precision
-    if m.gpu:
-        return "auto"  # bf16 or fp16 by the GPU's generation: the torch engine asks CUDA
-    return "bf16" if m.native_bf16 else "fp32"
+    """An explicit precision as asked (check() refuses what cannot run), auto as the machine resolves it."""
+    return precision if precision != "auto" else m.torch_precision()
 
 
-def _torch_why(m: Machine) -> str:
+def _torch_why(m: Machine, precision: str) -> str:
     if m.gpu:
         return f"as asked, on {m.describe()}"
-    return f"as asked; {'bf16' if m.native_bf16 else 'fp32'} on {m.describe()}"
+    return f"as asked; {precision} on {m.describe()}"
 
 
 def _int8_unvalidated(graphs: Mapping[str, Any], int8_validated: bool, precision: str) -> str:
@@ -148,28 +101,18 @@ def _int8_unvalidated(graphs: Mapping[str, Any], int8_validated: bool, precision
     return ""
 
 
-def _cpu_flags() -> set[str]:
-    """The CPU's feature flags from /proc/cpuinfo (Linux, no torch import); elsewhere the bf16 flags from
-    torch's own CPUID check (compat.cpu_bf16_flags), which costs the torch import there."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    from rtsent import compat
-
-    return compat.cpu_bf16_flags()
+ENGINE_PRECISIONS = {"torch": ("fp32", "bf16", "fp16"), "onnx": ("fp32", "int8")}
 
 
-def _has_cuda_gpu() -> bool:
-    """A CUDA GPU this process may use, without importing torch (the NVIDIA driver's /proc entry)."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
-        return False
-    if os.path.exists("/proc/driver/nvidia/version"):
-        return True
-    import sys
-
-    torch = sys.modules.get("torch")  # already paid for: ask it (ROCm, other platforms)
-    return bool(torch is not None and torch.cuda.is_available())
+def check(choice: Choice, machine: Machine | None = None) -> Choice:
+    """The choice when its engine can run its precision on this machine, else UsageError in one line: the one
+    place a precision is checked against an engine (onnx graphs are fp32 or int8, torch has no int8) and the
+    machine (fp16 needs a GPU)."""
+    if choice.precision not in ENGINE_PRECISIONS[choice.engine]:
+        if choice.engine == "onnx":
+            raise UsageError(f"the onnx engine runs fp32 or int8 graphs, not {choice.precision}; "
+                             f"use --engine torch for {choice.precision}")
+        raise UsageError("--precision int8 needs the onnx engine (`rtsent export --int8`, then --engine onnx)")
+    if choice.engine == "torch":
+        (machine or Machine.here()).torch_precision(choice.precision)
+    return choice

@@ -10,10 +10,9 @@ import torch
 from rtsent.artifacts.model import ModelMeta
 from rtsent.config import PromptConfig
 from rtsent.core import label_scores
-from rtsent.core.modeling import (DTYPES, default_device, load_model, load_tokenizer, pad_batch, quiet_transformers,
-                                  resolve_precision)
+from rtsent.core.modeling import DTYPES, default_device, load_model, load_tokenizer, pad_batch
 from rtsent.engines.base import Classifier
-from rtsent.errors import UsageError
+from rtsent.quiet import quiet_transformers
 
 
 class TorchClassifier(Classifier):
@@ -21,11 +20,9 @@ class TorchClassifier(Classifier):
 
     engine = "torch"
 
-    def __init__(self, name: str, meta: ModelMeta | None, prompt: PromptConfig, max_len: int, precision: str = "auto"):
-        if precision == "int8":
-            raise UsageError("--precision int8 needs the onnx engine (`rtsent export --int8`, then --engine onnx)")
+    def __init__(self, name: str, meta: ModelMeta | None, prompt: PromptConfig, max_len: int, precision: str):
+        """`precision` is fp32, bf16 or fp16, as engines.choice chose and checked it."""
         self.device = default_device()
-        precision = resolve_precision(precision, self.device)
         super().__init__(name, meta, prompt, max_len, load_tokenizer(name), precision)
         with quiet_transformers():
             model = load_model(name, dtype=DTYPES[precision], compute=precision)

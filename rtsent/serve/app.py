@@ -19,7 +19,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from rtsent import __version__
-from rtsent.artifacts.cache import finite
+from rtsent.artifacts.files import finite
 from rtsent.artifacts.model import ModelPaths, read_eval_reports
 from rtsent.config import ServeConfig
 from rtsent.engines.base import Classifier

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from rtsent import compat
 from rtsent.artifacts.cache import hash_files
 from rtsent.errors import DataError, UsageError, first_line
-from rtsent.sources.inputs import TABLE_FORMATS as FORMATS, table_format
+from rtsent.sources.inputs import TABLE_FORMATS as FORMATS, table_format  # noqa: F401 (FORMATS: evaluate reads it here)
 
 ROLES = ("train", "validation", "test")
 NO_LABEL = -1  # datasets' ClassLabel value for "no label" (e.g. GLUE test splits, whose labels are hidden)

@@ -166,11 +166,11 @@ def _converted(path: str, size: int, mtime_ns: int) -> Path:
 
 def _remove_dead_staging(folder: Path) -> None:
     """Staging folders of conversions whose process is gone (killed mid-way: hundreds of MB each)."""
-    from rtsent.artifacts.cache import _alive
+    from rtsent.artifacts.cache import pid_alive
 
     for entry in folder.glob(".tmp-*"):
         pid = entry.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             shutil.rmtree(entry, ignore_errors=True)
 
 
@@ -211,7 +211,7 @@ def _load(source: Path) -> tuple[Any, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from rtsent.core.modeling import quiet_transformers
+    from rtsent.quiet import quiet_transformers
 
     from transformers.utils import logging as hf_logging
 
