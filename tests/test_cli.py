@@ -11,6 +11,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from rtsent.artifacts.prepared import find_prepared, load_prepared
 from rtsent.cli import app
 
 runner = CliRunner()
@@ -81,15 +82,15 @@ def test_four_commands_end_to_end(tmp_path, tiny_model_dir, data_dir):
 
 
 def test_seed_recipe_format_is_reproducible(tmp_path, tiny_model_dir, data_dir):
-    from rtsent import prepare as stage
     from rtsent.core.modeling import load_tokenizer
     from rtsent.artifacts.workspace import Workspace
 
     result = invoke("prepare", "--data", str(data_dir), "--model", str(tiny_model_dir), "--template",
                     "{text} Sentiment: ", "--label-words", "neg,pos", "--workdir", str(tmp_path / "ws"))
     assert result.exit_code == 0, result.output
-    path = Workspace.resolve(tmp_path / "ws").find_prepared(None)
-    dd, manifest = stage.load(path)
+    path = find_prepared(Workspace.resolve(tmp_path / "ws"), None)
+    loaded = load_prepared(path)
+    dd, manifest = loaded.dataset, loaded.meta.to_dict()
     tok = load_tokenizer(str(tiny_model_dir))
     assert manifest["prompt"]["template"] == "{text} Sentiment: "
     assert [tok.decode([i]) for ((i,),) in manifest["label_words"]] == ["neg", "pos"]
