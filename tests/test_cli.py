@@ -28,6 +28,32 @@ def test_help_of_every_command(command):
     assert "Usage" in result.output
 
 
+def test_every_option_of_a_stage_comes_from_its_config():
+    """No option is written by hand (besides --workdir): each is a config field, or a field of the prompt inside
+    it, named in that config's Nested."""
+    import dataclasses
+
+    import typer.main
+
+    from rtsent import config
+
+    configs = {"prepare": config.PrepareConfig, "train": config.TrainConfig, "evaluate": config.EvaluateConfig,
+               "predict": config.PredictConfig, "report": config.ReportConfig, "runs": config.RunsConfig,
+               "export": config.ExportConfig, "push": config.PushConfig, "serve": config.ServeConfig}
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == set(configs)
+    for name, cls in configs.items():
+        expected = ["workdir"]
+        for f in dataclasses.fields(cls):
+            nested = f.metadata.get("nested")
+            expected += list(nested.options) if nested else [f.name] if f.metadata["cli"] else []
+        assert sorted(p.name for p in commands[name].params) == sorted(expected), name
+    prompts = {name: {p.name: p.help for p in commands[name].params if p.name in ("template", "label_words")}
+               for name in ("prepare", "evaluate", "predict")}
+    assert prompts["evaluate"]["template"] == "Zero-shot: " + config.TEMPLATE_HELP == "Zero-shot: " + prompts["prepare"]["template"]
+    assert prompts["predict"]["label_words"] == "Zero-shot base model only: " + config.WORDS_HELP
+
+
 def test_help_does_not_import_torch():
     code = "import sys; from rtsent.cli import app; sys.exit('torch' in sys.modules or 'transformers' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -247,3 +247,23 @@ def test_a_csv_label_column_of_numbers_and_names_is_read_whole(tmp_path):
     split = build_raw_split(read_raw_file(path), "train", "text", "label", ("negative", "positive"), str(path))
     assert len(split.texts) == 6002 and split.labels[:4] == [0, 1, 0, 1] and split.labels[-2:] == [1, 1]
     assert split.texts[-1] == review + "float"
+
+
+def test_prepare_reads_each_split_once_when_it_takes_the_classes_from_the_data(tmp_path, tiny_model_dir, ws,
+                                                                               monkeypatch):
+    from rtsent.sources.data import FolderSource
+
+    data = tmp_path / "named"
+    data.mkdir()
+    for split in ("train", "validation", "test"):
+        table = reviews(5, 5, split)
+        names = ["awful" if y == 0 else "great" for y in table["label"]]
+        pq.write_table(pa.table({"text": table["text"], "label": names}), data / f"{split}.parquet")
+    reads = []
+    read = FolderSource._read
+    monkeypatch.setattr(FolderSource, "_read", lambda self, split: reads.append(split) or read(self, split))
+    result = run_prepare(ws, tiny_model_dir, data)
+    assert result.meta.prompt.label_names == ("awful", "great")  # the classes came from train's labels ...
+    assert sorted(reads) == ["test", "train", "validation"]  # ... and train was read once all the same
+    assert {s: info["per_class"] for s, info in result.meta.splits.items()} == {
+        s: {"awful": 5, "great": 5} for s in ("train", "validation", "test")}
