@@ -25,6 +25,7 @@ LR, WD, CLIP = 5e-5, 0.01, 1.0
 
 def batches(model_dir: str, n: int, batch_size: int, seed: int = 0):
     from rtsent import prepare
+    from rtsent.artifacts.prepared import load_prepared
     from rtsent.config import PrepareConfig
     from rtsent.core.modeling import load_tokenizer, pad_batch
     from rtsent.training.trainer import SeededLengthSampler
@@ -34,8 +35,7 @@ def batches(model_dir: str, n: int, batch_size: int, seed: int = 0):
 
     ws = Workspace.resolve(str(OUT / "ws"))
     prep = prepare.run(PrepareConfig(data=str(DATA), model=model_dir), ws)
-    dd, manifest = prepare.load(prep.path, ws)
-    train = dd["train"]
+    train = load_prepared(prep.path, ws).dataset["train"]
     order = list(SeededLengthSampler(list(train["length"]), batch_size, seed))
     groups = [order[i:i + batch_size] for i in range(0, len(order) - batch_size + 1, batch_size)]
     # n batches at evenly spaced quantiles of batch length: the epoch's mix of short and long batches
@@ -47,7 +47,7 @@ def batches(model_dir: str, n: int, batch_size: int, seed: int = 0):
         b = pad_batch([train[i]["input_ids"] for i in rows], pad)
         b["labels"] = torch.tensor([train[i]["labels"] for i in rows])
         out.append(b)
-    return out, manifest["label_ids"]
+    return out, prep.meta.label_words.head_ids
 
 
 class Variant:

@@ -17,9 +17,8 @@ from typing import Any, Callable, List, Optional
 
 import typer
 
-from rtsent.config import (DEFAULT_LABEL_WORDS, DEFAULT_TEMPLATE, TEMPLATE_HELP, WORDS_HELP, WORKDIR_HELP,
-                           EvaluateConfig, ExportConfig, PredictConfig, PrepareConfig, PromptConfig, PushConfig,
-                           ServeConfig, TrainConfig, split_list, unescape)
+from rtsent.config import (WORKDIR_HELP, EvaluateConfig, ExportConfig, PredictConfig, PrepareConfig, PushConfig,
+                           ReportConfig, RunsConfig, ServeConfig, TrainConfig)
 from rtsent.errors import RtsentError
 
 class _OneLineErrors(typer.core.TyperGroup):
@@ -153,19 +152,6 @@ def _workspace(workdir: Optional[str]):
     return Workspace.resolve(workdir)
 
 
-def _prompt(template: Optional[str], label_words: Optional[str], label_names: Optional[str],
-            required: bool = True) -> Optional[PromptConfig]:
-    if not required and template is None and label_words is None and label_names is None:
-        return None
-    kwargs: dict[str, Any] = {}
-    if template is not None:
-        kwargs["template"] = unescape(template)
-    kwargs["label_words"] = split_list(label_words) if label_words is not None else ()
-    if label_names is not None:
-        kwargs["label_names"] = tuple(n.strip() for n in label_names.split(","))
-    return PromptConfig(**kwargs)
-
-
 @app.callback()
 def _main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks (or set RTSENT_DEBUG=1)."),
@@ -216,28 +202,81 @@ def _from_cli(hint: Any, value: Any) -> Any:
     return tuple(item.strip() for item in (value or "").split(",") if item.strip())
 
 
+def _default(f: dataclasses.Field) -> Any:
+    """A field's default value (... for a required one)."""
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else ...
+
+
+def _field_option(f: dataclasses.Field, hint: Any) -> inspect.Parameter:
+    """The option (or argument) of one config field."""
+    argument, many = f.metadata.get("argument", False), typing.get_origin(hint) is tuple
+    cli_hint = (List[str] if argument and many else Optional[List[str]] if f.metadata.get("repeat")
+                else _cli_type(hint))
+    return _option(f.name, None if many else _default(f), f.metadata["help"], cli_hint, f.metadata.get("flags", ()),
+                   argument)
+
+
+def _nested_options(f: dataclasses.Field, hint: Any) -> list[inspect.Parameter]:
+    """The options of a config inside the command's config (--template, --label-words, ... of its prompt): one per
+    inner field the field's Nested names, with this command's help and the field's default shown."""
+    nested, default = f.metadata["nested"], _default(f)
+    inner = _inner_type(hint)
+    inner_hints, inner_fields = typing.get_type_hints(inner), {g.name: g for g in dataclasses.fields(inner)}
+    params = []
+    for name, help in nested.options.items():
+        g = inner_fields[name]
+        many = typing.get_origin(inner_hints[name]) is tuple
+        shown = None if default is None or many else (g.metadata.get("show") or (lambda v: v))(getattr(default, name))
+        cli_hint = _cli_type(inner_hints[name]) if default is not None else Optional[_cli_type(inner_hints[name])]
+        params.append(_option(name, shown, nested.prefix + (help or g.metadata["help"]), cli_hint))
+    return params
+
+
+def _inner_type(hint: Any) -> type:
+    """The config class of a field typed X or X | None."""
+    return next(a for a in (typing.get_args(hint) or (hint,)) if a is not type(None))
+
+
+def _nested_value(f: dataclasses.Field, hint: Any, values: dict[str, Any]) -> Any:
+    """The inner config from its options' values: the base with the given ones in place (None where none is given
+    and the field has no default)."""
+    nested, default = f.metadata["nested"], _default(f)
+    given = {k: v for k, v in values.items() if v is not None}
+    if not given and default is None:
+        return None
+    inner = {g.name: g for g in dataclasses.fields(_inner_type(hint))}
+    base = nested.base() if nested.base is not None else default
+    return dataclasses.replace(base, **{k: inner[k].metadata["parse"](v) for k, v in given.items()})
+
+
 def config_options(config: type, *extras: inspect.Parameter) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-    """Give a command one option per field of its config (default, help and flags from the field's opt()),
-    plus `extras`; the command receives the config's fields as one dict, the extras by name."""
+    """Give a command one option per field of its config (default, help and flags from the field's opt(); a config
+    inside it as the options its Nested names), plus `extras`; the command receives the config's fields as one
+    dict (a repeated option's as the list), the extras by name."""
     hints = typing.get_type_hints(config)
     fields = [f for f in dataclasses.fields(config) if f.metadata.get("cli", True)]
-    params = []
+    params, groups = [], {}
     for f in fields:
-        argument = f.metadata.get("argument", False)
-        default = ... if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING else (
-            f.default if f.default is not dataclasses.MISSING else f.default_factory())
-        hint = List[str] if argument and typing.get_origin(hints[f.name]) is tuple else _cli_type(hints[f.name])
-        if typing.get_origin(hints[f.name]) is tuple:
-            default = None
-        params.append(_option(f.name, default, f.metadata["help"], hint, f.metadata.get("flags", ()), argument))
+        own = _nested_options(f, hints[f.name]) if f.metadata.get("nested") else [_field_option(f, hints[f.name])]
+        params += own
+        groups[f.name] = [p.name for p in own]
     params += extras
-    names = {f.name for f in fields}
+    taken = [p.name for p in params]
+    if len(set(taken)) != len(taken):
+        raise TypeError(f"{config.__name__}: two options of one name in {taken}")
+
+    def read(f: dataclasses.Field, values: dict[str, Any]) -> Any:
+        if f.metadata.get("nested"):
+            return _nested_value(f, hints[f.name], {n: values[n] for n in groups[f.name]})
+        return values[f.name] if f.metadata.get("repeat") else _from_cli(hints[f.name], values[f.name])
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
         @functools.wraps(fn)
         def command(**values: Any) -> Any:
-            given = {k: _from_cli(hints[k], v) for k, v in values.items() if k in names}
-            return fn(given, **{k: v for k, v in values.items() if k not in names})
+            grouped = {n for names in groups.values() for n in names}
+            return fn({f.name: read(f, values) for f in fields}, **{k: v for k, v in values.items() if k not in grouped})
 
         command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
         command.__annotations__ = {p.name: p.annotation for p in params}
@@ -246,33 +285,15 @@ def config_options(config: type, *extras: inspect.Parameter) -> Callable[[Callab
     return decorate
 
 
-PROMPT_OPTIONS = (
-    _option("template", DEFAULT_TEMPLATE.replace("\n", "\\n"), TEMPLATE_HELP, str),
-    _option("label_words", None, WORDS_HELP + " Default: the class names (a ClassLabel's names or the string labels, "
-            "after a space), or '" + ",".join(DEFAULT_LABEL_WORDS) + "' for labels 0/1.", Optional[str]),
-    _option("label_names", None, "Comma-separated class names in class-id order (default: the data's names, else each "
-            "class's first word, stripped).", Optional[str]),
-)
-ZERO_SHOT_OPTIONS = (
-    _option("zero_shot", False, "Score a base model (no rtsent.json): with the prompt the prepared data was made "
-                                "with, unless --template/--label-words say otherwise (--data: the default prompt).",
-            bool, ("--zero-shot",)),
-    _option("template", None, "Zero-shot: " + TEMPLATE_HELP, Optional[str]),
-    _option("label_words", None, "Zero-shot: " + WORDS_HELP, Optional[str]),
-    _option("label_names", None, "Zero-shot: comma-separated class names.", Optional[str]),
-)
-
-
 # ---------------------------------------------------------------- commands
 
 
 @app.command()
 @handled
-@config_options(PrepareConfig, *PROMPT_OPTIONS, WORKDIR)
-def prepare(fields: dict[str, Any], template: str, label_words: Optional[str], label_names: Optional[str],
-            workdir: Optional[str]) -> None:
+@config_options(PrepareConfig, WORKDIR)
+def prepare(fields: dict[str, Any], workdir: Optional[str]) -> None:
     """Tokenize the dataset once and cache it in the workspace, keyed by a fingerprint."""
-    cfg = PrepareConfig(**fields, prompt=_prompt(template, label_words, label_names))
+    cfg = PrepareConfig(**fields)
     from rtsent import prepare as stage
     from rtsent.console import print_prepared
 
@@ -295,16 +316,12 @@ def train(fields: dict[str, Any], workdir: Optional[str]) -> None:
 
 @app.command()
 @handled
-@config_options(EvaluateConfig, _option("model", None, "Exported model folder or run name, or a base model for "
-                                        "zero-shot (default: the latest run's model); repeat to compare models side "
-                                        "by side.", Optional[List[str]]), *ZERO_SHOT_OPTIONS, WORKDIR)
-def evaluate(fields: dict[str, Any], model: Optional[List[str]], zero_shot: bool, template: Optional[str],
-             label_words: Optional[str], label_names: Optional[str], workdir: Optional[str]) -> None:
+@config_options(EvaluateConfig, WORKDIR)
+def evaluate(fields: dict[str, Any], workdir: Optional[str]) -> None:
     """Accuracy, macro-F1, per-class precision/recall, confusion matrix and calibration on a split."""
-    models = list(model or [])
+    models = list(fields["model"] or [])
     # --zero-shot alone: prompt None, and evaluate takes the prepared data's (or, for --data, the default)
-    cfg = EvaluateConfig(**fields, model=models[0] if len(models) == 1 else None, zero_shot=zero_shot,
-                         prompt=_prompt(template, label_words, label_names, required=False))
+    cfg = EvaluateConfig(**{**fields, "model": models[0] if len(models) == 1 else None})
     from rtsent import console
     from rtsent import evaluate as stage
 
@@ -316,16 +333,15 @@ def evaluate(fields: dict[str, Any], model: Optional[List[str]], zero_shot: bool
 
 @app.command()
 @handled
-@config_options(PredictConfig, *(_option(o.name, None, "Zero-shot base model only: " + h, Optional[str])
-                                 for o, h in zip(PROMPT_OPTIONS[:2], (TEMPLATE_HELP, WORDS_HELP))), WORKDIR)
-def predict(fields: dict[str, Any], template: Optional[str], label_words: Optional[str], workdir: Optional[str]) -> None:
+@config_options(PredictConfig, WORKDIR)
+def predict(fields: dict[str, Any], workdir: Optional[str]) -> None:
     """Label and probability (softmax over the label words) for each review; one output row per input row."""
     if fields["texts"] == ("-",):
         fields = {**fields, "texts": (), "file": "-"}
     cfg = PredictConfig(**fields)
     from rtsent import predict as stage
 
-    stats = stage.run(cfg, _workspace(workdir), prompt=_prompt(template, label_words, None, required=False))
+    stats = stage.run(cfg, _workspace(workdir))
     if stats.note:
         _log(stats.note)
     if cfg.file:
@@ -337,35 +353,31 @@ def predict(fields: dict[str, Any], template: Optional[str], label_words: Option
 
 @app.command("report")
 @handled
-def report_(
-    run: Optional[str] = typer.Argument(None, help="Run name or folder (default: the latest run)."),
-    output_format: str = typer.Option("table", "--format", help="table (print), md or json (write the report file)."),
-    output: Optional[str] = typer.Option(None, help="Where to write md/json (default: runs/<name>/report.md|json)."),
-    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
-) -> None:
+@config_options(ReportConfig, WORKDIR)
+def report_(fields: dict[str, Any], workdir: Optional[str]) -> None:
     """Summary of a run: config, data, best step, validation/test metrics, timing, calibration, plots."""
     from rtsent import report
     from rtsent.console import print_run
 
-    summary = report.run_report(_workspace(workdir), run)
-    if output_format == "table":
+    cfg = ReportConfig(**fields)
+    summary = report.run_report(_workspace(workdir), cfg.run)
+    if cfg.format == "table":
         print_run(summary)
     else:
-        typer.echo(f"report written to {report.write_report(summary, output_format, output)}")
+        typer.echo(f"report written to {report.write_report(summary, cfg.format, cfg.output)}")
 
 
 @app.command("runs")
 @handled
-def runs_(
-    output_format: str = typer.Option("table", "--format", help="table or json."),
-    workdir: Optional[str] = typer.Option(None, envvar="RTSENT_HOME", help=WORKDIR_HELP),
-) -> None:
+@config_options(RunsConfig, WORKDIR)
+def runs_(fields: dict[str, Any], workdir: Optional[str]) -> None:
     """The workspace's runs with their key metrics, newest first."""
     from rtsent import report
     from rtsent.console import print_runs
 
-    listed = report.list_runs(_workspace(workdir), output_format)
-    if output_format == "json":
+    cfg = RunsConfig(**fields)
+    listed = report.list_runs(_workspace(workdir), cfg.format)
+    if cfg.format == "json":
         import json
 
         typer.echo(json.dumps(listed, indent=2))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from rtsent.errors import UsageError
 
@@ -25,11 +25,18 @@ CLASS_WEIGHTS = ("none", "auto")
 
 
 def opt(default: Any = None, help: str = "", *, flags: tuple[str, ...] = (), argument: bool = False,
-        cli: bool = True, factory: Any = None) -> Any:
+        cli: bool = True, factory: Any = None, repeat: bool = False, parse: Callable[[str], Any] | None = None,
+        show: Callable[[Any], str] | None = None, nested: "Nested | None" = None, scoring: bool = True) -> Any:
     """A config field and its command-line option, written once: the default, the help text (the field's
     documentation too), the flag spelling (default --field-name), whether it is a positional argument, and
-    whether it is a command-line option at all. cli.py builds every command's options from these."""
-    meta = {"help": help, "flags": flags, "argument": argument, "cli": cli}
+    whether it is a command-line option at all. cli.py builds every command's options from these.
+
+    repeat: the option may be given several times, and the command receives the list (evaluate compares the
+    models). A field of a config that sits inside another (PromptConfig's) has `parse` (its option's text to the
+    value) and `show` (the value as its option's default text); the field holding it has `nested` (which of its
+    options the command takes). scoring=False: a PromptConfig field that does not change what is scored."""
+    meta = {"help": help, "flags": flags, "argument": argument, "cli": cli, "repeat": repeat, "parse": parse,
+            "show": show, "nested": nested, "scoring": scoring}
     if factory is not None:
         return field(default_factory=factory, metadata=meta)
     if default is REQUIRED:
@@ -39,6 +46,20 @@ def opt(default: Any = None, help: str = "", *, flags: tuple[str, ...] = (), arg
 
 REQUIRED = dataclasses.MISSING
 """opt()'s default for a field the user must give."""
+
+
+@dataclass(frozen=True)
+class Nested:
+    """How a command takes a config that sits inside its own (the prompt inside PrepareConfig): as options named
+    after the inner config's fields."""
+
+    options: dict[str, str | None]
+    """The inner fields given as options, each with this command's help for it (None: the field's own help)."""
+    prefix: str = ""
+    """Put before each option's help ("Zero-shot: ")."""
+    base: Callable[[], Any] | None = None
+    """The inner config whose fields the given options replace (default: the field's default); with neither an
+    option given nor a default, the field is None."""
 
 
 WORKDIR_HELP = "Workspace folder for prepared data and runs (default: ./data)."
@@ -75,21 +96,33 @@ def split_list(value: str) -> tuple[str, ...]:
     return tuple(unescape(part) for part in value.split(","))
 
 
+def escape(text: str) -> str:
+    """The text as a shell user types it (unescape's inverse): newlines and tabs as \\n and \\t."""
+    return text.replace("\\", "\\\\").replace("\n", "\\n").replace("\t", "\\t")
+
+
+def split_names(value: str) -> tuple[str, ...]:
+    """Split a comma-separated list of names, each stripped."""
+    return tuple(n.strip() for n in value.split(","))
+
+
 WORD_SEPARATOR = "|"
 """Between a class's alternative words in --label-words (" great| good, bad| awful")."""
+NAMES_HELP = ("Comma-separated class names in class-id order (default: the data's names, else each class's first "
+              "word, stripped).")
 
 
 @dataclass(frozen=True)
 class PromptConfig:
     """How a review becomes a prompt, and which words stand for each class."""
 
-    template: str = DEFAULT_TEMPLATE
+    template: str = opt(DEFAULT_TEMPLATE, TEMPLATE_HELP, parse=unescape, show=escape)
     """Prompt with the review in place of `{text}`; the model predicts the label word right after it."""
-    label_words: tuple[str, ...] = DEFAULT_LABEL_WORDS
+    label_words: tuple[str, ...] = opt(DEFAULT_LABEL_WORDS, WORDS_HELP, parse=split_list)
     """One entry per class, in class-id order: a word (any number of tokens), or several separated by "|"
     (a verbalizer). Empty: the words are the label names (with a leading space after a template that ends
     without one), or, when prepare finds no names in the data either, " negative, positive"."""
-    label_names: tuple[str, ...] = ()
+    label_names: tuple[str, ...] = opt((), NAMES_HELP, parse=split_names, scoring=False)
     """Names shown to users and matched against string labels; default: each class's first word, stripped."""
 
     def __post_init__(self) -> None:
@@ -136,6 +169,12 @@ class PromptConfig:
         """Whether the classes are known (words given or derived from names); prepare resolves the rest."""
         return bool(self.label_words)
 
+    @classmethod
+    def unresolved(cls, **fields: Any) -> "PromptConfig":
+        """A prompt whose classes are not known yet (no label words): prepare takes them from the data, a model
+        from its rtsent.json, a base model the default ones."""
+        return cls(**{"label_words": (), **fields})
+
     def with_names(self, names: tuple[str, ...]) -> "PromptConfig":
         """This prompt for the classes `names` (as the data has them): words from the names."""
         return dataclasses.replace(self, label_words=(), label_names=tuple(names))
@@ -145,8 +184,10 @@ class PromptConfig:
         return self if self.resolved else dataclasses.replace(self, label_words=DEFAULT_LABEL_WORDS)
 
     def same_scoring(self, other: "PromptConfig") -> bool:
-        """Whether two prompts make the same prompts and score the same words (names may differ)."""
-        return (self.template, self.label_words) == (other.template, other.label_words)
+        """Whether two prompts make the same prompts and score the same words: every field is compared but those
+        marked scoring=False (the names, which may differ), so a field added later is never silently ignored."""
+        return all(getattr(self, f.name) == getattr(other, f.name)
+                   for f in dataclasses.fields(self) if f.metadata.get("scoring", True))
 
 
 def words_for_names(names: tuple[str, ...], suffix: str) -> tuple[str, ...]:
@@ -180,9 +221,6 @@ class PrepareConfig:
                                   "train/validation/test .parquet/.csv/.jsonl files, "
                                   "or a save_to_disk folder.")
     model: str = opt(DEFAULT_MODEL, "Model (hub name, folder, .gguf file, or smollm2) whose tokenizer to use.")
-    prompt: PromptConfig = opt(factory=lambda: PromptConfig(label_words=()), cli=False)
-    """Built from --template, --label-words and --label-names; without words or names, the classes come from
-    the data's label names (a ClassLabel's names, or the distinct string labels, sorted)."""
     max_len: int = opt(128, "Longest prompt in tokens; longer reviews lose their tail, never the template.")
     text_column: str = opt("text", "Column holding the review text.")
     label_column: str = opt("label", "Column holding the label (0..K-1, a label name, or a ClassLabel matched by name).")
@@ -195,6 +233,13 @@ class PrepareConfig:
     seed: int = opt(42, "Seed of the held-out validation draw and of the --shots draw.")
     shots: int = opt(0, "Few-shot: keep K training examples per class, and K per class of validation (as LM-BFF "
                         "does), drawn with --seed; test stays whole. 0 keeps every row.")
+    prompt: PromptConfig = opt(factory=PromptConfig.unresolved, nested=Nested({
+        "template": None,
+        "label_words": WORDS_HELP + " Default: the class names (a ClassLabel's names or the string labels, after a "
+                                    "space), or '" + ",".join(DEFAULT_LABEL_WORDS) + "' for labels 0/1.",
+        "label_names": None}))
+    """Built from --template, --label-words and --label-names; without words or names, the classes come from
+    the data's label names (a ClassLabel's names, or the distinct string labels, sorted)."""
 
     def __post_init__(self) -> None:
         problems = [f"--max-len must be at least 2, got {self.max_len}"] if self.max_len < 2 else []
@@ -368,16 +413,8 @@ class TrainConfig:
 class EvaluateConfig:
     """Options of `rtsent evaluate`."""
 
-    model: str | None = opt(None, cli=False)
-    """Exported model folder, or a base model for zero-shot; default: the latest run's model (the command
-    takes --model repeatedly to compare models: evaluate.compare)."""
     split: str = opt("validation", "validation or test.")
     prepared: str | None = opt(None, "Prepared dataset folder or fingerprint (default: the model's, else the latest).")
-    prompt: PromptConfig | None = opt(None, cli=False)
-    """Prompt for a base model that has no rtsent.json (zero-shot)."""
-    zero_shot: bool = opt(False, cli=False)
-    """--zero-shot: a base model without a prompt given scores prepared data with the prompt the data was
-    prepared with (the default prompt for --data)."""
     batch_size: int = opt(64, "Examples per batch.")
     precision: str = opt("auto", SCORING_PRECISION_HELP)
     engine: str = opt("auto", ENGINE_HELP)
@@ -392,6 +429,20 @@ class EvaluateConfig:
                                  "and ECE with and without.", flags=("--calibrate",))
     errors: int | None = opt(None, "Print the N most confident mistakes; write every mistake to <report>-errors.jsonl.")
     plots: bool = opt(True, "Draw the confusion matrix, reliability diagram and probability histogram next to the report.")
+    model: str | None = opt(None, "Exported model folder or run name, or a base model for zero-shot (default: the "
+                                  "latest run's model); repeat to compare models side by side.", repeat=True)
+    """Exported model folder, or a base model for zero-shot; default: the latest run's model (the command
+    takes --model repeatedly to compare models: evaluate.compare)."""
+    zero_shot: bool = opt(False, "Score a base model (no rtsent.json): with the prompt the prepared data was made "
+                                 "with, unless --template/--label-words say otherwise (--data: the default prompt).",
+                          flags=("--zero-shot",))
+    """--zero-shot: a base model without a prompt given scores prepared data with the prompt the data was
+    prepared with (the default prompt for --data)."""
+    prompt: PromptConfig | None = opt(None, nested=Nested(
+        {"template": None, "label_words": None, "label_names": "comma-separated class names."},
+        prefix="Zero-shot: ", base=PromptConfig.unresolved))
+    """Prompt for a base model that has no rtsent.json (zero-shot); None: the model's own (or, with --zero-shot,
+    the prepared data's)."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -423,6 +474,10 @@ class PredictConfig:
     precision: str = opt("auto", SCORING_PRECISION_HELP)
     engine: str = opt("auto", ENGINE_HELP)
     max_len: int | None = opt(None, "Longest prompt in tokens (default: the model's training max-len).")
+    prompt: PromptConfig | None = opt(None, nested=Nested({"template": None, "label_words": None},
+                                                          prefix="Zero-shot base model only: ",
+                                                          base=PromptConfig.unresolved))
+    """Prompt for a base model that has no rtsent.json (zero-shot); None: the model's own."""
 
     def __post_init__(self) -> None:
         problems = []
@@ -464,6 +519,22 @@ class ExportConfig:
         if self.seq_cls and self.int8:
             problems.append("--int8 adds a graph to the model folder; run it without --seq-cls")
         _check(problems)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Options of `rtsent report`."""
+
+    run: str | None = opt(None, "Run name or folder (default: the latest run).", argument=True)
+    format: str = opt("table", "table (print), md or json (write the report file).", flags=("--format",))
+    output: str | None = opt(None, "Where to write md/json (default: runs/<name>/report.md|json).")
+
+
+@dataclass(frozen=True)
+class RunsConfig:
+    """Options of `rtsent runs`."""
+
+    format: str = opt("table", "table or json.", flags=("--format",))
 
 
 def _scoring_problems(precision: str, engine: str) -> list[str]:
@@ -528,10 +599,13 @@ def to_dict(config: Any) -> dict[str, Any]:
     return json.loads(json.dumps(dataclasses.asdict(config)))
 
 
+PROMPT_STORED = ("template", "label_words")
+"""The PromptConfig fields every stored prompt has; the others (later ones) take their default where absent."""
+
+
 def prompt_from_dict(data: dict[str, Any]) -> PromptConfig:
-    """Rebuild a PromptConfig from its to_dict() form (as stored in manifests and rtsent.json)."""
-    return PromptConfig(
-        template=data["template"],
-        label_words=tuple(data["label_words"]),
-        label_names=tuple(data.get("label_names") or ()),
-    )
+    """Rebuild a PromptConfig from its to_dict() form (as stored in manifests and rtsent.json); KeyError when a
+    field every stored prompt has is missing."""
+    given = {f.name: data[f.name] for f in dataclasses.fields(PromptConfig)
+             if f.name in PROMPT_STORED or data.get(f.name) is not None}
+    return PromptConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})

@@ -29,12 +29,12 @@ def visible(text: str) -> str:
 
 
 def print_prepared(result: Any) -> None:
-    m = result.manifest
-    table = Table(title=f"prepared {m['fingerprint']}" + (" (cached)" if result.cache_hit else ""))
-    for col in ("split", "rows", *m["splits"][next(iter(m["splits"]))]["per_class"], "truncated", "skipped empty",
+    meta = result.meta
+    table = Table(title=f"prepared {meta.fingerprint}" + (" (cached)" if result.cache_hit else ""))
+    for col in ("split", "rows", *meta.splits[next(iter(meta.splits))]["per_class"], "truncated", "skipped empty",
                 "tokens mean", "tokens max"):
         table.add_column(escape(col), justify="left" if col == "split" else "right")
-    for name, s in m["splits"].items():
+    for name, s in meta.splits.items():
         table.add_row(name, str(s["rows"]), *(str(v) for v in s["per_class"].values()), str(s["truncated"]),
                       str(s["skipped_empty"]), f"{s['length']['mean']:.1f}", str(s["length"]["max"]))
     console = _console()

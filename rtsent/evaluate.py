@@ -17,7 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from rtsent import __version__, prepare
+from rtsent import __version__
 from rtsent.core import calibration
 from rtsent.core.calibration import softmax
 from rtsent.artifacts import card
@@ -27,7 +27,8 @@ from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier
 from rtsent.core.prompts import tokenizer_fingerprint
 from rtsent.artifacts.model import ModelPaths, resolve_model
-from rtsent.artifacts.workspace import MANIFEST, Workspace
+from rtsent.artifacts.prepared import PreparedMeta, find_prepared, in_workspace, load_prepared, prompt_command
+from rtsent.artifacts.workspace import Workspace
 from rtsent.core.metrics import probability_report
 from rtsent.engines.base import Classifier
 
@@ -80,11 +81,7 @@ def _zero_shot_prompt(model: str, cfg: EvaluateConfig, ws: Workspace) -> Any:
         return cfg.prompt
     if cfg.data:
         return PromptConfig()
-    from rtsent.artifacts.workspace import read_json
-    from rtsent.config import prompt_from_dict
-
-    path = ws.find_prepared(cfg.prepared)
-    return prompt_from_dict(read_json(path / MANIFEST, "rebuild it with `rtsent prepare --force`")["prompt"])
+    return PreparedMeta.read(find_prepared(ws, cfg.prepared)).prompt
 
 
 def _report(clf: Classifier, model: str, examples: Examples, probs: np.ndarray, calibrated: dict[str, Any],
@@ -144,32 +141,29 @@ def compare(cfg: EvaluateConfig, models: Sequence[str], ws: Workspace,
 
 
 def _from_prepared(clf: Classifier, cfg: EvaluateConfig, ws: Workspace) -> Examples:
-    path = _prepared_for(clf, cfg, ws)
-    dd, manifest = prepare.load(path, ws)
-    _check_compatible(clf, manifest, path)
+    prepared = load_prepared(_prepared_for(clf, cfg, ws), ws)
+    path, dd, meta = prepared.path, prepared.dataset, prepared.meta
+    _check_compatible(clf, meta, path)
     if cfg.split not in dd:
         raise ArtifactError(f"prepared data {path.name} has no {cfg.split} split; choose --split from {sorted(dd)}")
     table = dd[cfg.split].data
-    info = manifest["splits"].get(cfg.split, {})
-    source = {"prepared": manifest["fingerprint"], "data": manifest["config"]["data"], "rows": info.get("rows"),
-              "truncated": info.get("truncated"), "max_len": manifest["max_len"]}
+    info = meta.splits.get(cfg.split, {})
+    source = {"prepared": meta.fingerprint, "data": meta.data, "rows": info.get("rows"),
+              "truncated": info.get("truncated"), "max_len": meta.max_len}
     return Examples(table.column("input_ids").to_pylist(), table.column("labels").to_pylist(), cfg.split, source)
 
 
 def _from_file(clf: Classifier, cfg: EvaluateConfig) -> Examples:
     """A labelled csv/jsonl/parquet file (or a folder's <split> file) tokenized with the model's own prompt."""
     from rtsent.artifacts.cache import hash_files
-    from rtsent.sources.data import FORMATS, build_raw_split, read_raw_file
+    from rtsent.sources.data import build_raw_split, read_raw_file
+    from rtsent.sources.inputs import TABLE_FORMATS as FORMATS
 
     path = _labelled_file(Path(cfg.data).expanduser(), cfg.split, FORMATS)
     # A ClassLabel column is matched to the model's label names by name, as prepare matches it.
     split = build_raw_split(read_raw_file(path), path.stem, cfg.text_column, cfg.label_column, clf.label_names,
                             str(path))
-    rows, truncated = [], 0
-    for start in range(0, len(split.texts), prepare.TOKENIZE_CHUNK):
-        batch = clf.encoder.encode(split.texts[start : start + prepare.TOKENIZE_CHUNK])
-        rows.extend(batch.input_ids)
-        truncated += sum(batch.truncated)
+    rows, truncated = clf.encoder.encode_all(split.texts)
     source = {"data": str(path), "sha256": hash_files([path])[:16], "rows": len(rows),
               "skipped_empty": split.skipped_empty, "truncated": truncated, "max_len": clf.encoder.max_len}
     return Examples(rows, split.labels, f"data-{path.stem}", source, split.texts, split.rows)
@@ -252,22 +246,15 @@ def _text_of(clf: Classifier, examples: Examples, i: int) -> str:
 def _prepared_for(clf: Classifier, cfg: EvaluateConfig, ws: Workspace) -> Path:
     """--prepared, else the dataset the model was trained on, else the newest prepared dataset."""
     if cfg.prepared:
-        return ws.find_prepared(cfg.prepared)
-    trained_on = clf.meta.prepared if clf.meta is not None else None
-    if trained_on and (ws.prepared(trained_on) / MANIFEST).is_file():
-        return ws.prepared(trained_on)
-    return ws.find_prepared(None)
+        return find_prepared(ws, cfg.prepared)
+    return in_workspace(ws, clf.meta.prepared if clf.meta is not None else None) or find_prepared(ws, None)
 
 
-def _check_compatible(clf: Classifier, manifest: dict[str, Any], path: Path) -> None:
-    prompt = manifest["prompt"]
-    same_prompt = (prompt["template"], tuple(prompt["label_words"])) == (clf.prompt.template, clf.prompt.label_words)
-    if manifest["tokenizer"] != tokenizer_fingerprint(clf.tokenizer) or not same_prompt:
-        words = ",".join(w.replace("\n", "\\n") for w in clf.prompt.label_words)
-        template = clf.prompt.template.replace("\n", "\\n")
+def _check_compatible(clf: Classifier, meta: PreparedMeta, path: Path) -> None:
+    if meta.tokenizer != tokenizer_fingerprint(clf.tokenizer) or not meta.prompt.same_scoring(clf.prompt):
         raise ArtifactError(
             f"prepared data {path.name} was made with another tokenizer or prompt than {clf.name} uses; run "
-            f"`rtsent prepare --model {clf.name} --template '{template}' --label-words '{words}'` (or pass --prepared)"
+            f"`{prompt_command(clf.name, clf.prompt.template, clf.prompt.label_words)}` (or pass --prepared)"
         )
 
 

@@ -52,18 +52,18 @@ def _seqcls_destination(folder: Path) -> Path:
 
 def _validation_texts(meta: ModelMeta, ws: Workspace, limit: int = 2000) -> list[str]:
     """Reviews to check the folder's tokenizer on: the model's validation split where it can be read."""
-    from rtsent.artifacts.workspace import MANIFEST, read_json
+    from rtsent.artifacts.prepared import PreparedMeta, in_workspace
     from rtsent.errors import RtsentError
     from rtsent.sources.data import open_source
 
-    manifest = ws.prepared(meta.prepared) / MANIFEST if meta.prepared else None
-    if manifest is None or not manifest.is_file() or not meta.data:
+    folder = in_workspace(ws, meta.prepared)
+    if folder is None or not meta.data:
         return []
-    config = read_json(manifest, "run `rtsent prepare` again").get("config", {})
+    prepared = PreparedMeta.read(folder)
     try:
-        source = open_source(meta.data, config.get("subset"))
+        source = open_source(meta.data, prepared.subset)
         table = source.read("validation" if "validation" in source.available else source.available[0]).table
-        texts = table.column(config.get("text_column", "text")).to_pylist()[:limit]
+        texts = table.column(prepared.text_column).to_pylist()[:limit]
     except (RtsentError, KeyError, OSError):
         return []
     return [t for t in texts if isinstance(t, str) and t.strip()]
@@ -71,11 +71,11 @@ def _validation_texts(meta: ModelMeta, ws: Workspace, limit: int = 2000) -> list
 
 def validation_rows(meta: ModelMeta, ws: Workspace) -> Rows | None:
     """The validation prompts and labels the model was selected on (its prepared data), None where gone."""
-    from rtsent import prepare
+    from rtsent.artifacts.prepared import load_prepared
     from rtsent.errors import RtsentError
 
     try:
-        dd, _ = prepare.load(ws.prepared(meta.prepared), ws) if meta.prepared else (None, None)
+        dd = load_prepared(ws.prepared(meta.prepared), ws).dataset if meta.prepared else None
     except (RtsentError, OSError, KeyError):
         return None
     if dd is None or "validation" not in dd:

@@ -79,8 +79,7 @@ def predictions(cfg: PredictConfig, clf: Any) -> Iterator[dict[str, Any]]:
             }
 
 
-def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: Any = None,
-        prompt: Any = None) -> PredictStats:
+def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: Any = None) -> PredictStats:
     """Predict and write results to `out` (stdout) in cfg.format; returns counts and timing."""
     out = out or sys.stdout
     fmt = cfg.format if cfg.format != "auto" else ("table" if cfg.texts else "jsonl")
@@ -89,7 +88,7 @@ def run(cfg: PredictConfig, ws: Workspace, out: TextIO | None = None, console: A
         check_file(cfg.file, cfg.text_column, cfg.keep_columns)  # a bad file is refused before any row is out
     clean_stale(ws)
     job = "bulk" if cfg.file else "cold"  # texts on the command line: a new process scoring a few reviews
-    clf = open_classifier(str(resolve_model(ws, cfg.model, base_ok=True)), prompt, cfg.max_len, cfg.precision,
+    clf = open_classifier(str(resolve_model(ws, cfg.model, base_ok=True)), cfg.prompt, cfg.max_len, cfg.precision,
                           cfg.engine, job)
     loaded = time.perf_counter()
     count = skipped = 0

@@ -6,14 +6,14 @@ eval-*.json reports, the prepared manifest); nothing is recomputed and nothing h
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from rtsent.artifacts.cache import atomic_file, write_json
 from rtsent.artifacts.model import ModelMeta, ModelPaths, read_eval_reports
-from rtsent.artifacts.workspace import MANIFEST, RunPaths, Workspace, read_json
+from rtsent.artifacts.prepared import PreparedMeta, in_workspace
+from rtsent.artifacts.workspace import RunPaths, Workspace, read_json
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.console import number
 
@@ -51,14 +51,14 @@ def _evaluations(model_dir: Path) -> dict[str, dict[str, Any]]:
 
 
 def _prepared(ws: Workspace, fingerprint: str | None) -> dict[str, Any] | None:
-    if not fingerprint or not (ws.prepared(fingerprint) / MANIFEST).is_file():
+    path = in_workspace(ws, fingerprint)
+    if path is None:
         return None
     try:
-        manifest = json.loads((ws.prepared(fingerprint) / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        meta = PreparedMeta.read(path)
+    except ArtifactError:
         return None
-    return {"fingerprint": fingerprint, "data": manifest.get("config", {}).get("data"),
-            "max_len": manifest.get("max_len"), "splits": manifest.get("splits", {})}
+    return {"fingerprint": fingerprint, "data": meta.data, "max_len": meta.max_len, "splits": meta.splits}
 
 
 def run_report(ws: Workspace, ref: str | None = None) -> dict[str, Any]:

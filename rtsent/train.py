@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from transformers import TrainingArguments
 
-from rtsent import __version__, prepare
+from rtsent import __version__
 from rtsent.artifacts import card
 from rtsent.training import distributed, lora, speed
 from rtsent.artifacts.cache import clean_stale, locked, publish, staging, write_json
 from rtsent.artifacts.model import ModelMeta, ModelPaths
-from rtsent.config import TrainConfig, prompt_from_dict, to_dict
+from rtsent.artifacts.prepared import PreparedMeta, find_prepared, in_workspace, load_prepared, prepare_command
+from rtsent.config import TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point
 from rtsent.training.options import (class_weights, early_stopping_callbacks, early_stopping_record, record,
@@ -34,7 +35,7 @@ from rtsent.core.modeling import default_device, load_model, load_tokenizer, ori
 from rtsent.core.prompts import tokenizer_fingerprint
 from rtsent.machine import Machine, resolve_precision
 from rtsent.quiet import quiet_transformers
-from rtsent.artifacts.workspace import MANIFEST, RunPaths, Workspace, read_json
+from rtsent.artifacts.workspace import RunPaths, Workspace, read_json
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,10 @@ def _resolve_run(cfg: TrainConfig, ws: Workspace, log: Callable[[str], None]) ->
     given = {f: getattr(cfg, f) for f in RESUME_MAY_CHANGE if getattr(cfg, f) != getattr(defaults, f)}
     resumed = TrainConfig(**{**{k: v for k, v in saved.items() if k in fields}, **given, "resume": True,
                              "run_name": paths.name, "prepared": record.get("prepared") or saved.get("prepared")})
-    if resumed.prepared is None or not (ws.prepared(resumed.prepared) / MANIFEST).is_file():
+    if in_workspace(ws, resumed.prepared) is None:
         raise ArtifactError(
             f"run {paths.name} was trained on prepared dataset {resumed.prepared}, which is no longer in "
-            f"{ws.prepared_dir}; re-create it with `{_prepare_command(record.get('prepared_config'))}` and resume, "
+            f"{ws.prepared_dir}; re-create it with `{prepare_command(record.get('prepared_config'))}` and resume, "
             f"or start a new run"
         )
     for f in fields - {"resume", "run_name"}:
@@ -125,29 +126,19 @@ def _resolve_run(cfg: TrainConfig, ws: Workspace, log: Callable[[str], None]) ->
     return resumed, paths
 
 
-def _prepare_command(config: dict[str, Any] | None) -> str:
-    """The `rtsent prepare` command that rebuilds a run's dataset (same options, same fingerprint)."""
-    if not config:
-        return "rtsent prepare <the run's options>"
-    prompt = config["prompt"]
-    words = ",".join(prompt["label_words"]).replace("\n", "\\n")  # "|" between a class's words stays as typed
-    return (f"rtsent prepare --data {config['data']} --model {config['model']} --max-len {config['max_len']} "
-            f"--template '{prompt['template']}' --label-words '{words}'".replace("\n", "\\n"))
-
-
 @dataclass
 class _Prepared:
     """The run's prepared data, as training uses it."""
 
     path: Path
-    manifest: dict[str, Any]
+    meta: PreparedMeta
     train: Any
     validation: Any
     """Sorted by length: sequential evaluation batches of similar length pad little."""
 
     @property
     def label_words(self) -> LabelWords:
-        return LabelWords.from_list(self.manifest["label_words"])
+        return self.meta.label_words
 
 
 def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: Callable[[str], None]) -> TrainResult:
@@ -156,14 +147,14 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 
     data, tok = _load_data(cfg, ws)
     # run.json names the data, not "latest", and the step floor it trained with.
-    cfg = dataclasses.replace(cfg, prepared=data.manifest["fingerprint"], min_steps=_min_steps(cfg, data.manifest))
+    cfg = dataclasses.replace(cfg, prepared=data.meta.fingerprint, min_steps=_min_steps(cfg, data.meta))
     set_seed(cfg.seed)
     device = default_device()
     precision = resolve_precision(cfg.precision, device)
     model = _build_model(cfg, data, tok, device, precision)
     trainable, params = lora.parameter_counts(model)
     checkpoint = _resume_point(cfg, paths, log)
-    weights = class_weights(cfg.class_weights, data.manifest)
+    weights = class_weights(cfg.class_weights, data.meta)
     _record_run(cfg, paths, data, weights)
     trainer, stopper, total = _make_trainer(cfg, paths, data, tok, model, device, precision, weights, console)
     del model  # the trainer's from here on; released before the ONNX export
@@ -187,23 +178,22 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 FEW_SHOT_MIN_STEPS = 30
 
 
-def _min_steps(cfg: TrainConfig, manifest: dict[str, Any]) -> int:
+def _min_steps(cfg: TrainConfig, meta: PreparedMeta) -> int:
     """--min-steps as given, else FEW_SHOT_MIN_STEPS for data prepared with --shots (a few dozen examples would
     make two steps in two epochs), else 0."""
     if cfg.min_steps is not None:
         return cfg.min_steps
-    return FEW_SHOT_MIN_STEPS if (manifest.get("config") or {}).get("shots") else 0
+    return FEW_SHOT_MIN_STEPS if meta.shots else 0
 
 
 def _load_data(cfg: TrainConfig, ws: Workspace) -> tuple[_Prepared, Any]:
     """The prepared dataset the run trains on and the model's tokenizer, checked to be the one it was made with."""
-    prepared_path = ws.find_prepared(cfg.prepared)
-    dd, manifest = prepare.load(prepared_path, ws)
+    prepared = load_prepared(find_prepared(ws, cfg.prepared), ws)
+    prepared_path, dd = prepared.path, prepared.dataset
     tok = load_tokenizer(cfg.model)
-    if tokenizer_fingerprint(tok) != manifest["tokenizer"]:
-        source = manifest["config"]["model"]
+    if tokenizer_fingerprint(tok) != prepared.meta.tokenizer:
         raise ArtifactError(
-            f"prepared data {prepared_path.name} was tokenized for {source}, whose vocabulary differs from "
+            f"prepared data {prepared_path.name} was tokenized for {prepared.meta.model}, whose vocabulary differs from "
             f"{cfg.model}'s; run `rtsent prepare --model {cfg.model}` (with the same data/prompt options)"
         )
     if "validation" not in dd:
@@ -212,7 +202,7 @@ def _load_data(cfg: TrainConfig, ws: Workspace) -> tuple[_Prepared, Any]:
     # (datasets' own sort() writes one even with keep_in_memory=True).
     order = np.argsort(np.asarray(dd["validation"]["length"]), kind="stable")
     validation = dd["validation"].select(order, keep_in_memory=True)
-    return _Prepared(prepared_path, manifest, dd["train"], validation), tok
+    return _Prepared(prepared_path, prepared.meta, dd["train"], validation), tok
 
 
 def _build_model(cfg: TrainConfig, data: _Prepared, tok: Any, device: torch.device, precision: str) -> Any:
@@ -223,7 +213,7 @@ def _build_model(cfg: TrainConfig, data: _Prepared, tok: Any, device: torch.devi
     # fp32 master weights whatever the stored dtype (most hub models store bf16); autocast does the rest.
     model = load_model(cfg.model, cfg.from_scratch, cfg.config_overrides, dtype=torch.float32, compute=precision,
                        dropout=cfg.dropout, attn=attn)
-    check_max_len(model.config, data.manifest["max_len"], cfg.model,
+    check_max_len(model.config, data.meta.max_len, cfg.model,
                   f"prepared data {data.path.name} is too long for it: re-run `rtsent prepare --model {cfg.model}` "
                   "--max-len {tokens} or less")
     model.config.pad_token_id = tok.pad_token_id
@@ -252,8 +242,8 @@ def _record_run(cfg: TrainConfig, paths: RunPaths, data: _Prepared, weights: lis
     """run.json: the resolved config and the data it trains on (what --resume and `rtsent report` read)."""
     if is_main_process():
         write_json(paths.config, {"rtsent_version": __version__, "config": to_dict(cfg),
-                                  "prepared": data.manifest["fingerprint"], "prepared_path": str(data.path),
-                                  "prepared_config": data.manifest["config"], "class_weights": weights})
+                                  "prepared": data.meta.fingerprint, "prepared_path": str(data.path),
+                                  "prepared_config": data.meta.config, "class_weights": weights})
 
 
 def _make_trainer(cfg: TrainConfig, paths: RunPaths, data: _Prepared, tok: Any, model: Any, device: torch.device,
@@ -290,7 +280,7 @@ def _announce(cfg: TrainConfig, paths: RunPaths, data: _Prepared, total: int, pr
         log(f"model {note}")
     processes = f" x {distributed.world_size()} processes" if distributed.world_size() > 1 else ""
     caution = Machine.here().bf16_caution(precision) if device.type == "cpu" else ""
-    log(f"training {paths.name} on {prepare.describe(data.manifest)}: {len(data.train)} examples, {total} steps, "
+    log(f"training {paths.name} on {data.meta.describe()}: {len(data.train)} examples, {total} steps, "
         f"{precision} on {device.type}{processes}{caution}")
 
 
@@ -423,7 +413,7 @@ def _export(trainer: LabelPositionTrainer, tok: Any, ws: Workspace, paths: RunPa
             data: "_Prepared", state: Any, calibration: dict[str, Any], timing: dict[str, Any],
             log: Callable[[str], None]) -> None:
     """Write the (best) model as a standalone HF folder plus rtsent.json (and its ONNX graph), atomically."""
-    manifest = data.manifest
+    prepared = data.meta
     with staging(ws, f"export-{paths.name}") as tmp:
         trainable = lora.parameter_counts(trainer.model)[0]
         model = lora.for_export(trainer.model, cfg.lora_export, lora.base_reference(cfg.model))
@@ -432,9 +422,9 @@ def _export(trainer: LabelPositionTrainer, tok: Any, ws: Workspace, paths: RunPa
         tok.save_pretrained(str(tmp))
         crash_point("export:before-meta")
         ModelMeta.new(
-            prompt=prompt_from_dict(manifest["prompt"]), label_words=data.label_words,
-            max_len=manifest["max_len"], tokenizer=manifest["tokenizer"], prepared=manifest["fingerprint"],
-            data=manifest["config"]["data"], run=paths.name, train=to_dict(cfg),
+            prompt=prepared.prompt, label_words=prepared.label_words,
+            max_len=prepared.max_len, tokenizer=prepared.tokenizer, prepared=prepared.fingerprint,
+            data=prepared.data, run=paths.name, train=to_dict(cfg),
             best={"step": state.best_global_step, "validation_accuracy": state.best_metric},
             calibration=calibration, training=timing,
             lora={"export": cfg.lora_export, "base_model": lora.base_reference(cfg.model),

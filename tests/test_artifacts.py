@@ -1,5 +1,5 @@
-"""The model folder's contract (rtsent.json through ModelMeta, file names through ModelPaths) and the one
-resolver every command uses to find a model."""
+"""The model folder's contract (rtsent.json through ModelMeta, file names through ModelPaths), the one
+resolver every command uses to find a model, and the prepared dataset's record (PreparedMeta)."""
 
 from __future__ import annotations
 
@@ -197,3 +197,27 @@ def test_published_folders_have_readable_weights(trained, tmp_path):
     os.chmod(staged / "w.safetensors", 0o600)
     publish(staged, tmp_path / "dest")
     assert oct((tmp_path / "dest" / "w.safetensors").stat().st_mode & 0o777) == oct(mode)
+
+
+def test_a_prepared_dataset_in_the_first_format_opens_and_trains_the_same(tiny_model_dir, data_dir, ws):
+    """manifest.json before PreparedMeta: no "version", and (before label words of several tokens) one token
+    id per class as "label_ids". It opens as version 1 with the same content, and is written back as the
+    current version without "label_ids"."""
+    from rtsent import prepare
+    from rtsent.artifacts.prepared import MANIFEST_VERSION, PreparedMeta, PreparedPaths, load_prepared
+    from rtsent.config import PrepareConfig
+
+    result = prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=32), ws)
+    path = PreparedPaths(result.path).manifest
+    current = json.loads(path.read_text())
+    assert current["version"] == MANIFEST_VERSION
+    old = {k: v for k, v in current.items() if k not in ("version", "label_words")}
+    old["label_ids"] = [words[0][0] for words in current["label_words"]]
+    path.write_text(json.dumps(old))
+    loaded = load_prepared(result.path, ws)
+    assert loaded.meta.version == 1 and loaded.meta.fingerprint == result.meta.fingerprint == result.path.name
+    assert loaded.meta.label_words.head_ids == old["label_ids"] and loaded.meta.prompt == result.meta.prompt
+    assert loaded.meta.splits == current["splits"] and loaded.meta.describe() == result.meta.describe()
+    loaded.meta.write(result.path)
+    again = json.loads(path.read_text())
+    assert again == current and PreparedMeta.read(result.path).version == MANIFEST_VERSION

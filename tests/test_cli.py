@@ -11,6 +11,7 @@ import sys
 import pytest
 from typer.testing import CliRunner
 
+from rtsent.artifacts.prepared import find_prepared, load_prepared
 from rtsent.cli import app
 
 runner = CliRunner()
@@ -25,6 +26,32 @@ def test_help_of_every_command(command):
     result = invoke(*command, "--help")
     assert result.exit_code == 0, result.output
     assert "Usage" in result.output
+
+
+def test_every_option_of_a_stage_comes_from_its_config():
+    """No option is written by hand (besides --workdir): each is a config field, or a field of the prompt inside
+    it, named in that config's Nested."""
+    import dataclasses
+
+    import typer.main
+
+    from rtsent import config
+
+    configs = {"prepare": config.PrepareConfig, "train": config.TrainConfig, "evaluate": config.EvaluateConfig,
+               "predict": config.PredictConfig, "report": config.ReportConfig, "runs": config.RunsConfig,
+               "export": config.ExportConfig, "push": config.PushConfig, "serve": config.ServeConfig}
+    commands = typer.main.get_command(app).commands
+    assert set(commands) == set(configs)
+    for name, cls in configs.items():
+        expected = ["workdir"]
+        for f in dataclasses.fields(cls):
+            nested = f.metadata.get("nested")
+            expected += list(nested.options) if nested else [f.name] if f.metadata["cli"] else []
+        assert sorted(p.name for p in commands[name].params) == sorted(expected), name
+    prompts = {name: {p.name: p.help for p in commands[name].params if p.name in ("template", "label_words")}
+               for name in ("prepare", "evaluate", "predict")}
+    assert prompts["evaluate"]["template"] == "Zero-shot: " + config.TEMPLATE_HELP == "Zero-shot: " + prompts["prepare"]["template"]
+    assert prompts["predict"]["label_words"] == "Zero-shot base model only: " + config.WORDS_HELP
 
 
 def test_help_does_not_import_torch():
@@ -81,15 +108,15 @@ def test_four_commands_end_to_end(tmp_path, tiny_model_dir, data_dir):
 
 
 def test_seed_recipe_format_is_reproducible(tmp_path, tiny_model_dir, data_dir):
-    from rtsent import prepare as stage
     from rtsent.core.modeling import load_tokenizer
     from rtsent.artifacts.workspace import Workspace
 
     result = invoke("prepare", "--data", str(data_dir), "--model", str(tiny_model_dir), "--template",
                     "{text} Sentiment: ", "--label-words", "neg,pos", "--workdir", str(tmp_path / "ws"))
     assert result.exit_code == 0, result.output
-    path = Workspace.resolve(tmp_path / "ws").find_prepared(None)
-    dd, manifest = stage.load(path)
+    path = find_prepared(Workspace.resolve(tmp_path / "ws"), None)
+    loaded = load_prepared(path)
+    dd, manifest = loaded.dataset, loaded.meta.to_dict()
     tok = load_tokenizer(str(tiny_model_dir))
     assert manifest["prompt"]["template"] == "{text} Sentiment: "
     assert [tok.decode([i]) for ((i,),) in manifest["label_words"]] == ["neg", "pos"]

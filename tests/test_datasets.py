@@ -64,7 +64,7 @@ def test_sst2_like_folder_with_other_columns_and_no_test(tmp_path, tiny_model_di
         pq.write_table(pa.table({"idx": list(range(neg + pos)), "sentence": table["text"], "label": table["label"]}),
                        data / f"{split}.parquet")
     result = run_prepare(ws, tiny_model_dir, data, text_column="sentence")
-    manifest = result.manifest
+    manifest = result.meta.to_dict()
     assert manifest["split_plan"] == {"train": "train", "validation": "validation", "test": None}
     assert sorted(manifest["splits"]) == ["train", "validation"]
     assert manifest["splits"]["validation"]["per_class"] == {"negative": 8, "positive": 9}
@@ -74,7 +74,7 @@ def test_sst2_like_folder_with_other_columns_and_no_test(tmp_path, tiny_model_di
 def test_missing_validation_is_carved_from_train_stratified_and_seeded(tmp_path, tiny_model_dir, ws):
     data = imdb_like(tmp_path / "imdb")
     result = run_prepare(ws, tiny_model_dir, data)
-    manifest = result.manifest
+    manifest = result.meta.to_dict()
     assert manifest["split_plan"]["validation"] == {"carved_from": "train", "fraction": 0.1, "seed": 42}
     # round(0.1 x 150) negatives and round(0.1 x 50) positives held out; the rest stays in train
     assert manifest["splits"]["validation"]["per_class"] == {"negative": 15, "positive": 5}
@@ -87,22 +87,22 @@ def test_missing_validation_is_carved_from_train_stratified_and_seeded(tmp_path,
     assert texts_of(result.path, "test", tiny_model_dir) == reviews(20, 20, "te")["text"]
 
     again = run_prepare(ws, tiny_model_dir, data)
-    assert again.cache_hit and again.manifest["fingerprint"] == manifest["fingerprint"]
+    assert again.cache_hit and again.meta.fingerprint == manifest["fingerprint"]
     other_seed = run_prepare(ws, tiny_model_dir, data, seed=7)
     assert set(texts_of(other_seed.path, "validation", tiny_model_dir)) != set(val)
-    fingerprints = {manifest["fingerprint"], other_seed.manifest["fingerprint"],
-                    run_prepare(ws, tiny_model_dir, data, validation_fraction=0.2).manifest["fingerprint"],
-                    run_prepare(ws, tiny_model_dir, data, splits="validation=test").manifest["fingerprint"]}
+    fingerprints = {manifest["fingerprint"], other_seed.meta.fingerprint,
+                    run_prepare(ws, tiny_model_dir, data, validation_fraction=0.2).meta.fingerprint,
+                    run_prepare(ws, tiny_model_dir, data, splits="validation=test").meta.fingerprint}
     assert len(fingerprints) == 4
 
 
 def test_split_mapping_uses_test_as_validation(tmp_path, tiny_model_dir, ws):
     data = imdb_like(tmp_path / "imdb")
     result = run_prepare(ws, tiny_model_dir, data, splits="validation=test")
-    assert result.manifest["split_plan"] == {"train": "train", "validation": "test", "test": None}
-    assert sorted(result.manifest["splits"]) == ["train", "validation"]
+    assert result.meta.split_plan == {"train": "train", "validation": "test", "test": None}
+    assert sorted(result.meta.splits) == ["train", "validation"]
     assert texts_of(result.path, "validation", tiny_model_dir) == reviews(20, 20, "te")["text"]
-    assert result.manifest["splits"]["train"]["rows"] == 200
+    assert result.meta.splits["train"]["rows"] == 200
 
 
 def test_split_mapping_with_other_names_and_none(tmp_path, tiny_model_dir, ws):
@@ -111,7 +111,7 @@ def test_split_mapping_with_other_names_and_none(tmp_path, tiny_model_dir, ws):
     for split, tag in (("fit", "f"), ("dev", "d"), ("test", "t")):
         pcsv.write_csv(pa.table(reviews(10, 10, tag)), data / f"{split}.csv")
     result = run_prepare(ws, tiny_model_dir, data, splits="train=fit,validation=dev,test=none")
-    assert result.manifest["split_plan"] == {"train": "fit", "validation": "dev", "test": None}
+    assert result.meta.split_plan == {"train": "fit", "validation": "dev", "test": None}
     assert texts_of(result.path, "validation", tiny_model_dir) == reviews(10, 10, "d")["text"]
     with pytest.raises(DataError, match=r"has no split 'valid' \(--splits validation=valid\); found: dev, fit, test"):
         run_prepare(ws, tiny_model_dir, data, splits="train=fit,validation=valid")
@@ -138,7 +138,7 @@ def test_classlabel_is_matched_by_name_not_by_position(tmp_path, tiny_model_dir,
     result = run_prepare(ws, tiny_model_dir, data)
     raw = reviews(12, 12, "a")["label"]
     assert datasets.load_from_disk(str(result.path))["train"]["labels"] == [1 - y for y in raw]
-    assert result.manifest["splits"]["train"]["per_class"] == {"negative": 12, "positive": 12}
+    assert result.meta.splits["train"]["per_class"] == {"negative": 12, "positive": 12}
 
 
 def test_classlabel_parquet_written_by_datasets_is_matched_by_name(tmp_path, tiny_model_dir, ws):
@@ -190,7 +190,7 @@ def test_hidden_test_labels_point_to_dropping_the_split(tmp_path, tiny_model_dir
     data = saved_classlabel(tmp_path / "saved", ["negative", "positive"], test_labels=[-1, -1])
     with pytest.raises(DataError, match=r"label -1 means 'no label'.*--splits test=none"):
         run_prepare(ws, tiny_model_dir, data)
-    assert "test" not in run_prepare(ws, tiny_model_dir, data, splits="test=none").manifest["splits"]
+    assert "test" not in run_prepare(ws, tiny_model_dir, data, splits="test=none").meta.splits
 
 
 def test_hub_path_passes_the_subset_and_keys_the_cache_on_it(tmp_path, tiny_model_dir, ws, monkeypatch):
@@ -209,8 +209,8 @@ def test_hub_path_passes_the_subset_and_keys_the_cache_on_it(tmp_path, tiny_mode
     first = prepare.run(PrepareConfig(data="someone/reviews", subset="en", model=str(tiny_model_dir), max_len=48), ws)
     second = prepare.run(PrepareConfig(data="someone/reviews", subset="fr", model=str(tiny_model_dir), max_len=48), ws)
     assert calls == [("someone/reviews", "en"), ("someone/reviews", "fr")]
-    assert first.manifest["subset"] == "en" and first.manifest["fingerprint"] != second.manifest["fingerprint"]
-    assert first.manifest["split_plan"]["validation"]["carved_from"] == "train"
+    assert first.meta.subset == "en" and first.meta.fingerprint != second.meta.fingerprint
+    assert first.meta.split_plan["validation"]["carved_from"] == "train"
 
 
 @pytest.mark.parametrize("options, message", [
@@ -232,7 +232,7 @@ def test_too_small_train_cannot_be_carved(tmp_path, tiny_model_dir, ws):
     data = imdb_like(tmp_path / "tiny", n_neg=2, n_pos=2)
     with pytest.raises(DataError, match="too few to carve a validation split"):
         run_prepare(ws, tiny_model_dir, data)
-    carved = run_prepare(ws, tiny_model_dir, data, validation_fraction=0.5).manifest["splits"]["validation"]
+    carved = run_prepare(ws, tiny_model_dir, data, validation_fraction=0.5).meta.splits["validation"]
     assert carved["per_class"] == {"negative": 1, "positive": 1}
 
 
@@ -247,3 +247,23 @@ def test_a_csv_label_column_of_numbers_and_names_is_read_whole(tmp_path):
     split = build_raw_split(read_raw_file(path), "train", "text", "label", ("negative", "positive"), str(path))
     assert len(split.texts) == 6002 and split.labels[:4] == [0, 1, 0, 1] and split.labels[-2:] == [1, 1]
     assert split.texts[-1] == review + "float"
+
+
+def test_prepare_reads_each_split_once_when_it_takes_the_classes_from_the_data(tmp_path, tiny_model_dir, ws,
+                                                                               monkeypatch):
+    from rtsent.sources.data import FolderSource
+
+    data = tmp_path / "named"
+    data.mkdir()
+    for split in ("train", "validation", "test"):
+        table = reviews(5, 5, split)
+        names = ["awful" if y == 0 else "great" for y in table["label"]]
+        pq.write_table(pa.table({"text": table["text"], "label": names}), data / f"{split}.parquet")
+    reads = []
+    read = FolderSource._read
+    monkeypatch.setattr(FolderSource, "_read", lambda self, split: reads.append(split) or read(self, split))
+    result = run_prepare(ws, tiny_model_dir, data)
+    assert result.meta.prompt.label_names == ("awful", "great")  # the classes came from train's labels ...
+    assert sorted(reads) == ["test", "train", "validation"]  # ... and train was read once all the same
+    assert {s: info["per_class"] for s, info in result.meta.splits.items()} == {
+        s: {"awful": 5, "great": 5} for s in ("train", "validation", "test")}

@@ -15,6 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from rtsent.artifacts.prepared import find_prepared, load_prepared
 from rtsent.cli import app
 from rtsent.config import PromptConfig
 
@@ -74,7 +75,6 @@ def _graph_decisions(graph: Path, rows: list[list[int]], pad_id: int) -> np.ndar
 
 
 def test_training_writes_a_checked_int8_graph_and_auto_uses_it(trained):
-    from rtsent import prepare
     from rtsent.engines import open_classifier
 
     space, result = trained
@@ -82,7 +82,7 @@ def test_training_writes_a_checked_int8_graph_and_auto_uses_it(trained):
     meta = json.loads((folder / "rtsent.json").read_text())
     assert meta["onnx"]["graphs"] == {"fp32": "model.onnx", "int8": "model.int8.onnx"}
     # The record's figures, recomputed from the prepared validation split and the two graphs
-    dd, _ = prepare.load(space.find_prepared(None))
+    dd = load_prepared(find_prepared(space, None)).dataset
     rows, y = dd["validation"]["input_ids"], np.array(dd["validation"]["labels"])
     fp32, int8 = (_graph_decisions(folder / name, rows, meta["onnx"]["pad_id"]) for name in ("model.onnx", "model.int8.onnx"))
     check = meta["onnx"]["int8_check"]

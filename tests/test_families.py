@@ -208,7 +208,7 @@ def test_prepare_train_evaluate_predict_for_each_family(family_dirs, family_data
     ws = Workspace.resolve(tmp_path / "ws")
     prepared = prepare.run(PrepareConfig(data=str(family_data), model=model, max_len=32), ws)
     tok = load_tokenizer(model)
-    first = prepared.manifest["splits"]["train"]
+    first = prepared.meta.splits["train"]
     assert first["rows"] == 64
     result = train.run(TrainConfig(model=model, lr=5e-3, batch_size=16, max_steps=4, eval_every=4,
                                    precision="fp32", warmup=0.0, run_name=family), ws)
@@ -223,7 +223,7 @@ def test_prepare_train_evaluate_predict_for_each_family(family_dirs, family_data
 
     test = pq.read_table(family_data / "test.parquet").to_pydict()
     plain = AutoModelForCausalLM.from_pretrained(str(result.model_dir)).eval()
-    label_ids = [w[0][0] for w in prepared.manifest["label_words"]]
+    label_ids = [w[0][0] for w in prepared.meta.label_words.to_list()]
     with torch.no_grad():
         predicted = [int(plain(**tok(TEMPLATE.format(text=t), return_tensors="pt")).logits[0, -1, label_ids].argmax())
                      for t in test["text"]]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from rtsent.artifacts.prepared import find_prepared, load_prepared
 from rtsent.core import calibration
 from rtsent.cli import app
 
@@ -117,10 +118,9 @@ def test_content_free_probabilities_equal_the_models_own_forward(tiny_model_dir)
 def validation_scores(space, model_dir):
     import torch
 
-    from rtsent import prepare
     from rtsent.engines import open_classifier
 
-    dd, _ = prepare.load(space.find_prepared(None))
+    dd = load_prepared(find_prepared(space, None)).dataset
     clf = open_classifier(str(model_dir), precision="fp32")
     scores = torch.tensor(clf.scores(dd["validation"]["input_ids"]), dtype=torch.float64)
     return clf, scores, torch.tensor(dd["validation"]["labels"])
@@ -153,11 +153,10 @@ def test_the_fitted_temperature_minimises_the_validation_nll_of_the_models_own_f
     import torch
     import torch.nn.functional as F
 
-    from rtsent import prepare
 
     space, result = barely_trained
     cal = json.loads((result.model_dir / "rtsent.json").read_text())["calibration"]
-    dd, _ = prepare.load(space.find_prepared(None))
+    dd = load_prepared(find_prepared(space, None)).dataset
     scores = forward_scores(result.model_dir, dd["validation"]["input_ids"])  # no rtsent scoring code
     y = torch.tensor(dd["validation"]["labels"])
     grid = np.exp(np.linspace(math.log(0.01), math.log(100), 4001))
@@ -174,11 +173,10 @@ def test_the_fitted_temperature_minimises_the_validation_nll_of_the_models_own_f
 def test_a_separable_validation_split_keeps_t_at_one(trained):
     import torch
 
-    from rtsent import prepare
 
     space, result = trained
     cal = json.loads((result.model_dir / "rtsent.json").read_text())["calibration"]
-    dd, _ = prepare.load(space.find_prepared(None))
+    dd = load_prepared(find_prepared(space, None)).dataset
     scores = forward_scores(result.model_dir, dd["validation"]["input_ids"])
     if not bool((scores.argmax(-1) == torch.tensor(dd["validation"]["labels"])).all()):
         pytest.skip("the shared tiny model is not separable on this machine")
@@ -293,7 +291,7 @@ def test_evaluate_data_csv_errors_and_plots_match_the_models_probabilities(train
 def test_evaluate_test_split_reports_ece_before_and_after_temperature(barely_trained, data_dir, tmp_path):
     import pyarrow.parquet as pq
 
-    from rtsent import evaluate, prepare
+    from rtsent import evaluate
     from rtsent.config import EvaluateConfig
 
     space, result = barely_trained
@@ -307,7 +305,7 @@ def test_evaluate_test_split_reports_ece_before_and_after_temperature(barely_tra
     for line in Path(report["errors"]["written_to"]).read_text().splitlines():
         assert json.loads(line)["text"] in originals
     # Before and after the temperature, from the model's own forward and a plain binning loop
-    dd, _ = prepare.load(space.find_prepared(None))
+    dd = load_prepared(find_prepared(space, None)).dataset
     z = forward_scores(result.model_dir, dd["test"]["input_ids"]).numpy()
     y = np.array(dd["test"]["labels"])
     t = json.loads((result.model_dir / "rtsent.json").read_text())["calibration"]["temperature"]

@@ -191,11 +191,11 @@ def named_run(tmp_path_factory, folders, named_data):
 
 def test_string_labels_become_the_classes_and_their_words(named_run, folders):
     _, prepared, _ = named_run
-    prompt = prepared.manifest["prompt"]
+    prompt = prepared.meta.to_dict()["prompt"]
     assert prompt["label_names"] == sorted(NAMES)  # the data's names, sorted, as written
     assert prompt["label_words"] == [" " + n for n in sorted(NAMES)]  # after "Sentiment:" a word needs its space
     tok = load_tokenizer(str(folders["gpt2"]))
-    words = LabelWords.from_list(prepared.manifest["label_words"])
+    words = LabelWords.from_list(prepared.meta.label_words.to_list())
     assert [len(w[0]) for w in words.classes] == [len(tok(" " + n)["input_ids"]) for n in sorted(NAMES)]
     assert max(len(w[0]) for w in words.classes) > 1
 
@@ -269,16 +269,16 @@ def test_shots_keep_k_per_class_drawn_with_the_seed(tmp_path, folders, named_dat
     one = prepare.run(PrepareConfig(**base, seed=1), space)
     again = prepare.run(PrepareConfig(**base, seed=1), space)
     other = prepare.run(PrepareConfig(**base, seed=2), space)
-    assert again.cache_hit and not other.cache_hit and one.manifest["fingerprint"] != other.manifest["fingerprint"]
+    assert again.cache_hit and not other.cache_hit and one.meta.fingerprint != other.meta.fingerprint
     for split in ("train", "validation"):
-        assert one.manifest["splits"][split]["per_class"] == {n: 4 for n in sorted(NAMES)}
-    assert one.manifest["splits"]["test"]["rows"] == 48  # test stays whole
+        assert one.meta.splits[split]["per_class"] == {n: 4 for n in sorted(NAMES)}
+    assert one.meta.splits["test"]["rows"] == 48  # test stays whole
     import datasets
 
     texts = {}
     for result in (one, other):
         dd = datasets.load_from_disk(str(result.path))
-        texts[result.manifest["fingerprint"]] = sorted(map(tuple, dd["train"]["input_ids"]))
+        texts[result.meta.fingerprint] = sorted(map(tuple, dd["train"]["input_ids"]))
     assert len({tuple(v) for v in texts.values()}) == 2  # another seed, another draw
     out = runner.invoke(app, ["prepare", "--data", str(named_data), "--model", str(folders["gpt2"]), "--shots", "40", "--max-len", "32",
                               "--workdir", str(tmp_path)])

@@ -55,11 +55,11 @@ def test_prepare_with_the_default_data_reads_the_shipped_splits_offline(ws, tiny
     assert os.environ["HF_HUB_OFFLINE"] == "1"  # conftest: any hub access would fail
     monkeypatch.chdir(tmp_path)  # no ./rotten_tomatoes folder here
     result = prepare.run(PrepareConfig(model=str(tiny_model_dir), max_len=96), ws)
-    assert result.manifest["config"]["data"] == "rotten_tomatoes"
-    assert {s: info["rows"] for s, info in result.manifest["splits"].items()} == SPLITS
+    assert result.meta.data == "rotten_tomatoes"
+    assert {s: info["rows"] for s, info in result.meta.splits.items()} == SPLITS
     for split in SPLITS:
         labels = pq.read_table(RT / f"{split}.parquet").column("label").to_pylist()
-        assert result.manifest["splits"][split]["per_class"] == {"negative": labels.count(0), "positive": labels.count(1)}
+        assert result.meta.splits[split]["per_class"] == {"negative": labels.count(0), "positive": labels.count(1)}
     import datasets
 
     prepared = datasets.load_from_disk(str(result.path))
@@ -70,7 +70,7 @@ def test_a_folder_named_like_the_shipped_dataset_comes_first(ws, tiny_model_dir,
     monkeypatch.chdir(tmp_path)
     write_splits(tmp_path / "rotten_tomatoes", sizes=(20, 6, 6))
     result = prepare.run(PrepareConfig(model=str(tiny_model_dir), max_len=48), ws)
-    assert {s: info["rows"] for s, info in result.manifest["splits"].items()} == {"train": 20, "validation": 6, "test": 6}
+    assert {s: info["rows"] for s, info in result.meta.splits.items()} == {"train": 20, "validation": 6, "test": 6}
 
 
 def test_the_hub_copy_stays_reachable_by_its_full_name(tmp_path, tiny_model_dir):

@@ -8,7 +8,7 @@ import pytest
 
 from rtsent import evaluate, predict, prepare
 from rtsent.config import EvaluateConfig, PredictConfig, PrepareConfig, PromptConfig
-from rtsent.artifacts.workspace import MANIFEST
+from rtsent.artifacts.prepared import MANIFEST, load_prepared
 from rtsent.artifacts.model import META_FILE
 
 
@@ -82,14 +82,15 @@ def test_prepare_is_cached_by_fingerprint(tiny_model_dir, data_dir, ws):
     seed = prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir),
                                      prompt=PromptConfig(template="{text} Sentiment: ", label_words=("neg", "pos"))), ws)
     assert seed.path not in (first.path, other.path)
-    assert seed.manifest["prompt"]["label_words"] == ["neg", "pos"]
+    assert seed.meta.to_dict()["prompt"]["label_words"] == ["neg", "pos"]
 
 
 def test_prepare_counts_truncation_and_keeps_the_template_tail(tiny_model_dir, data_dir, ws):
     from rtsent.core.modeling import load_tokenizer
 
     result = prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=8), ws)
-    dd, manifest = prepare.load(result.path)
+    loaded = load_prepared(result.path)
+    dd, manifest = loaded.dataset, loaded.meta.to_dict()
     tok = load_tokenizer(str(tiny_model_dir))
     tail = tok("\nSentiment:", add_special_tokens=False)["input_ids"]
     assert manifest["splits"]["train"]["truncated"] > 0
@@ -104,4 +105,4 @@ def test_prepare_reads_csv_and_jsonl(tmp_path, tiny_model_dir, ws, fmt):
 
     folder = write_splits(tmp_path / fmt, fmt=fmt, sizes=(20, 10, 10))
     result = prepare.run(PrepareConfig(data=str(folder), model=str(tiny_model_dir)), ws)
-    assert result.manifest["splits"]["train"]["rows"] == 20
+    assert result.meta.splits["train"]["rows"] == 20

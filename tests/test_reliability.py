@@ -22,7 +22,8 @@ from rtsent import prepare, train
 from rtsent.cli import app
 from rtsent.config import PrepareConfig, TrainConfig
 from rtsent.errors import ArtifactError, BusyError, Interrupted
-from rtsent.artifacts.workspace import MANIFEST, Workspace
+from rtsent.artifacts.prepared import MANIFEST, load_prepared
+from rtsent.artifacts.workspace import Workspace
 from rtsent.artifacts.model import META_FILE
 
 runner = CliRunner()
@@ -155,7 +156,7 @@ def test_kill_during_prepare_leaves_nothing_that_looks_complete(tmp_path, tiny_m
     assert redo.exit_code == 0, redo.output
     assert _tmp_entries(ws) == []  # the dead process's staging folder was cleaned up
     (folder,) = ws.prepared_dir.iterdir()
-    prepare.load(folder)
+    load_prepared(folder)
 
 
 def test_kill_between_publish_renames_is_repaired_by_the_next_command(tmp_path, tiny_model_dir, small_data):
@@ -171,7 +172,7 @@ def test_kill_between_publish_renames_is_repaired_by_the_next_command(tmp_path, 
 
     later = runner.invoke(app, ["evaluate", "--model", str(tiny_model_dir), "--zero-shot", "--workdir", str(ws.root)])
     assert later.exit_code == 0, later.output  # the rebuilt dataset was moved into place first
-    dd, manifest = prepare.load(folder)
+    manifest = load_prepared(folder).meta.to_dict()
     assert manifest["fingerprint"] == folder.name and not (folder / ".rtsent-dest").exists()
     assert _tmp_entries(ws) == []
 
@@ -290,7 +291,7 @@ def test_second_train_of_the_same_run_stops_with_a_busy_message(prepared_copy, t
 
 def test_train_waits_for_a_prepare_that_is_replacing_its_data(prepared_copy, tiny_model_dir, monkeypatch):
     ws, folder = prepared_copy
-    monkeypatch.setattr(prepare, "LOCK_WAIT_S", 0.2)
+    monkeypatch.setattr("rtsent.artifacts.prepared.LOCK_WAIT_S", 0.2)
     holder = _hold_lock(ws.lock_path(f"prepare-{folder.name}"))
     try:
         with pytest.raises(BusyError, match=f"prepared dataset {folder} is in use"):
@@ -302,7 +303,7 @@ def test_train_waits_for_a_prepare_that_is_replacing_its_data(prepared_copy, tin
 
 def test_prepare_force_while_a_reader_has_the_data_open(prepared_copy, tiny_model_dir, small_data):
     ws, folder = prepared_copy
-    dd, _ = prepare.load(folder, ws)
+    dd = load_prepared(folder, ws).dataset
     before = dd["train"]["input_ids"][:]
     listing = sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
     forced = prepare.run(PrepareConfig(data=str(small_data), model=str(tiny_model_dir), max_len=32, force=True), ws)
@@ -322,7 +323,7 @@ def test_two_prepares_at_once_build_one_dataset(tmp_path, tiny_model_dir, small_
     assert [p.returncode for p in procs] == [0, 0], outputs
     assert sum("cached" in out + err for out, err in outputs) == 1  # the second waited, then reused
     (folder,) = ws.prepared_dir.iterdir()
-    prepare.load(folder)
+    load_prepared(folder)
     assert _tmp_entries(ws) == []
 
 

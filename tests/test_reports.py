@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from rtsent.artifacts.prepared import find_prepared, load_prepared
 from rtsent.cli import app
 
 runner = CliRunner()
@@ -42,11 +43,10 @@ def card_accuracy(model: Path, split: str) -> float:
 
 def predicted_accuracy(model: Path, ws, split: str) -> float:
     """Accuracy of what predict does (the classifier's own probabilities) on the prepared split's prompts."""
-    from rtsent import prepare
     from rtsent.engines import open_classifier
 
     clf = open_classifier(str(model), precision="fp32", engine="torch")
-    dd, _ = prepare.load(ws.find_prepared(None), ws)
+    dd = load_prepared(find_prepared(ws, None), ws).dataset
     table = dd[split].data
     probs = clf.calibrate(clf.scores(table.column("input_ids").to_pylist()))
     return float((probs.argmax(1) == table.column("labels").to_numpy()).mean())

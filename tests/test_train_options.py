@@ -16,7 +16,8 @@ from typer.testing import CliRunner
 
 from rtsent import prepare, train
 from rtsent.cli import app
-from rtsent.config import PrepareConfig, TrainConfig
+from rtsent.artifacts.prepared import PreparedMeta
+from rtsent.config import PrepareConfig, PromptConfig, TrainConfig
 from rtsent.errors import UsageError
 from rtsent.core.label_scores import ScoringLayout, loss_from_logits
 from rtsent.core.prompts import LabelWords
@@ -76,13 +77,13 @@ def test_weighted_label_loss_matches_hand_computation():
 
 
 def test_auto_class_weights_are_inverse_frequency():
-    manifest = {"prompt": {"label_names": ["negative", "positive"]},
-                "splits": {"train": {"per_class": {"negative": 30, "positive": 10}}}}
-    assert class_weights("auto", manifest) == pytest.approx([40 / 60, 40 / 20])
-    assert class_weights("none", manifest) is None
-    manifest["splits"]["train"]["per_class"]["positive"] = 0
+    meta = PreparedMeta(config={}, tokenizer="", prompt=PromptConfig(label_names=("negative", "positive")), max_len=8,
+                        splits={"train": {"per_class": {"negative": 30, "positive": 10}}})
+    assert class_weights("auto", meta) == pytest.approx([40 / 60, 40 / 20])
+    assert class_weights("none", meta) is None
+    meta.splits["train"]["per_class"]["positive"] = 0
     with pytest.raises(UsageError, match="no examples of positive"):
-        class_weights("auto", manifest)
+        class_weights("auto", meta)
 
 
 def _prepared(tmp_path, tiny_model_dir, ws):
@@ -112,7 +113,7 @@ def test_class_weighted_training_records_weights_and_evaluates_the_weighted_loss
 
     model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
     val = datasets.load_from_disk(str(prepared.path))["validation"]
-    label_ids = [w[0][0] for w in prepared.manifest["label_words"]]
+    label_ids = [w[0][0] for w in prepared.meta.label_words.to_list()]
     num = den = 0.0
     with torch.no_grad():
         for ids, y in zip(val["input_ids"], val["labels"]):

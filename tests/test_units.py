@@ -46,6 +46,23 @@ def test_prompt_config_defaults_label_names_to_stripped_words():
     assert PromptConfig(label_words=("neg", "pos")).label_names == ("neg", "pos")
 
 
+def test_one_prompt_comparison_covers_every_field_but_the_names():
+    import dataclasses
+
+    from rtsent.config import prompt_from_dict, to_dict
+
+    default = PromptConfig()
+    assert default.same_scoring(PromptConfig(label_names=("bad", "good")))  # names only name the classes
+    assert not default.same_scoring(PromptConfig(template="{text} Review:"))
+    assert not default.same_scoring(PromptConfig(label_words=(" bad", " good")))
+    # A field is compared unless it says it changes nothing that is scored, and every field is read back.
+    assert [f.name for f in dataclasses.fields(PromptConfig) if not f.metadata["scoring"]] == ["label_names"]
+    full = PromptConfig(template="Q: {text}\nA:", label_words=(" no| nope", " yes"), label_names=("n", "y"))
+    assert prompt_from_dict(to_dict(full)) == full
+    assert prompt_from_dict({"template": full.template, "label_words": list(full.label_words)}) == dataclasses.replace(
+        full, label_names=("no", "yes"))
+
+
 def test_train_config_collects_every_problem():
     with pytest.raises(UsageError) as err:
         TrainConfig(lr=0, loss="mse", save_every=10, run_name="../x")

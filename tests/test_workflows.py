@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from conftest import reference_scores
 
+from rtsent.artifacts.prepared import find_prepared
 from rtsent import evaluate, prepare, train
 from rtsent.cli import app
 from rtsent.config import EvaluateConfig, PrepareConfig, PromptConfig, TrainConfig
@@ -39,9 +40,9 @@ def test_a_cache_hit_makes_its_dataset_the_one_train_uses(ws, tiny_model_dir, da
     assert again.cache_hit and again.path == short.path
     result, logs = _train(ws, tiny_model_dir, run_name="r")
     record = json.loads(result.run.config.read_text())
-    assert record["prepared"] == short.manifest["fingerprint"]
+    assert record["prepared"] == short.meta.fingerprint
     header = next(line for line in logs if line.startswith("training r"))
-    assert short.manifest["fingerprint"] in header and "max-len 16" in header and "{text}\\nSentiment:" in header
+    assert short.meta.fingerprint in header and "max-len 16" in header and "{text}\\nSentiment:" in header
 
 
 # 2. resume continues on the run's own data -------------------------------------------------------
@@ -50,10 +51,10 @@ def test_resume_after_another_prepare_keeps_the_runs_data_or_refuses(ws, tiny_mo
     first = _prep(ws, tiny_model_dir, data_dir, max_len=16)
     _train(ws, tiny_model_dir, run_name="r")
     other = _prep(ws, tiny_model_dir, data_dir, max_len=32)
-    assert ws.find_prepared(None) == other.path
+    assert find_prepared(ws, None) == other.path
     resumed, logs = _train(ws, tiny_model_dir, run_name="r", resume=True)
-    assert json.loads(resumed.run.config.read_text())["prepared"] == first.manifest["fingerprint"]
-    assert any(first.manifest["fingerprint"] in line for line in logs)
+    assert json.loads(resumed.run.config.read_text())["prepared"] == first.meta.fingerprint
+    assert any(first.meta.fingerprint in line for line in logs)
 
     shutil.rmtree(first.path)
     with pytest.raises(ArtifactError, match=r"no longer in .*rtsent prepare --data .* --max-len 16"):
@@ -141,7 +142,7 @@ def test_same_vocabulary_other_merges_is_another_tokenizer(tokenizer_dir, tmp_pa
 def test_prepare_fingerprint_follows_data_tokenizer_label_names_and_columns(ws, tiny_model_dir, data_dir, tmp_path):
     import pyarrow.parquet as pq
 
-    base = _prep(ws, tiny_model_dir, data_dir, max_len=32).manifest["fingerprint"]
+    base = _prep(ws, tiny_model_dir, data_dir, max_len=32).meta.fingerprint
     changed = tmp_path / "changed"
     shutil.copytree(data_dir, changed)
     table = pq.read_table(changed / "train.parquet")
@@ -158,7 +159,7 @@ def test_prepare_fingerprint_follows_data_tokenizer_label_names_and_columns(ws, 
         "columns": _prep(ws, tiny_model_dir, renamed, max_len=32, text_column="review"),
     }
     for what, result in prints.items():
-        assert result.manifest["fingerprint"] != base, what
+        assert result.meta.fingerprint != base, what
 
 
 # 9. precision auto on GPUs: native bf16 only ---------------------------------------------------------

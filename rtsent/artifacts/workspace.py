@@ -1,7 +1,7 @@
 """The on-disk contract: every path a stage reads or writes is named here.
 
     <workdir>/
-      prepared/<fingerprint>/     DatasetDict (save_to_disk) + manifest.json, written last
+      prepared/<fingerprint>/     DatasetDict (save_to_disk) + manifest.json, written last (artifacts/prepared.py)
       runs/<run-name>/
         run.json                  resolved train config and the prepared fingerprint
         metrics.jsonl             one JSON object per log/eval event
@@ -24,7 +24,6 @@ from rtsent.artifacts.files import read_json
 from rtsent.artifacts.model import META_FILE
 from rtsent.errors import ArtifactError, UsageError
 
-MANIFEST = "manifest.json"
 CURRENT = "current.json"
 RUN_FILE = "run.json"
 ENV_HOME = "RTSENT_HOME"
@@ -128,36 +127,6 @@ class Workspace:
 
     def lock_path(self, key: str) -> Path:
         return self.locks_dir / f"{key}.lock"
-
-    def find_prepared(self, ref: str | None) -> Path:
-        """A prepared dataset by folder path or fingerprint, or the one the last `rtsent prepare` named.
-
-        "Last" is the pointer every prepare (cache hit or build) writes, never file times: a cache hit
-        on an older dataset makes it current again.
-        """
-        if ref is not None:
-            path = Path(ref)
-            if not path.is_dir():
-                path = self.prepared(ref)
-            if not (path / MANIFEST).is_file():
-                raise ArtifactError(
-                    f"no prepared dataset at {ref} (no {MANIFEST}); run `rtsent prepare` and pass its folder"
-                )
-            return path
-        if self.current_file.is_file():
-            current = read_json(self.current_file, "run `rtsent prepare` again").get("prepared")
-            path = self.prepared(str(current))
-            if not (path / MANIFEST).is_file():
-                raise ArtifactError(f"the last prepared dataset {current} is gone from {self.prepared_dir}; "
-                                    f"run `rtsent prepare` again or pass --prepared")
-            return path
-        found = sorted(p.parent for p in self.prepared_dir.glob(f"*/{MANIFEST}"))
-        if not found:
-            raise ArtifactError(f"no prepared dataset in {self.prepared_dir}; run `rtsent prepare` first")
-        if len(found) > 1:  # a workspace from before the pointer existed: refuse to guess
-            raise ArtifactError(f"{self.prepared_dir} holds {len(found)} prepared datasets and none is marked "
-                                f"current; run `rtsent prepare` with the options you want, or pass --prepared")
-        return found[0]
 
     def latest_model(self) -> Path:
         """The exported model of the most recently finished run."""

@@ -18,6 +18,8 @@ CHARS_PER_TOKEN = 32
 # Bumped whenever the same tokenizer and prompt give other ids (2: BOS and in-context suffix/label words),
 # so that prepared datasets tokenized the old way are rebuilt, not reused.
 ENCODING_VERSION = 2
+TOKENIZE_CHUNK = 2048
+"""Texts tokenized per call by PromptEncoder.encode_all (prepare, evaluate --data)."""
 
 
 @dataclass(frozen=True)
@@ -129,6 +131,15 @@ class PromptEncoder:
         bodies = self.tokenizer([prefix + t[:chars] for t in texts], add_special_tokens=False)["input_ids"]
         ids = [self.bos_ids + list(body[:budget]) + self.suffix_ids for body in bodies]
         return EncodedBatch(ids, [len(body) > budget or len(t) > chars for body, t in zip(bodies, texts)])
+
+    def encode_all(self, texts: Sequence[str]) -> tuple[list[list[int]], int]:
+        """Token ids of every prompt, encoded TOKENIZE_CHUNK texts at a time, and how many reviews were cut."""
+        ids, truncated = [], 0
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            batch = self.encode(texts[start : start + TOKENIZE_CHUNK])
+            ids.extend(batch.input_ids)
+            truncated += sum(batch.truncated)
+        return ids, truncated
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from rtsent import compat
 from rtsent.artifacts.cache import hash_files
 from rtsent.errors import DataError, UsageError, first_line
-from rtsent.sources.inputs import TABLE_FORMATS as FORMATS, table_format  # noqa: F401 (FORMATS: evaluate reads it here)
+from rtsent.sources.inputs import table_format
 
 ROLES = ("train", "validation", "test")
 NO_LABEL = -1  # datasets' ClassLabel value for "no label" (e.g. GLUE test splits, whose labels are hidden)
@@ -45,7 +45,16 @@ class Source:
         """Content identity of one split (file bytes, arrow files, or the hub's fingerprint)."""
         raise NotImplementedError
 
+    _last: tuple[str, RawSplit] | None = None
+
     def read(self, split: str) -> RawSplit:
+        """One split as read. The last one read is kept: prepare looks at train's class names, then builds from
+        train first, and reads it once."""
+        if self._last is None or self._last[0] != split:
+            self._last = (split, self._read(split))
+        return self._last[1]
+
+    def _read(self, split: str) -> RawSplit:
         raise NotImplementedError
 
 
@@ -67,7 +76,7 @@ class FolderSource(Source):
     def split_id(self, split: str) -> str:
         return "file:" + hash_files([self.files[split]])[:16]
 
-    def read(self, split: str) -> RawSplit:
+    def _read(self, split: str) -> RawSplit:
         return read_raw_file(self.files[split])
 
 
@@ -83,7 +92,7 @@ class DictSource(Source):
     def split_id(self, split: str) -> str:
         return self.identify(split)
 
-    def read(self, split: str) -> RawSplit:
+    def _read(self, split: str) -> RawSplit:
         return RawSplit(self.dd[split].data.table, _class_names(self.dd[split].features))
 
 

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import torch
 
 from rtsent.artifacts.cache import write_json
+from rtsent.artifacts.prepared import PreparedMeta
 from rtsent.errors import UsageError
 from rtsent.artifacts.workspace import RunPaths, read_json
 
@@ -46,13 +47,13 @@ def train_last_layers(model: Any, n: int) -> None:
         p.requires_grad_(False)
 
 
-def class_weights(mode: str, manifest: dict[str, Any]) -> list[float] | None:
+def class_weights(mode: str, prepared: PreparedMeta) -> list[float] | None:
     """--class-weights auto: n / (k x n_c) for each class c of the prepared train split (inverse frequency,
     1.0 for every class when balanced); None for "none". Raises UsageError when a class has no examples."""
     if mode == "none":
         return None
-    names = manifest["prompt"]["label_names"]
-    counts = [manifest["splits"]["train"]["per_class"][name] for name in names]
+    names = prepared.prompt.label_names
+    counts = prepared.class_counts("train")
     empty = [name for name, n in zip(names, counts) if n == 0]
     if empty:
         raise UsageError(f"--class-weights auto: the train split has no examples of {', '.join(empty)}; "
