@@ -5,16 +5,19 @@ Nothing here touches the network or ../shared; every cache points into a temp fo
 
 from __future__ import annotations
 
+import atexit
 import functools
 import json
 import os
 import random
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 _CACHE = tempfile.mkdtemp(prefix="rtsent-test-hf-")
+atexit.register(shutil.rmtree, _CACHE, True)  # each process's own (GGUF conversions reach 0.5 GB): not left in /tmp
 os.environ.update({
     "HF_HUB_OFFLINE": "1",
     "HF_DATASETS_OFFLINE": "1",
