@@ -295,6 +295,9 @@ class TrainConfig:
     accuracy at either learning rate tried (docs/benchmarks.md)."""
     micro_batches: int = opt(1, "Run each step's batch as N micro-batches whose gradients add up (accumulation): "
                                 "the same update, activation memory / N, a little slower. A divisor of --batch-size.")
+    micro_batch_tokens: int = opt(0, "Run a micro-batch longer than N tokens (rows x its longest row) as slices of at "
+                                     "most N tokens whose gradients add up: the same update, activation memory bounded "
+                                     "by tokens; short batches run whole. 0: off.")
     eval_batch_size: int = opt(64, "Examples per evaluation batch.")
     epochs: float = opt(2.0, "Passes over the training split.")
     max_steps: int = opt(-1, "Stop after N steps (overrides --epochs when > 0).")
@@ -356,6 +359,8 @@ class TrainConfig:
                 problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append(f"--dropout must be in [0, 1), got {self.dropout}")
+        if self.micro_batch_tokens < 0:
+            problems.append(f"--micro-batch-tokens must be 0 (off) or positive, got {self.micro_batch_tokens}")
         if self.micro_batches <= 0 or self.batch_size % max(1, self.micro_batches):
             problems.append(f"--micro-batches must be a positive divisor of --batch-size {self.batch_size}, "
                             f"got {self.micro_batches}")

@@ -89,7 +89,7 @@ def _finished(cfg: TrainConfig, paths: RunPaths, log: Callable[[str], None]) -> 
                        meta.calibration)
 
 
-RESUME_MAY_CHANGE = ("micro_batches", "gradient_checkpointing", "report_to", "plots")
+RESUME_MAY_CHANGE = ("micro_batches", "micro_batch_tokens", "gradient_checkpointing", "report_to", "plots")
 """Options that change how a step is computed or logged, not the update: --resume takes them as given."""
 
 
@@ -267,6 +267,7 @@ def _make_trainer(cfg: TrainConfig, paths: RunPaths, data: _Prepared, tok: Any, 
         label_words=data.label_words,
         loss_kind=cfg.loss,
         class_weights=weights,
+        micro_batch_tokens=cfg.micro_batch_tokens,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)

@@ -259,3 +259,47 @@ def test_micro_batches_make_the_same_update_as_the_whole_batch(tmp_path, tiny_mo
 def test_micro_batches_must_divide_the_batch(tmp_path):
     result = runner.invoke(app, ["train", "--batch-size", "32", "--micro-batches", "3", "--workdir", str(tmp_path)])
     assert result.exit_code == 2 and "--micro-batches must be a positive divisor of --batch-size 32, got 3" in result.output
+
+
+@pytest.mark.parametrize("micro_batches", [1, 2])
+def test_micro_batch_tokens_make_the_same_update_as_the_whole_batch(tmp_path, tiny_model_dir, ws, monkeypatch,
+                                                                   micro_batches):
+    """--micro-batch-tokens 48: every batch of 24 rows (or its micro-batches of 12) runs as row slices of at most
+    48 padded tokens, each trimmed to its own longest row, class weights on: the weights after the epoch equal the
+    one-batch run's (as for --micro-batches)."""
+    from rtsent.training import trainer as trainer_module
+
+    _prepared(tmp_path, tiny_model_dir, ws)
+    common = dict(model=str(tiny_model_dir), lr=2e-2, batch_size=24, epochs=1, precision="fp32", warmup=0.0,
+                  class_weights="auto", onnx=False, plots=False)
+    whole = _weights(train.run(TrainConfig(**common, run_name="whole"), ws).model_dir)
+    sliced, real = [], trainer_module.token_slices
+    monkeypatch.setattr(trainer_module, "token_slices", lambda inputs, budget: sliced.append(real(inputs, budget)) or sliced[-1])
+    cut = _weights(train.run(TrainConfig(**common, micro_batches=micro_batches, micro_batch_tokens=48,
+                                         run_name="cut"), ws).model_dir)
+    assert sum(len(parts) > 1 for parts in sliced) >= max(1, len(sliced) - 1)  # (nearly) every batch was cut
+    assert all(p["input_ids"].numel() <= 48 or len(p["labels"]) == 1 for parts in sliced for p in parts)
+    for name in whole:
+        torch.testing.assert_close(cut[name], whole[name], atol=1e-4, rtol=0)
+
+
+def test_token_slices_keep_every_row_in_order_and_trim_each_slice():
+    from rtsent.training.trainer import token_slices
+
+    lengths = [9, 8, 8, 5, 3, 2]
+    ids = torch.zeros(6, 9, dtype=torch.long)
+    mask = torch.zeros(6, 9, dtype=torch.long)
+    for row, n in enumerate(lengths):
+        ids[row, :n] = torch.arange(1, n + 1) + 10 * row
+        mask[row, :n] = 1
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": torch.arange(6)}
+    assert token_slices(batch, 0) == [batch] and token_slices(batch, 54) == [batch]
+    parts = token_slices(batch, 20)  # 54 padded tokens -> 3 slices of 2 rows
+    assert [p["labels"].tolist() for p in parts] == [[0, 1], [2, 3], [4, 5]]
+    assert [p["input_ids"].shape[1] for p in parts] == [9, 8, 3]  # each cut to its own longest row
+    for p in parts:
+        for row, label in enumerate(p["labels"].tolist()):
+            n = lengths[label]
+            assert p["input_ids"][row, :n].tolist() == ids[label, :n].tolist()
+            assert p["attention_mask"][row].sum().item() == n
+    assert len(token_slices(batch, 1)) == 6  # never less than one row a slice

@@ -67,8 +67,9 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
     """
 
     def __init__(self, *args: Any, label_words: LabelWords, loss_kind: str,
-                 class_weights: list[float] | None = None, **kwargs: Any):
+                 class_weights: list[float] | None = None, micro_batch_tokens: int = 0, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.micro_batch_tokens = micro_batch_tokens if distributed.world_size() == 1 else 0
         self.layout = label_scores.ScoringLayout(label_words)
         self.loss_kind = loss_kind
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
@@ -131,6 +132,22 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
     def _example_weights(self, labels: torch.Tensor) -> torch.Tensor:
         return self.class_weights[labels.cpu()] if self.class_weights is not None else torch.ones(len(labels))
 
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """A batch longer than --micro-batch-tokens (padded tokens) runs as row slices of at most that many, each
+        trimmed to its own longest row, whose gradients add up to the whole batch's: the activation memory of a
+        step is bounded by tokens, not rows, and the short batches (most of them) run whole, as before."""
+        parts = token_slices(inputs, self.micro_batch_tokens)
+        if len(parts) == 1:
+            return super().training_step(model, inputs, num_items_in_batch)
+        whole = self._step_weight
+        if whole is None:  # one micro-batch: the slices' shares are of this batch
+            self._step_weight = float(self._example_weights(inputs["labels"]).sum())
+        try:
+            return sum(super(LabelPositionTrainer, self).training_step(model, part, num_items_in_batch)
+                       for part in parts)
+        finally:
+            self._step_weight = whole
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         loss, scores = self._loss_and_scores(model, inputs)
         if model.training and self._step_weight:
@@ -144,6 +161,23 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
         with torch.no_grad(), self.compute_loss_context_manager():
             loss, scores = self._loss_and_scores(model, inputs)
         return loss.detach(), scores.detach(), inputs["labels"]
+
+
+def token_slices(inputs: dict[str, torch.Tensor], budget: int) -> list[dict[str, torch.Tensor]]:
+    """The batch as consecutive row slices of at most `budget` padded tokens each (at least one row a slice), each
+    cut to its own longest row (right padding); the batch itself when it fits or budget is 0."""
+    rows, width = inputs["input_ids"].shape
+    if budget <= 0 or rows * width <= budget or rows == 1:
+        return [inputs]
+    count = -(-rows // max(1, budget // width))  # balanced slices of at most budget // width rows
+    lengths = inputs["attention_mask"].sum(dim=1)
+    bounds = [round(i * rows / count) for i in range(count + 1)]
+    parts = []
+    for start, stop in zip(bounds, bounds[1:]):
+        keep = int(lengths[start:stop].max())
+        parts.append({key: (value[start:stop, :keep] if value.dim() == 2 else value[start:stop])
+                      for key, value in inputs.items()})
+    return parts
 
 
 def accuracy_metrics(pred: Any) -> dict[str, float]:
