@@ -1,4 +1,5 @@
-"""Training options: --train-layers N, --class-weights auto, --early-stopping N, --report-to (TensorBoard events in the run)."""
+"""Training options (and TrainConfig's checks of them): --train-layers N, --class-weights auto, --early-stopping N,
+--report-to (TensorBoard events in the run)."""
 
 from __future__ import annotations
 
@@ -258,3 +259,13 @@ def test_micro_batches_make_the_same_update_as_the_whole_batch(tmp_path, tiny_mo
 def test_micro_batches_must_divide_the_batch(tmp_path):
     result = runner.invoke(app, ["train", "--batch-size", "32", "--micro-batches", "3", "--workdir", str(tmp_path)])
     assert result.exit_code == 2 and "--micro-batches must be a positive divisor of --batch-size 32, got 3" in result.output
+
+
+def test_train_config_collects_every_problem():
+    with pytest.raises(UsageError) as err:
+        TrainConfig(lr=0, loss="mse", save_every=10, run_name="../x")
+    message = str(err.value)
+    for fragment in ("--lr", "--loss", "--save-every", "--run-name"):
+        assert fragment in message
+    with pytest.raises(UsageError, match="multiple"):
+        TrainConfig(eval_every=4, save_every=6)
