@@ -18,8 +18,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, OUT, StepTimer, cpu_description, emit  # noqa: E402
-from make_gpt2_small import build  # noqa: E402
+from common import DATA, OUT, StepTimer, cpu_description, emit, gpt2_small  # noqa: E402
 
 
 def small_validation(out: Path) -> Path:
@@ -46,7 +45,7 @@ def main() -> None:
     from rtsent.config import PrepareConfig, TrainConfig
     from rtsent.artifacts.workspace import Workspace
 
-    model = str(build(OUT / "gpt2-small"))
+    model = str(gpt2_small())
     ws = Workspace.resolve(tempfile.mkdtemp(prefix="rtsent-lora-bench-", dir=OUT))
     prep = prepare.run(PrepareConfig(data=str(small_validation(OUT / "rt-val64")), model=model), ws)
     import rtsent.train as tr
