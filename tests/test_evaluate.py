@@ -23,10 +23,18 @@ from helpers import assert_png, grid_nll, prep
 runner = CliRunner()
 
 
-def test_evaluate_reports_metrics_and_writes_json(trained, data_dir):
-    space, result = trained
+def test_evaluate_reports_metrics_and_writes_json(trained, data_dir, tmp_path):
+    """On a private copy of the trained workspace: evaluate on validation writes its report and the card's
+    validation metrics into the run's model folder, which the shared run must keep as trained (test_export reads
+    it; before the tests were sorted by subject, this test happened to run after that one)."""
+    from rtsent.artifacts.workspace import Workspace
+
+    shared, result = trained
+    shutil.copytree(shared.root, tmp_path / "ws")
+    space = Workspace.resolve(tmp_path / "ws")
+    model = space.run(result.run.name).model
     report = evaluate.run(EvaluateConfig(), space)  # default: the latest run's model
-    assert report["model"] == str(result.model_dir)
+    assert report["model"] == str(model)
     assert report["examples"] == 64
     assert report["accuracy"] >= 0.9
     import pyarrow.parquet as pq
@@ -34,12 +42,12 @@ def test_evaluate_reports_metrics_and_writes_json(trained, data_dir):
 
     validation = pq.read_table(data_dir / "validation.parquet").to_pydict()
     prompts = [t + "\nSentiment:" for t in validation["text"]]  # short enough for max-len 32 (no truncation)
-    pred = reference_scores(result.model_dir, prompts).argmax(1)
+    pred = reference_scores(model, prompts).argmax(1)
     truth = validation["label"]
     assert report["confusion_matrix"]["rows_true_cols_predicted"] == [
         [sum(1 for t, p in zip(truth, pred) if (t, p) == (i, j)) for j in (0, 1)] for i in (0, 1)]
     assert report["accuracy"] == sum(int(t == p) for t, p in zip(truth, pred)) / 64
-    written = json.loads((result.model_dir / "eval-validation.json").read_text())  # what the file on disk says
+    written = json.loads((model / "eval-validation.json").read_text())  # what the file on disk says
     assert written["accuracy"] == sum(int(t == p) for t, p in zip(truth, pred)) / 64
 
 
@@ -144,13 +152,18 @@ def test_contextual_calibration_uses_the_temperature_of_the_reviews_it_corrects(
 def test_evaluating_the_validation_split_of_a_trained_model_warns_that_it_is_optimistic(trained, tmp_path):
     """A finding of the pretrained-model review (was test_review_fixes.py, a smaller finding):
     evaluate's headline on validation, the split that chose the checkpoint,
-    carries a warning."""
+    carries a warning. On a private copy of the trained workspace, as test_evaluate_reports_metrics_and_writes_json
+    says why."""
     from typer.testing import CliRunner
 
+    from rtsent.artifacts.workspace import Workspace
     from rtsent.cli import app
 
-    space, result = trained
-    common = ["--workdir", str(space.root), "--model", str(result.model_dir), "--precision", "fp32", "--no-plots"]
+    shared, result = trained
+    shutil.copytree(shared.root, tmp_path / "ws")
+    space = Workspace.resolve(tmp_path / "ws")
+    model = space.run(result.run.name).model
+    common = ["--workdir", str(space.root), "--model", str(model), "--precision", "fp32", "--no-plots"]
     on_validation = CliRunner().invoke(app, ["evaluate", "--split", "validation", "--output", str(tmp_path / "v.json"),
                                              *common])
     on_test = CliRunner().invoke(app, ["evaluate", "--split", "test", "--output", str(tmp_path / "t.json"), *common])
