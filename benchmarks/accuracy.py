@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, OUT  # noqa: E402
+from common import DATA, OUT, write_report  # noqa: E402
 
 
 def levers_off(off: bool) -> None:
@@ -100,7 +100,6 @@ def main() -> None:
     binomial_se = math.sqrt(p * (1 - p) / n)
     result = {"config": {"overrides": args.overrides, **extra, "lr_at_batch_32": args.lr, "seeds": args.seeds}, "runs": rows, "summary": summary,
               "binomial_se_one_run": binomial_se}
-    (OUT / "accuracy.json").write_text(json.dumps(result, indent=2))
     lines = ["| seed | " + " | ".join(summary) + " |", "|---|" + "---:|" * len(summary)]
     for seed in sorted({r["seed"] for r in rows}):
         cells = [next((f"{r['evaluate_accuracy']:.4f}" for r in rows if r["seed"] == seed and r["precision"] == pr), "")
@@ -116,7 +115,7 @@ def main() -> None:
                          f"{max(sa['std'], sb['std']):.4f}")
     lines.append(f"- binomial standard error of one run on 1066 examples: {binomial_se:.4f}")
     md = "\n".join(lines) + "\n"
-    (OUT / "accuracy.md").write_text(md)
+    write_report("accuracy", result, md)
     print(md)
 
 

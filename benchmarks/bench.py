@@ -37,7 +37,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, HERE, OUT, StepTimer, check, cpu_description, emit, run_child  # noqa: E402
+from common import (DATA, GPT2_SMALL, HERE, OUT, StepTimer, check, cpu_description, emit,  # noqa: E402
+                    gpt2_small_in_child, log, predict_stats, rtsent_cmd, run_child, write_report)
 
 PY = sys.executable
 MODES = {
@@ -126,14 +127,6 @@ WORKERS = {"rtsent-train": worker_rtsent_train, "floor": worker_floor, "predict-
 
 
 # ----------------------------------------------------------------------------------------------- helpers
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def rtsent_cmd(*a: str) -> list[str]:
-    return [PY, "-m", "rtsent", *a]
-
-
 def median_wall(argv: list[str], n: int, env: dict | None = None) -> tuple[float, list[float], float]:
     walls, rss = [], 0.0
     for _ in range(n):
@@ -155,23 +148,13 @@ def write_lines(path: Path, n: int) -> Path:
     return path
 
 
-def parse_predict_log(stderr: str) -> dict:
-    import re
-
-    m = re.search(r"(\d+) reviews in ([\d.]+) s \((\d+) reviews/s; model loaded in ([\d.]+) s\)", stderr)
-    if not m:
-        return {}
-    return {"reviews": int(m.group(1)), "seconds": float(m.group(2)), "reviews_per_s": int(m.group(3)),
-            "load_s": float(m.group(4))}
-
-
 # ----------------------------------------------------------------------------------------------- benchmark
 def bench_train(args) -> dict:
     """--mode train: the seed recipe's steady-state steps against one whole `rtsent train` epoch (defaults),
     each in its own process; the rtsent process's wall time covers everything a user waits for: start-up,
     the steps, the validation pass, the checkpoint, the temperature fit and the export (model + ONNX)."""
     p = MODES["train"]
-    model = _gpt2_small(args)
+    model = gpt2_small_in_child(Path(args.model))
     ws = Path(args.workspace or OUT / "bench-ws-train")
     res: dict = {"mode": "train", "date": time.strftime("%Y-%m-%d %H:%M"), "machine": cpu_description(),
                  "model": str(model), "data": str(DATA), "params": p, "load_average_start": os.getloadavg()}
@@ -216,20 +199,12 @@ def markdown_train(r: dict) -> str:
     ]) + "\n"
 
 
-def _gpt2_small(args) -> Path:
-    model = Path(args.model)
-    if not (model / "model.safetensors").is_file():
-        log(f"building a random-weight GPT-2 small in {model}")
-        check(run_child([PY, str(HERE / "make_gpt2_small.py"), "--out", str(model)]), "make_gpt2_small")
-    return model
-
-
 def bench(args) -> dict:
     p = dict(MODES[args.mode])
     if args.mem_lines:
         p["mem_lines"] = tuple(int(x) for x in args.mem_lines.split(","))
     OUT.mkdir(parents=True, exist_ok=True)
-    model = _gpt2_small(args)
+    model = gpt2_small_in_child(Path(args.model))
     ws = Path(args.workspace or OUT / f"bench-ws-{args.mode}")
     env = {"RTSENT_HOME": str(ws)}
     res: dict = {"mode": args.mode, "date": time.strftime("%Y-%m-%d %H:%M"), "machine": cpu_description(),
@@ -319,7 +294,7 @@ def bench(args) -> dict:
     f = write_lines(OUT / f"stream-{p['stream_lines']}.txt", p["stream_lines"])
     with open(os.devnull, "wb") as null:
         s = check(run_child(rtsent_cmd("predict", "--file", str(f), "--model", exported), env=env, stdout=null), "stream")
-    res["stream_gpt2_small"] = {"lines": p["stream_lines"], **parse_predict_log(s["stderr"]),
+    res["stream_gpt2_small"] = {"lines": p["stream_lines"], **predict_stats(s["stderr"]),
                                 "wall_s": round(s["wall_s"], 1), "peak_rss_mb": round(s["peak_rss_mb"])}
     log("tiny model (n_layer=2, n_embd=64, n_head=4) for the memory-bound check")
     check(run_child(rtsent_cmd("train", "--model", str(model), "--from-scratch", "--config-overrides",
@@ -333,7 +308,7 @@ def bench(args) -> dict:
         with open(os.devnull, "wb") as null:
             s = check(run_child(rtsent_cmd("predict", "--file", str(f), "--model", tiny_dir), env=env, stdout=null),
                       "stream tiny")
-        mem.append({"lines": n, "file_mb": round(f.stat().st_size / 1e6, 1), **parse_predict_log(s["stderr"]),
+        mem.append({"lines": n, "file_mb": round(f.stat().st_size / 1e6, 1), **predict_stats(s["stderr"]),
                     "wall_s": round(s["wall_s"], 1), "peak_rss_mb": round(s["peak_rss_mb"])})
     res["stream_memory_tiny"] = mem
     res["load_average_end"] = os.getloadavg()
@@ -414,7 +389,7 @@ def markdown(r: dict) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mode", choices=sorted(MODES), default="small")
-    ap.add_argument("--model", default=str(OUT / "gpt2-small"), help="GPT-2-small folder (built if missing)")
+    ap.add_argument("--model", default=str(GPT2_SMALL), help="GPT-2-small folder (built if missing)")
     ap.add_argument("--workspace", default=None, help="RTSENT_HOME for the rtsent side [default: out/bench-ws-MODE]")
     ap.add_argument("--train-steps", type=int, default=0,
                     help="train mode: time this many rtsent steps instead of one epoch [default: the epoch]")
@@ -433,9 +408,8 @@ def main() -> None:
     OUT.mkdir(parents=True, exist_ok=True)
     r = bench_train(args) if args.mode == "train" else bench(args)
     r["bench_wall_s"] = round(time.perf_counter() - started, 1)
-    (OUT / f"bench-{args.mode}.json").write_text(json.dumps(r, indent=2))
     md = markdown_train(r) if args.mode == "train" else markdown(r)
-    (OUT / f"bench-{args.mode}.md").write_text(md)
+    write_report(f"bench-{args.mode}", r, md)
     print(md)
     print(f"wrote {OUT / f'bench-{args.mode}.json'} and {OUT / f'bench-{args.mode}.md'} in {r['bench_wall_s']:.0f} s")
 

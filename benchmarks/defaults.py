@@ -27,7 +27,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, HERE, OUT, check, cpu_description, run_child  # noqa: E402
+from common import DATA, GPT2_SMALL, HERE, OUT, check, cpu_description, gpt2_small_in_child, log, run_child  # noqa: E402
+from common import write_report  # noqa: E402
+from common import rtsent_cmd as rtsent  # noqa: E402
 
 PY = sys.executable
 SCORING = {  # label: extra options of evaluate / predict
@@ -38,18 +40,8 @@ SCORING = {  # label: extra options of evaluate / predict
 }
 
 
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def rtsent(*args: str) -> list[str]:
-    return [PY, "-m", "rtsent", *args]
-
-
 def gpt2_from_scratch(ws: Path, epochs: float) -> Path:
-    # In a child: a forked child's peak RSS starts at its parent's, so this process never imports torch.
-    check(run_child([PY, str(HERE / "make_gpt2_small.py")]), "make_gpt2_small")
-    base = OUT / "gpt2-small"
+    base = gpt2_small_in_child()
     check(run_child(rtsent("prepare", "--workdir", str(ws), "--data", str(DATA), "--model", str(base))), "prepare")
     log(f"rtsent train --from-scratch, GPT-2 small, {epochs} epoch")
     train = check(run_child(rtsent("train", "--workdir", str(ws), "--model", str(base), "--from-scratch", "--lr", "3e-4",
@@ -154,10 +146,10 @@ def main() -> None:
         entry["predict"] = cold_predict(model, a.repeats)
         if name.startswith("GPT-2"):
             log("seed recipe evaluation")
-            entry["baseline_eval_per_s"] = baseline_eval(OUT / "gpt2-small")
+            entry["baseline_eval_per_s"] = baseline_eval(GPT2_SMALL)
         res["models"][name] = entry
-        (OUT / "defaults.json").write_text(json.dumps(res, indent=2))
-    (OUT / "defaults.md").write_text(markdown(res))
+        write_report("defaults", res)  # after each model: what is measured so far
+    write_report("defaults", res, markdown(res))
     print(markdown(res))
 
 

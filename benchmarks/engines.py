@@ -33,20 +33,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, OUT, TOKENIZER, check, cpu_description, emit, run_child  # noqa: E402
+from common import DATA, GPT2_SMALL, OUT, check, cpu_description, emit, gpt2_small_scorer, log, run_child  # noqa: E402
+from common import write_report  # noqa: E402
+from common import rtsent_cmd as rtsent  # noqa: E402
 
 PY = sys.executable
 WORK = OUT / "engines"
 ALTERNATIVES = {"fp32": "model.unfused.onnx", "int8": "model.int8.fused.onnx"}
 REAL_RECIPE = ["--from-scratch", "--config-overrides", "n_layer=2,n_embd=64,n_head=2", "--lr", "1e-3", "--epochs", "2"]
-
-
-def log(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def rtsent(*args: str) -> list[str]:
-    return [PY, "-m", "rtsent", *args]
 
 
 # ----------------------------------------------------------------------------------------------- workers
@@ -124,22 +118,7 @@ WORKERS = {"throughput": worker_throughput, "scores": worker_scores, "setup": wo
 # ----------------------------------------------------------------------------------------------- setup
 def gpt2_small_model() -> Path:
     """GPT-2 small (random weights, real tokenizer) as a model folder with rtsent.json, the default prompt."""
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from make_gpt2_small import build
-
-    base = build(OUT / "gpt2-small", TOKENIZER)
-    folder = WORK / "gpt2-small-model"
-    if not (folder / "rtsent.json").is_file():
-        folder.mkdir(parents=True, exist_ok=True)
-        for f in base.iterdir():
-            if f.is_file() and not (folder / f.name).exists():
-                os.link(f, folder / f.name)
-        from rtsent.config import PromptConfig, to_dict
-
-        meta = {"prompt": to_dict(PromptConfig()), "label_ids": [4633, 3967], "max_len": 128,
-                "note": "random weights: for speed and memory only"}
-        (folder / "rtsent.json").write_text(json.dumps(meta, indent=2))
-    return folder
+    return gpt2_small_scorer(WORK / "gpt2-small-model", "random weights: for speed and memory only")
 
 
 def median_runs(argvs: dict[str, list[str]], repeats: int) -> dict[str, dict]:
@@ -206,7 +185,7 @@ def real_data(args) -> dict:
 
     ws = WORK / "ws"
     shutil.rmtree(ws, ignore_errors=True)
-    base = OUT / "gpt2-small"
+    base = GPT2_SMALL
     log("real data: prepare + train (2 layers, width 64)")
     check(run_child(rtsent("prepare", "--data", str(DATA), "--model", str(base), "--workdir", str(ws))), "prepare")
     trained = check(run_child(rtsent("train", "--model", str(base), *REAL_RECIPE, "--run-name", "rt", "--workdir", str(ws))), "train")
@@ -298,8 +277,7 @@ def main() -> None:
     else:
         result = bench(args)
     result["repeats"] = args.repeats
-    (OUT / "engines.json").write_text(json.dumps(result, indent=2))
-    (OUT / "engines.md").write_text(markdown(result))
+    write_report("engines", result, markdown(result))
     print(markdown(result))
 
 

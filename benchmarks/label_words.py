@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OUT, cpu_description  # noqa: E402
+from common import cpu_description, write_report  # noqa: E402
 from pretrained import gguf_file  # noqa: E402
 
 SST5 = Path("/work/shared/data/sst5")
@@ -165,8 +165,7 @@ def main() -> None:
     else:
         result = bias(a.limit)
     record = {"machine": cpu_description(), "when": time.strftime("%Y-%m-%d %H:%M"), **result}
-    OUT.mkdir(exist_ok=True)
-    (OUT / f"label_words-{a.part}.json").write_text(json.dumps(record, indent=2))
+    write_report(f"label_words-{a.part}", record)
     print(json.dumps(record, indent=2))
 
 

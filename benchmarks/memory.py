@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, OUT, check, cpu_description, run_child  # noqa: E402
+from common import DATA, check, cpu_description, run_child, write_report  # noqa: E402
 from pretrained import gguf_file, rtsent  # noqa: E402
 
 
@@ -56,9 +56,8 @@ def main() -> None:
         rows.append({"micro_batches": int(micro), "extra": extra, "peak_rss_mb": round(child["peak_rss_mb"]),
                      "wall_s": round(child["wall_s"], 1)})
         print(json.dumps(rows[-1]), flush=True)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "memory.json").write_text(json.dumps({"machine": cpu_description(), "when": time.strftime("%Y-%m-%d %H:%M"),
-                                                 "steps": a.steps, "rows": rows}, indent=2))
+    write_report("memory", {"machine": cpu_description(), "when": time.strftime("%Y-%m-%d %H:%M"), "steps": a.steps,
+                            "rows": rows})
 
 
 if __name__ == "__main__":

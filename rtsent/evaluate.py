@@ -21,7 +21,8 @@ from rtsent import __version__
 from rtsent.core import calibration
 from rtsent.core.calibration import softmax
 from rtsent.artifacts import card
-from rtsent.artifacts.cache import clean_stale, write_json, write_jsonl
+from rtsent.artifacts.cache import clean_stale
+from rtsent.artifacts.files import write_json, write_jsonl
 from rtsent.config import EvaluateConfig, PromptConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier

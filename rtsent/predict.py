@@ -9,7 +9,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence, TextIO
 
-from rtsent.artifacts.cache import clean_stale, finite
+from rtsent.artifacts.cache import clean_stale
+from rtsent.artifacts.files import finite
 from rtsent.artifacts.model import resolve_model
 from rtsent.config import PredictConfig
 from rtsent.sources.inputs import Row, check_file, iter_rows, problem

@@ -10,10 +10,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rtsent.artifacts.cache import atomic_file, write_json
+from rtsent.artifacts.files import atomic_file, write_json
 from rtsent.artifacts.model import ModelMeta, ModelPaths, read_eval_reports
 from rtsent.artifacts.prepared import PreparedMeta, in_workspace
-from rtsent.artifacts.workspace import RunPaths, Workspace, read_json
+from rtsent.artifacts.workspace import RunPaths, Workspace
+from rtsent.artifacts.files import read_json
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.console import number
 

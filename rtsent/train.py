@@ -19,7 +19,8 @@ from transformers import TrainingArguments
 from rtsent import __version__
 from rtsent.artifacts import card
 from rtsent.training import distributed, lora, speed
-from rtsent.artifacts.cache import clean_stale, locked, publish, staging, write_json
+from rtsent.artifacts.cache import clean_stale, locked, publish, staging
+from rtsent.artifacts.files import write_json
 from rtsent.artifacts.model import ModelMeta, ModelPaths
 from rtsent.artifacts.prepared import PreparedMeta, find_prepared, in_workspace, load_prepared, prepare_command
 from rtsent.config import TrainConfig, to_dict
@@ -35,7 +36,8 @@ from rtsent.core.modeling import default_device, load_model, load_tokenizer, ori
 from rtsent.core.prompts import tokenizer_fingerprint
 from rtsent.machine import Machine, resolve_precision
 from rtsent.quiet import quiet_transformers
-from rtsent.artifacts.workspace import RunPaths, Workspace, read_json
+from rtsent.artifacts.workspace import RunPaths, Workspace
+from rtsent.artifacts.files import read_json
 
 
 @dataclass(frozen=True)

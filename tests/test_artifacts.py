@@ -169,7 +169,7 @@ def test_resume_takes_micro_batches_and_gives_the_same_run(tmp_path, tiny_model_
 
 
 def test_json_artifacts_are_strict_json(tmp_path):
-    from rtsent.artifacts.cache import write_json, write_jsonl
+    from rtsent.artifacts.files import write_json, write_jsonl
 
     def refuse(name):
         raise ValueError(name)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from rtsent.engines.choice import choose
 from rtsent.machine import Machine
@@ -141,3 +142,14 @@ def test_check_passes_every_choice_auto_makes():
                 choice = choose(job, graphs, validated, machine=machine)
                 assert check(choice, machine) is choice and choice.precision != "auto"
     assert check(choose("bulk", FP32, False, "torch", "fp16", machine=GPU), GPU).precision == "fp16"
+
+
+@pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp16")])
+def test_auto_precision_on_gpus_picks_native_bf16_or_fp16(monkeypatch, native, expected):
+    """Issue #7, workflows off the happy path (was test_workflows.py, item 9):
+    precision auto on GPUs: native bf16 only."""
+    from rtsent.machine import resolve_precision
+
+    # A V100/T4 reports bf16 support through emulation only; an A100 natively.
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: native or including_emulation)
+    assert resolve_precision("auto", torch.device("cuda")) == expected

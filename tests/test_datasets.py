@@ -1,5 +1,6 @@
 """Datasets beyond Rotten Tomatoes: other columns, split mappings, a validation carved from train,
-ClassLabel labels matched by name, hub subsets. Every dataset here is written by the test (no network)."""
+ClassLabel labels matched by name, hub subsets, every spelling of a label value (by example and with hypothesis).
+Every dataset here is written by the test (no network)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,17 @@ import pyarrow as pa
 import pyarrow.csv as pcsv
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from rtsent import prepare
 from rtsent.cli import app
 from rtsent.config import PrepareConfig
 from rtsent.errors import DataError, UsageError
+from rtsent.sources.data import label_id
 from conftest import synthetic_review
+from helpers import SETTINGS
 
 runner = CliRunner()
 SUFFIX = "\nSentiment:"
@@ -267,3 +272,49 @@ def test_prepare_reads_each_split_once_when_it_takes_the_classes_from_the_data(t
     assert sorted(reads) == ["test", "train", "validation"]  # ... and train was read once all the same
     assert {s: info["per_class"] for s, info in result.meta.splits.items()} == {
         s: {"awful": 5, "great": 5} for s in ("train", "validation", "test")}
+
+
+@pytest.mark.parametrize("value, expected", [(0, 0), (1, 1), (1.0, 1), ("positive", 1), ("negative", 0)])
+def test_label_id_accepts_ids_and_names(value, expected):
+    assert label_id(value, ("negative", "positive"), "row") == expected
+
+
+@pytest.mark.parametrize("value", [2, -1, 0.5, float("nan"), None, "pos", True])
+def test_label_id_rejects_what_is_not_a_class(value):
+    with pytest.raises(DataError):
+        label_id(value, ("negative", "positive"), "row 3")
+
+
+NAMES = ("negative", "positive")
+
+
+# Each way a label can say "class c" (the expected answer comes from the generator, not from the code) ...
+spelled_classes = st.sampled_from([0, 1]).flatmap(lambda c: st.tuples(st.just(c), st.sampled_from(
+    [c, float(c), str(c), f" {c} ", f"{c}\n", NAMES[c]])))
+
+
+# ... and values that are no class of a two-class problem.
+not_classes = st.one_of(
+    st.none(), st.booleans(), st.integers().filter(lambda v: v not in (0, 1)),
+    st.floats(allow_nan=True, allow_infinity=True).filter(lambda v: v not in (0.0, 1.0)),
+    st.text(max_size=12).filter(lambda t: t not in NAMES and not t.strip().isdecimal()),
+    st.integers(min_value=2, max_value=10**6).map(str))
+
+
+@SETTINGS
+@given(case=spelled_classes)
+def test_every_spelling_of_a_class_gives_its_id(case):
+    from rtsent.sources.data import label_id
+
+    expected, label = case
+    assert label_id(label, NAMES, "train.csv row 0") == expected
+
+
+@SETTINGS
+@given(label=not_classes)
+def test_a_value_that_is_no_class_is_a_data_error_naming_the_row(label):
+    from rtsent.sources.data import label_id
+
+    with pytest.raises(DataError) as info:
+        label_id(label, NAMES, "train.csv row 0")
+    assert str(info.value).startswith("train.csv row 0: label ")

@@ -1,18 +1,24 @@
 """What evaluate, the model card and `rtsent runs` report: a model folder's reports describe what the
 folder does, mistakes point at the file's rows, the terminal is safe from the data, one damaged run
-does not hide the others, and a log keeps every table cell whole."""
+does not hide the others, and a log keeps every table cell whole; `rtsent report`/`runs` and the training-curve
+plot."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
 from rtsent.artifacts.prepared import find_prepared, load_prepared
 from rtsent.cli import app
+from helpers import assert_png, grid_nll, validation_scores
 
 runner = CliRunner()
 
@@ -220,3 +226,94 @@ def test_a_temperature_at_its_upper_bound_gets_a_note(capsys):
                              train_examples_per_s=10.0, best_step=4, total_params=0, model_dir="m", calibration=record)
     console.print_trained(result)
     assert "note: T reached its upper bound 100" in capsys.readouterr().out
+
+
+def test_training_curves_png_draws_the_metrics_log(trained, tmp_path):
+    from rtsent.plots import training_curves
+
+    space, result = trained
+    assert result.plots == (result.run.dir / "plots" / "training.png",)
+    assert_png(result.plots[0])
+    events = [json.loads(line) for line in result.run.metrics.read_text().splitlines()]
+    train_loss = [(e["step"], e["loss"]) for e in events if "loss" in e]
+    accuracy = [(e["step"], e["eval_accuracy"]) for e in events if "eval_accuracy" in e]
+    plot = training_curves(result.run.metrics, tmp_path / "curves.png", result.best_step)
+    for name, expected in (("train loss", train_loss), ("validation accuracy", accuracy)):
+        drawn = plot.drawn[name]
+        assert [step for step, _ in drawn] == [step for step, _ in expected], name
+        assert [value for _, value in drawn] == pytest.approx([value for _, value in expected]), name
+    assert plot.drawn["best_step"] == result.best_step
+    assert dict(accuracy)[result.best_step] == pytest.approx(result.best_accuracy)
+
+
+def test_report_and_runs_of_the_trained_run(trained, tmp_path):
+    space, result = trained
+    ws = ["--workdir", str(space.root)]
+    out = runner.invoke(app, ["report", "tiny", *ws])
+    assert out.exit_code == 0, out.output
+    assert f"step {result.best_step}" in out.output and "training.png" in out.output
+    assert "256 rows" in out.output  # the prepared train split
+    out = runner.invoke(app, ["report", "tiny", "--format", "json", "--output", str(tmp_path / "r.json"), *ws])
+    assert out.exit_code == 0, out.output
+    summary = json.loads((tmp_path / "r.json").read_text())
+    meta = json.loads((result.model_dir / "rtsent.json").read_text())
+    assert summary["best"] == meta["best"] and summary["calibration"] == meta["calibration"]
+    assert summary["training"]["steps"] == result.steps
+    assert summary["prepared"]["splits"]["validation"]["rows"] == 64
+    md_path = result.run.dir / "report-test.md"
+    out = runner.invoke(app, ["report", "tiny", "--format", "md", "--output", str(md_path), *ws])
+    assert out.exit_code == 0, out.output
+    md = md_path.read_text()
+    assert "![training](plots/training.png)" in md and (md_path.parent / "plots/training.png").is_file()
+    md_path.unlink()
+    out = runner.invoke(app, ["runs", "--format", "json", *ws])
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.output)
+    assert [r["run"] for r in rows] == ["tiny"]
+    assert rows[0]["validation_accuracy"] == result.best_accuracy and rows[0]["best_step"] == result.best_step
+    missing = runner.invoke(app, ["report", "nope", *ws])
+    assert missing.exit_code == 1 and "runs: tiny" in missing.output
+
+
+def test_runs_newest_first_and_no_plots(tiny_model_dir, data_dir, tmp_path):
+    ws = ["--workdir", str(tmp_path / "ws")]
+    assert runner.invoke(app, ["prepare", "--data", str(data_dir), "--model", str(tiny_model_dir), "--max-len", "32", *ws]).exit_code == 0
+    for name, extra in (("first", []), ("second", ["--no-plots"])):
+        out = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--max-steps", "3", "--batch-size", "8",
+                                  "--lr", "3e-3", "--precision", "fp32", "--run-name", name, *extra, *ws])
+        assert out.exit_code == 0, out.output
+    # A barely trained model: its temperature is the NLL minimum of a brute-force grid over log T.
+
+    from rtsent.artifacts.workspace import Workspace
+
+    clf, scores, y = validation_scores(Workspace.resolve(tmp_path / "ws"), tmp_path / "ws/runs/first/model")
+    grid = np.exp(np.linspace(math.log(0.01), math.log(100), 4001))
+    best = grid[int(np.argmin(grid_nll(scores, y, grid)))]
+    assert abs(math.log(clf.temperature) - math.log(best)) <= 0.003, (clf.temperature, best)
+    assert (tmp_path / "ws/runs/first/plots/training.png").is_file()
+    assert not (tmp_path / "ws/runs/second/plots").exists()
+    out = runner.invoke(app, ["runs", *ws])
+    assert out.exit_code == 0, out.output
+    assert out.output.index("│ second") < out.output.index("│ first")
+    bad = runner.invoke(app, ["runs", "--format", "xml", *ws])
+    assert bad.exit_code == 2 and "--format must be one of" in bad.output
+
+
+def test_cli_import_does_not_load_matplotlib():
+    code = "import sys; from rtsent.cli import app; sys.exit('matplotlib' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.parametrize("command", [["report"], ["runs"]])
+def test_help_of_report_and_runs(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_report_without_runs_and_bad_evaluate_options_are_one_line(tmp_path):
+    out = runner.invoke(app, ["report", "--workdir", str(tmp_path / "empty")])
+    assert out.exit_code == 1 and "no runs in" in out.output and "Traceback" not in out.output
+    out = runner.invoke(app, ["evaluate", "--data", "x.csv", "--prepared", "abc", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "--data and --prepared" in out.output
+    out = runner.invoke(app, ["evaluate", "--errors", "-1", "--workdir", str(tmp_path)])
+    assert out.exit_code == 2 and "--errors must be 0 or more" in out.output

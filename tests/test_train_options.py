@@ -1,4 +1,5 @@
-"""Training options: --train-layers N, --class-weights auto, --early-stopping N, --report-to (TensorBoard events in the run)."""
+"""Training options (and TrainConfig's checks of them): --train-layers N, --class-weights auto, --early-stopping N,
+--report-to (TensorBoard events in the run)."""
 
 from __future__ import annotations
 
@@ -303,3 +304,13 @@ def test_token_slices_keep_every_row_in_order_and_trim_each_slice():
             assert p["input_ids"][row, :n].tolist() == ids[label, :n].tolist()
             assert p["attention_mask"][row].sum().item() == n
     assert len(token_slices(batch, 1)) == 6  # never less than one row a slice
+
+
+def test_train_config_collects_every_problem():
+    with pytest.raises(UsageError) as err:
+        TrainConfig(lr=0, loss="mse", save_every=10, run_name="../x")
+    message = str(err.value)
+    for fragment in ("--lr", "--loss", "--save-every", "--run-name"):
+        assert fragment in message
+    with pytest.raises(UsageError, match="multiple"):
+        TrainConfig(eval_every=4, save_every=6)

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 from rtsent.errors import ArtifactError, BusyError
 from rtsent.faults import crash_point
-from rtsent.artifacts.files import atomic_file, finite, umask, write_json, write_jsonl  # noqa: F401 (re-exported: the stages import them from here)
+from rtsent.artifacts.files import umask
 from rtsent.artifacts.workspace import Workspace
 
 # Bumped whenever the layout or content of a stage's output changes, so old caches are not reused.

@@ -20,7 +20,6 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from rtsent.artifacts.files import read_json
 from rtsent.artifacts.model import META_FILE
 from rtsent.errors import ArtifactError, UsageError
 

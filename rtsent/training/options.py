@@ -8,10 +8,11 @@ from typing import Any, Sequence
 
 import torch
 
-from rtsent.artifacts.cache import write_json
+from rtsent.artifacts.files import write_json
 from rtsent.artifacts.prepared import PreparedMeta
 from rtsent.errors import UsageError
-from rtsent.artifacts.workspace import RunPaths, read_json
+from rtsent.artifacts.workspace import RunPaths
+from rtsent.artifacts.files import read_json
 
 
 def transformer_blocks(model: Any) -> torch.nn.ModuleList:

@@ -1,6 +1,6 @@
 """How long the one-time conversion of a GGUF file takes, with rtsent's parse-once block and without it.
 
-    python benchmarks/gguf_convert.py [--gguf FILE] [--repeats 2]
+    python benchmarks/archive/gguf_convert.py [--gguf FILE] [--repeats 2]
 
 Each conversion runs in its own process on an empty cache (RTSENT_CACHE in a temporary folder), the two
 variants alternated: `once` is rtsent's conversion (rtsent.compat.gguf_parsed_once around transformers'
@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/, for common
 from common import ENV, emit  # noqa: E402
 
 CHILD = r"""

@@ -1,7 +1,7 @@
 """Measure one training lever at a time on rtsent's real train code path (rtsent.train.run).
 
-    python benchmarks/levers.py --sweep [STEPS] [NAME-SUBSTRING ...]   # every lever, one process each
-    python benchmarks/levers.py --steps 8 [--batch-size 32] [--precision auto|fp32|bf16] [--optim adamw_torch_fused]
+    python benchmarks/archive/levers.py --sweep [STEPS] [NAME-SUBSTRING ...]   # every lever, one process each
+    python benchmarks/archive/levers.py --steps 8 [--batch-size 32] [--precision auto|fp32|bf16] [--optim adamw_torch_fused]
         [--threads 2] [--attn sdpa|eager] [--compile] [--workers 0] [--profile]
 
 rtsent is not edited: options it does not expose (optimizer, thread count, attention kernel, DataLoader
@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/, for common
 from common import OUT, DATA, StepTimer, emit  # noqa: E402
 
 

@@ -2,7 +2,7 @@
 as `rtsent export --int8` checks (agreement with the fp32 graph's decisions and accuracy on the validation
 split the model was selected on), with its scoring rate.
 
-    python benchmarks/int8_variants.py RUN/model --workdir WS [--variants tensor,channel,keep:down_proj,...]
+    python benchmarks/archive/int8_variants.py RUN/model --workdir WS [--variants tensor,channel,keep:down_proj,...]
 
 Variants (the label projection, the graph's output, stays fp32 in all, as in rtsent's export):
   tensor            every other matrix product int8, one scale per tensor (rtsent before #19's Llama rule)
@@ -25,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/, for common
 from common import OUT  # noqa: E402
 
 

@@ -1,129 +1,177 @@
-"""Plots, run reports, calibration, error analysis and evaluate --data, against hand-computed numbers
-and independent code paths (the model's own forward, a brute-force grid, the CSV the test wrote)."""
+"""The evaluate stage: metrics against the model's own forward, zero-shot, evaluate --data (ClassLabel
+columns, errors, plots, comparing models), the temperature train fits and the calibration evaluate
+reports, and the warnings it gives. The arithmetic of calibration itself: test_calibration.py."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import subprocess
-import sys
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from rtsent import evaluate
 from rtsent.artifacts.prepared import find_prepared, load_prepared
-from rtsent.core import calibration
 from rtsent.cli import app
+from rtsent.config import EvaluateConfig, PromptConfig
+from conftest import reference_scores, synthetic_split
+from helpers import assert_png, grid_nll, prep
 
 runner = CliRunner()
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def assert_png(path: Path, min_side: int = 100) -> None:
-    import matplotlib.image
+def test_evaluate_reports_metrics_and_writes_json(trained, data_dir, tmp_path):
+    """On a private copy of the trained workspace: evaluate on validation writes its report and the card's
+    validation metrics into the run's model folder, which the shared run must keep as trained (test_export reads
+    it; before the tests were sorted by subject, this test happened to run after that one)."""
+    from rtsent.artifacts.workspace import Workspace
 
-    assert path.read_bytes()[:8] == PNG_MAGIC, path
-    height, width = matplotlib.image.imread(str(path)).shape[:2]
-    assert height >= min_side and width >= min_side, (path, height, width)
+    shared, result = trained
+    shutil.copytree(shared.root, tmp_path / "ws")
+    space = Workspace.resolve(tmp_path / "ws")
+    model = space.run(result.run.name).model
+    report = evaluate.run(EvaluateConfig(), space)  # default: the latest run's model
+    assert report["model"] == str(model)
+    assert report["examples"] == 64
+    assert report["accuracy"] >= 0.9
+    import pyarrow.parquet as pq
+    from conftest import reference_scores
 
-
-# --- calibration arithmetic -------------------------------------------------------------------
-
-def test_contextual_calibration_by_hand():
-    probs = np.array([[0.8, 0.2], [0.4, 0.6]])
-    out = calibration.contextual(probs, np.array([0.7, 0.3]))
-    # row 1: (0.8/0.7, 0.2/0.3) = (8/7, 2/3) -> 24/38, 14/38; row 2: (4/7, 2) -> 4/18, 14/18
-    np.testing.assert_allclose(out, [[12 / 19, 7 / 19], [2 / 9, 7 / 9]], rtol=1e-12)
-    # a biased model that said "positive" for both now says "negative" for the first
-    assert out.argmax(axis=1).tolist() == [0, 1]
-
-
-def test_reliability_bins_and_ece_by_hand():
-    # confidences 0.95 (right), 0.9 (wrong, on an edge: lower bin), 0.55 and 0.6 (right, same bin)
-    probs = np.array([[0.05, 0.95], [0.9, 0.1], [0.55, 0.45], [0.4, 0.6]])
-    labels = [1, 1, 0, 1]
-    rel = calibration.reliability(probs, labels, 10)
-    filled = {i: b for i, b in enumerate(rel["bins"]) if b["count"]}
-    assert sorted(filled) == [5, 8, 9]
-    assert filled[5]["count"] == 2 and filled[5]["confidence"] == pytest.approx(0.575) and filled[5]["accuracy"] == 1.0
-    assert filled[8]["accuracy"] == 0.0 and filled[8]["confidence"] == pytest.approx(0.9)
-    # 2/4 * 0.425 + 1/4 * 0.9 + 1/4 * 0.05
-    assert rel["ece"] == pytest.approx(0.45)
-    s = calibration.summary(probs, labels, 10)
-    assert s["accuracy"] == 0.75
-    assert s["nll"] == pytest.approx(-(math.log(0.95) + math.log(0.1) + math.log(0.55) + math.log(0.6)) / 4)
+    validation = pq.read_table(data_dir / "validation.parquet").to_pydict()
+    prompts = [t + "\nSentiment:" for t in validation["text"]]  # short enough for max-len 32 (no truncation)
+    pred = reference_scores(model, prompts).argmax(1)
+    truth = validation["label"]
+    assert report["confusion_matrix"]["rows_true_cols_predicted"] == [
+        [sum(1 for t, p in zip(truth, pred) if (t, p) == (i, j)) for j in (0, 1)] for i in (0, 1)]
+    assert report["accuracy"] == sum(int(t == p) for t, p in zip(truth, pred)) / 64
+    written = json.loads((model / "eval-validation.json").read_text())  # what the file on disk says
+    assert written["accuracy"] == sum(int(t == p) for t, p in zip(truth, pred)) / 64
 
 
-def grid_nll(z, y, grid) -> list[float]:
-    """Cross-entropy of z / T for every T of a grid, by torch's own cross_entropy (a second code path)."""
+def test_zero_shot_report_goes_under_the_workspace(ws, tiny_model_dir, data_dir, tmp_path):
+    """Issue #7, workflows off the happy path (was test_workflows.py, item 3):
+    evaluate never writes into a model folder rtsent did not make."""
+    model = tmp_path / "users-model"
+    shutil.copytree(tiny_model_dir, model)
+    before = sorted(p.name for p in model.iterdir())
+    prep(ws, model, data_dir, max_len=32)
+    report = evaluate.run(EvaluateConfig(model=str(model), prompt=PromptConfig()), ws)
+    assert sorted(p.name for p in model.iterdir()) == before
+    written = ws.evals_dir / report["written_to"].split("/evals/")[1]
+    # The file under evals/ holds this model's figures: the accuracy of its own forward on the split.
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data_dir / "validation.parquet").to_pydict()
+    pred = reference_scores(model, [t + "\nSentiment:" for t in table["text"]]).argmax(1)
+    expected = float((pred == np.array(table["label"])).mean())
+    assert written.is_file() and json.loads(written.read_text())["accuracy"] == pytest.approx(expected)
+    assert json.loads(written.read_text())["model"] == str(model)
+
+
+def test_zero_shot_metrics_equal_a_full_forward_by_hand(ws, tiny_model_dir, data_dir):
+    """A path that had no test before issue #7 (was test_workflows.py)."""
+    import pyarrow.parquet as pq
+
+    prep(ws, tiny_model_dir, data_dir, max_len=64)
+    report = evaluate.run(EvaluateConfig(model=str(tiny_model_dir), prompt=PromptConfig(), precision="fp32"), ws)
+    table = pq.read_table(data_dir / "validation.parquet").to_pydict()
+    scores = reference_scores(tiny_model_dir, [t + "\nSentiment:" for t in table["text"]])
+    pred = scores.argmax(1)
+    truth = np.array(table["label"])
+    assert report["accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-9)
+    assert report["confusion_matrix"]["rows_true_cols_predicted"] == [
+        [int(((truth == t) & (pred == p)).sum()) for p in (0, 1)] for t in (0, 1)]
+
+
+def test_evaluate_data_reads_a_classlabel_column_by_name_not_by_position(trained, tmp_path):
+    """A finding of the pretrained-model review (was test_review_fixes.py, finding 1):
+    evaluate --data matches a ClassLabel column to the label names by name, as prepare does."""
+    import datasets
+
+    space, result = trained
+    rows = synthetic_split(64, seed=11)
+    names = ["negative", "positive"]
+    # The same reviews twice: labels as plain names (matched by name, no ClassLabel), and as a ClassLabel
+    # whose class order is the reverse of the model's label words.
+    plain = tmp_path / "plain.parquet"
+    datasets.Dataset.from_dict({"text": rows["text"], "label": [names[y] for y in rows["label"]]}).to_parquet(plain)
+    reversed_names = ["positive", "negative"]
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=reversed_names)})
+    labelled = tmp_path / "classlabel.parquet"
+    datasets.Dataset.from_dict({"text": rows["text"], "label": [1 - y for y in rows["label"]]},
+                               features=features).to_parquet(labelled)
+
+    def accuracy(path):
+        cfg = EvaluateConfig(model=str(result.model_dir), data=str(path), precision="fp32", plots=False,
+                             output=str(tmp_path / f"{path.stem}.json"))
+        return evaluate.run(cfg, space)["accuracy"]
+
+    by_name = accuracy(plain)
+    assert by_name > 0.75  # far from 0.5, so a swap (1 - accuracy) cannot pass for it
+    assert accuracy(labelled) == by_name
+
+
+def test_contextual_calibration_uses_the_temperature_of_the_reviews_it_corrects(trained, tmp_path):
+    """A finding of the pretrained-model review (was test_review_fixes.py, finding 3):
+    evaluate --calibrate on a model with a temperature: content-free probabilities on the
+    same scale."""
     import torch
-    import torch.nn.functional as F
 
-    t = torch.tensor(grid, dtype=torch.float64)[:, None, None]
-    scaled = (z[None] / t).reshape(-1, z.shape[1])
-    losses = F.cross_entropy(scaled, y.repeat(len(grid)), reduction="none").reshape(len(grid), -1).mean(1)
-    return losses.tolist()
-
-
-def test_temperature_fit_matches_a_brute_force_grid():
-    import torch
-    import torch.nn.functional as F
-
-    rng = np.random.default_rng(0)
-    logits = rng.normal(size=(400, 3)) * 4.0
-    # labels drawn from softmax(logits / 2.5): the scores are overconfident by a factor of about 2.5
-    p = np.exp(logits / 2.5)
-    p /= p.sum(axis=1, keepdims=True)
-    labels = np.array([rng.choice(3, p=row) for row in p])
-    grid = np.linspace(0.2, 10.0, 9801)  # step 0.001
-    z = torch.tensor(logits)
-    y = torch.tensor(labels)
-    losses = grid_nll(z, y, grid)
-    best = grid[int(np.argmin(losses))]
-    fitted = calibration.fit_temperature(logits, labels)
-    assert abs(fitted - best) <= 0.002, (fitted, best)
-    assert 1.5 < fitted < 4.0
-    record = calibration.temperature_record(logits, labels)
-    assert record["nll_before"] == pytest.approx(F.cross_entropy(z, y).item(), rel=1e-6)
-    assert record["nll_after"] == pytest.approx(min(losses), abs=1e-6)
-    assert record["fitted_on"] == "validation"
-
-
-def test_content_free_probabilities_equal_the_models_own_forward(tiny_model_dir):
-    import torch
-    from transformers import AutoTokenizer, GPT2LMHeadModel
-
-    from rtsent.config import PromptConfig
+    from conftest import _reference_model
+    from rtsent.core.calibration import CONTENT_FREE
     from rtsent.engines import open_classifier
 
-    clf = open_classifier(str(tiny_model_dir), PromptConfig(), precision="fp32")
-    got = calibration.content_free_probabilities(clf)
-    tok = AutoTokenizer.from_pretrained(str(tiny_model_dir))
-    model = GPT2LMHeadModel.from_pretrained(str(tiny_model_dir)).eval()
-    words = [tok(" negative", add_special_tokens=False)["input_ids"][0], tok(" positive", add_special_tokens=False)["input_ids"][0]]
-    expected = []
-    for prompt in ("N/A\nSentiment:", "\nSentiment:", "[MASK]\nSentiment:"):  # "" is the bare template
-        ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
-        with torch.no_grad():
-            last = model(ids).logits[0, -1, words].double()
-        expected.append(torch.softmax(last, -1).numpy())
-    np.testing.assert_allclose(got, np.mean(expected, axis=0), atol=1e-5)
+    import shutil
+
+    space, result = trained
+    # The tiny run gets all validation right, so its fitted T is 1: give a copy of it a temperature of 2.5,
+    # far enough from 1 that the two scales differ.
+    folder = tmp_path / "model"
+    shutil.copytree(result.model_dir, folder)
+    meta = json.loads((folder / "rtsent.json").read_text())
+    t = meta["calibration"]["temperature"] = 2.5
+    (folder / "rtsent.json").write_text(json.dumps(meta))
+    report = evaluate.run(EvaluateConfig(model=str(folder), split="test", precision="fp32", plots=False,
+                                         calibrate=True, output=str(tmp_path / "cal.json")), space)
+    # The content-free prompts' label-word logits from the model's own forward, one prompt at a time.
+    rows = open_classifier(str(folder), engine="torch", precision="fp32").encoder.encode(list(CONTENT_FREE))
+    tok, model = _reference_model(str(result.model_dir))
+    with torch.no_grad():
+        z = np.array([model(torch.tensor([r])).logits[0, -1, [w[0][0] for w in meta["label_words"]]].double().numpy()
+                      for r in rows.input_ids])
+    scaled = np.exp(z / t) / np.exp(z / t).sum(axis=1, keepdims=True)
+    unscaled = np.exp(z) / np.exp(z).sum(axis=1, keepdims=True)
+    p_cf = np.array(report["calibration"]["contextual"]["p_cf"])
+    np.testing.assert_allclose(p_cf, scaled.mean(axis=0), atol=1e-5)
+    assert np.abs(p_cf - unscaled.mean(axis=0)).max() > 1e-3
 
 
-# --- training: temperature, timing, curves ----------------------------------------------------
+def test_evaluating_the_validation_split_of_a_trained_model_warns_that_it_is_optimistic(trained, tmp_path):
+    """A finding of the pretrained-model review (was test_review_fixes.py, a smaller finding):
+    evaluate's headline on validation, the split that chose the checkpoint,
+    carries a warning. On a private copy of the trained workspace, as test_evaluate_reports_metrics_and_writes_json
+    says why."""
+    from typer.testing import CliRunner
 
-def validation_scores(space, model_dir):
-    import torch
+    from rtsent.artifacts.workspace import Workspace
+    from rtsent.cli import app
 
-    from rtsent.engines import open_classifier
-
-    dd = load_prepared(find_prepared(space, None)).dataset
-    clf = open_classifier(str(model_dir), precision="fp32")
-    scores = torch.tensor(clf.scores(dd["validation"]["input_ids"]), dtype=torch.float64)
-    return clf, scores, torch.tensor(dd["validation"]["labels"])
+    shared, result = trained
+    shutil.copytree(shared.root, tmp_path / "ws")
+    space = Workspace.resolve(tmp_path / "ws")
+    model = space.run(result.run.name).model
+    common = ["--workdir", str(space.root), "--model", str(model), "--precision", "fp32", "--no-plots"]
+    on_validation = CliRunner().invoke(app, ["evaluate", "--split", "validation", "--output", str(tmp_path / "v.json"),
+                                             *common])
+    on_test = CliRunner().invoke(app, ["evaluate", "--split", "test", "--output", str(tmp_path / "t.json"), *common])
+    assert on_validation.exit_code == 0 and on_test.exit_code == 0
+    assert "optimistic" in json.loads((tmp_path / "v.json").read_text())["warning"]
+    assert "note: validation chose this model's checkpoint" in " ".join(on_validation.output.split())
+    assert "warning" not in json.loads((tmp_path / "t.json").read_text()) and "optimistic" not in on_test.output
 
 
 @pytest.fixture(scope="module")
@@ -143,7 +191,6 @@ def barely_trained(tmp_path_factory, tiny_model_dir, data_dir):
 def forward_scores(model_dir, rows):
     """Label-word logits of the model's own full forward on prompt ids, one unpadded row at a time."""
     import torch
-
     from conftest import reference_scores
 
     return torch.tensor(reference_scores(model_dir, rows), dtype=torch.float64)
@@ -182,26 +229,6 @@ def test_a_separable_validation_split_keeps_t_at_one(trained):
         pytest.skip("the shared tiny model is not separable on this machine")
     assert cal["temperature"] == 1.0 and "kept T = 1" in cal["note"]
 
-
-def test_training_curves_png_draws_the_metrics_log(trained, tmp_path):
-    from rtsent.plots import training_curves
-
-    space, result = trained
-    assert result.plots == (result.run.dir / "plots" / "training.png",)
-    assert_png(result.plots[0])
-    events = [json.loads(line) for line in result.run.metrics.read_text().splitlines()]
-    train_loss = [(e["step"], e["loss"]) for e in events if "loss" in e]
-    accuracy = [(e["step"], e["eval_accuracy"]) for e in events if "eval_accuracy" in e]
-    plot = training_curves(result.run.metrics, tmp_path / "curves.png", result.best_step)
-    for name, expected in (("train loss", train_loss), ("validation accuracy", accuracy)):
-        drawn = plot.drawn[name]
-        assert [step for step, _ in drawn] == [step for step, _ in expected], name
-        assert [value for _, value in drawn] == pytest.approx([value for _, value in expected]), name
-    assert plot.drawn["best_step"] == result.best_step
-    assert dict(accuracy)[result.best_step] == pytest.approx(result.best_accuracy)
-
-
-# --- evaluate --data, plots, errors, compare --------------------------------------------------
 
 def write_labelled_csv(path: Path, n: int = 40, flipped: tuple[int, ...] = (0, 1, 2, 3)) -> tuple[list[str], list[int]]:
     """Synthetic reviews; some labels written as names, and a few deliberately wrong (sure mistakes)."""
@@ -362,78 +389,3 @@ def test_cli_evaluate_data_errors_calibrate_and_compare(trained, tiny_model_dir,
     assert str(tiny_model_dir) in out.output and "comparison written to" in out.output
     bad = runner.invoke(app, ["evaluate", "--model", str(result.model_dir), "--data", str(data), "--workdir", str(space.root)])
     assert bad.exit_code == 2 and "no text column 'text'" in bad.output
-
-
-# --- report and runs --------------------------------------------------------------------------
-
-def test_report_and_runs_of_the_trained_run(trained, tmp_path):
-    space, result = trained
-    ws = ["--workdir", str(space.root)]
-    out = runner.invoke(app, ["report", "tiny", *ws])
-    assert out.exit_code == 0, out.output
-    assert f"step {result.best_step}" in out.output and "training.png" in out.output
-    assert "256 rows" in out.output  # the prepared train split
-    out = runner.invoke(app, ["report", "tiny", "--format", "json", "--output", str(tmp_path / "r.json"), *ws])
-    assert out.exit_code == 0, out.output
-    summary = json.loads((tmp_path / "r.json").read_text())
-    meta = json.loads((result.model_dir / "rtsent.json").read_text())
-    assert summary["best"] == meta["best"] and summary["calibration"] == meta["calibration"]
-    assert summary["training"]["steps"] == result.steps
-    assert summary["prepared"]["splits"]["validation"]["rows"] == 64
-    md_path = result.run.dir / "report-test.md"
-    out = runner.invoke(app, ["report", "tiny", "--format", "md", "--output", str(md_path), *ws])
-    assert out.exit_code == 0, out.output
-    md = md_path.read_text()
-    assert "![training](plots/training.png)" in md and (md_path.parent / "plots/training.png").is_file()
-    md_path.unlink()
-    out = runner.invoke(app, ["runs", "--format", "json", *ws])
-    assert out.exit_code == 0, out.output
-    rows = json.loads(out.output)
-    assert [r["run"] for r in rows] == ["tiny"]
-    assert rows[0]["validation_accuracy"] == result.best_accuracy and rows[0]["best_step"] == result.best_step
-    missing = runner.invoke(app, ["report", "nope", *ws])
-    assert missing.exit_code == 1 and "runs: tiny" in missing.output
-
-
-def test_runs_newest_first_and_no_plots(tiny_model_dir, data_dir, tmp_path):
-    ws = ["--workdir", str(tmp_path / "ws")]
-    assert runner.invoke(app, ["prepare", "--data", str(data_dir), "--model", str(tiny_model_dir), "--max-len", "32", *ws]).exit_code == 0
-    for name, extra in (("first", []), ("second", ["--no-plots"])):
-        out = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--max-steps", "3", "--batch-size", "8",
-                                  "--lr", "3e-3", "--precision", "fp32", "--run-name", name, *extra, *ws])
-        assert out.exit_code == 0, out.output
-    # A barely trained model: its temperature is the NLL minimum of a brute-force grid over log T.
-
-    from rtsent.artifacts.workspace import Workspace
-
-    clf, scores, y = validation_scores(Workspace.resolve(tmp_path / "ws"), tmp_path / "ws/runs/first/model")
-    grid = np.exp(np.linspace(math.log(0.01), math.log(100), 4001))
-    best = grid[int(np.argmin(grid_nll(scores, y, grid)))]
-    assert abs(math.log(clf.temperature) - math.log(best)) <= 0.003, (clf.temperature, best)
-    assert (tmp_path / "ws/runs/first/plots/training.png").is_file()
-    assert not (tmp_path / "ws/runs/second/plots").exists()
-    out = runner.invoke(app, ["runs", *ws])
-    assert out.exit_code == 0, out.output
-    assert out.output.index("│ second") < out.output.index("│ first")
-    bad = runner.invoke(app, ["runs", "--format", "xml", *ws])
-    assert bad.exit_code == 2 and "--format must be one of" in bad.output
-
-
-def test_cli_import_does_not_load_matplotlib():
-    code = "import sys; from rtsent.cli import app; sys.exit('matplotlib' in sys.modules)"
-    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
-
-
-@pytest.mark.parametrize("command", [["report"], ["runs"]])
-def test_help_of_report_and_runs(command):
-    result = runner.invoke(app, [*command, "--help"])
-    assert result.exit_code == 0 and "Usage" in result.output
-
-
-def test_report_without_runs_and_bad_evaluate_options_are_one_line(tmp_path):
-    out = runner.invoke(app, ["report", "--workdir", str(tmp_path / "empty")])
-    assert out.exit_code == 1 and "no runs in" in out.output and "Traceback" not in out.output
-    out = runner.invoke(app, ["evaluate", "--data", "x.csv", "--prepared", "abc", "--workdir", str(tmp_path)])
-    assert out.exit_code == 2 and "--data and --prepared" in out.output
-    out = runner.invoke(app, ["evaluate", "--errors", "-1", "--workdir", str(tmp_path)])
-    assert out.exit_code == 2 and "--errors must be 0 or more" in out.output

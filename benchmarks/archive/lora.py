@@ -1,7 +1,7 @@
 """LoRA vs full fine-tuning on GPT-2 small (random weights), side by side in one process, rtsent's own
 training path (rtsent.train.run) with a step timer.
 
-    python benchmarks/lora.py [--steps 24] [--skip 4] [--rounds 2] [--batch-size 32] [--precision auto]
+    python benchmarks/archive/lora.py [--steps 24] [--skip 4] [--rounds 2] [--batch-size 32] [--precision auto]
 
 Runs full, LoRA, full, LoRA, ... (`--rounds` pairs) on Rotten Tomatoes' train split (validation cut to
 64 rows so the evaluation at the end costs little). Prints each run's steady-state train examples/s
@@ -17,9 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, OUT, StepTimer, cpu_description, emit  # noqa: E402
-from make_gpt2_small import build  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/, for common
+from common import DATA, OUT, StepTimer, cpu_description, emit, gpt2_small  # noqa: E402
 
 
 def small_validation(out: Path) -> Path:
@@ -46,7 +45,7 @@ def main() -> None:
     from rtsent.config import PrepareConfig, TrainConfig
     from rtsent.artifacts.workspace import Workspace
 
-    model = str(build(OUT / "gpt2-small"))
+    model = str(gpt2_small())
     ws = Workspace.resolve(tempfile.mkdtemp(prefix="rtsent-lora-bench-", dir=OUT))
     prep = prepare.run(PrepareConfig(data=str(small_validation(OUT / "rt-val64")), model=model), ws)
     import rtsent.train as tr

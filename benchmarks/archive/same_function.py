@@ -1,6 +1,6 @@
 """Do rtsent.training.speed's step levers compute the same function? Train twice, levers on and off, and compare.
 
-    python benchmarks/same_function.py [--precision fp32|bf16] [--steps 120]
+    python benchmarks/archive/same_function.py [--precision fp32|bf16] [--steps 120]
 
 A small from-scratch GPT-2 (n_layer=2, n_embd=64) on Rotten Tomatoes, seed 1, lr 1e-3, evaluated every
 60 steps; prints each run's best validation accuracy and the largest difference between the two exported
@@ -14,7 +14,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # benchmarks/, for common
 from accuracy import levers_off  # noqa: E402
 from common import DATA, OUT, emit  # noqa: E402
 
