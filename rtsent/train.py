@@ -28,8 +28,8 @@ from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point
 from rtsent.training.options import (class_weights, early_stopping_callbacks, early_stopping_record, record,
                                      tracker_setup, trackers, train_last_layers)
-from rtsent.training.trainer import (LabelCollator, LabelPositionTrainer, MetricsLog, RichProgress, SaveEveryBest,
-                                     StopOnSignal, accuracy_metrics)
+from rtsent.training.trainer import (KeepHeapNearFirstStep, LabelCollator, LabelPositionTrainer, MetricsLog, RichProgress,
+                                     SaveEveryBest, StopOnSignal, accuracy_metrics)
 from rtsent.core.prompts import LabelWords
 from rtsent.core.families import check_max_len
 from rtsent.core.modeling import default_device, load_model, load_tokenizer, origin_note, saved_config
@@ -293,7 +293,9 @@ def _fit(trainer: LabelPositionTrainer, stopper: StopOnSignal, checkpoint: Path 
     started = time.perf_counter()
     stopper.install()
     try:
-        with speed.reused_heap() if device.type == "cpu" else contextlib.nullcontext():
+        with speed.reused_heap() if device.type == "cpu" else contextlib.nullcontext() as reused:
+            if reused:
+                trainer.add_callback(KeepHeapNearFirstStep())
             output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     finally:
         stopper.uninstall()

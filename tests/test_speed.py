@@ -5,6 +5,8 @@ from __future__ import annotations
 import sys
 
 import pytest
+
+from rtsent.training import speed
 import torch
 
 
@@ -199,3 +201,24 @@ def test_reused_heap_makes_glibc_reuse_a_freed_big_block():
     assert outside >= 96 * 2**20 // 4096 // 2, outside  # by default: a fresh mmap, every page faults again
     assert inside < outside // 100, (inside, outside)
     assert after >= outside // 2, (after, outside)  # the defaults are back once the block ends
+
+
+def test_heap_ceiling_trims_only_past_the_first_steps_footprint(monkeypatch):
+    """The first step's resident set (plus the margin) is the ceiling; a step that ends above it gives the free
+    pages back (malloc_trim), one that ends below does not."""
+    sizes = iter([1000, 1100, 1300, 900, 1201])
+    trims = []
+    monkeypatch.setattr(speed, "resident_bytes", lambda: next(sizes))
+    monkeypatch.setattr(speed, "release_free_memory", lambda: trims.append(True))
+    ceiling = speed.HeapCeiling(margin=200)
+    assert [ceiling.after_step() for _ in range(5)] == [False, False, True, False, True]
+    assert ceiling.ceiling == 1200 and ceiling.trims == 2 and len(trims) == 2
+
+
+def test_resident_bytes_sees_an_allocation():
+    before = speed.resident_bytes()
+    if before is None:
+        pytest.skip("no /proc/self/statm here")
+    block = bytearray(64 << 20)  # 64 MB, touched
+    block[::4096] = b"x" * len(block[::4096])
+    assert speed.resident_bytes() - before > 48 << 20

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import os
 import sys
 from typing import Any, Iterator
 
@@ -155,3 +156,42 @@ def release_free_memory() -> None:
     libc = _glibc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def resident_bytes() -> int | None:
+    """This process's resident set size (Linux /proc/self/statm), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm", encoding="ascii") as fh:
+            return int(fh.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class HeapCeiling:
+    """The reused heap, kept near the footprint of the first (longest) step.
+
+    Batches come longest first, so the first step's resident set is what training needs; later steps'
+    differently sized tensors do not always fit the holes the last ones left, and a heap that is never trimmed
+    grows by gigabytes over an epoch (SmolLM2-135M: 8.9 GB after the first step, 11.2 GB forty steps later).
+    When the resident set passes that footprint by more than `margin`, the heap's free pages go back to the
+    system (one malloc_trim; the next step faults them in again), so the peak stays near the first step's.
+    """
+
+    def __init__(self, margin: int = 256 << 20):
+        self.margin = margin
+        self.ceiling: int | None = None
+        self.trims = 0
+
+    def after_step(self) -> bool:
+        """Call after each optimizer step; True when it gave the free pages back."""
+        rss = resident_bytes()
+        if rss is None:
+            return False
+        if self.ceiling is None:
+            self.ceiling = rss + self.margin
+            return False
+        if rss <= self.ceiling:
+            return False
+        release_free_memory()
+        self.trims += 1
+        return True

@@ -196,6 +196,16 @@ class MetricsLog(TrainerCallback):
                 fh.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
 
 
+class KeepHeapNearFirstStep(TrainerCallback):
+    """speed.HeapCeiling after every optimizer step, while the reused heap is on (CPU training)."""
+
+    def __init__(self) -> None:
+        self.ceiling = speed.HeapCeiling()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.ceiling.after_step()
+
+
 class SaveEveryBest(TrainerCallback):
     """Checkpoint at every evaluation that improves the best accuracy, whatever --save-every says.
 
