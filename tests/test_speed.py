@@ -210,9 +210,12 @@ def test_heap_ceiling_trims_only_past_the_first_steps_footprint(monkeypatch):
     trims = []
     monkeypatch.setattr(speed, "resident_bytes", lambda: next(sizes))
     monkeypatch.setattr(speed, "release_free_memory", lambda: trims.append(True))
-    ceiling = speed.HeapCeiling(margin=200)
+    ceiling = speed.HeapCeiling(margin=200, share=0.1)  # the margin: 200 > a tenth of 1000
     assert [ceiling.after_step() for _ in range(5)] == [False, False, True, False, True]
     assert ceiling.ceiling == 1200 and ceiling.trims == 2 and len(trims) == 2
+    sizes = iter([1000, 1250, 1300])
+    share = speed.HeapCeiling(margin=200, share=0.3)  # a share of the first footprint: 300 > 200
+    assert [share.after_step() for _ in range(3)] == [False, False, False] and share.ceiling == 1300
 
 
 def test_resident_bytes_sees_an_allocation():
