@@ -272,6 +272,13 @@ FULL_LR = 1e-4
 LORA_LR = 5e-4
 FULL_BATCH = 64
 LORA_BATCH = 32
+FEW_SHOT_LR = 3e-5
+"""Full fine-tuning's rate for data prepared with --shots. Chosen on Rotten Tomatoes' whole validation split over
+three draws of 16 reviews a class (SmolLM2-135M, 30 steps; docs/benchmarks.md): 3e-5 against 1e-4 and 1e-5.
+At 1e-4 the model memorises 32 examples in about six steps."""
+CPU_MICRO_BATCH_TOKENS = 2048
+FEW_SHOT_MIN_STEPS = 30
+"""At least this many optimizer steps on data prepared with --shots: two epochs of 32 examples would be two."""
 
 
 @dataclass(frozen=True)
@@ -281,8 +288,8 @@ class TrainConfig:
     model: str = opt(DEFAULT_MODEL, "Starting model: hub name, local folder, .gguf file, or smollm2 (with --from-scratch: "
                                     "the config to build from).")
     prepared: str | None = opt(None, "Prepared dataset folder or fingerprint (default: the latest).")
-    lr: float | None = opt(None, "Peak learning rate (default 1e-4; 5e-4 with --lora), tuned for the default "
-                                 "--batch-size: set it when you change that much.")
+    lr: float | None = opt(None, "Peak learning rate (default 1e-4; 5e-4 with --lora; 3e-5 on data prepared with "
+                                 "--shots), tuned for the default --batch-size: set it when you change that much.")
     """None is resolved to FULL_LR, or LORA_LR with --lora (a rank-8 adapter needs a larger step: SmolLM2-135M,
     one epoch: LoRA test accuracy 0.793 at 5e-5, 0.859 at 5e-4, docs/benchmarks.md). FULL_LR went from 5e-5 to
     1e-4 with full fine-tuning's batch from 32 to 64 (#19): the same accuracy, 1.4x (GPT-2 small's step) the
@@ -295,9 +302,13 @@ class TrainConfig:
     accuracy at either learning rate tried (docs/benchmarks.md)."""
     micro_batches: int = opt(1, "Run each step's batch as N micro-batches whose gradients add up (accumulation): "
                                 "the same update, activation memory / N, a little slower. A divisor of --batch-size.")
-    micro_batch_tokens: int = opt(0, "Run a micro-batch longer than N tokens (rows x its longest row) as slices of at "
-                                     "most N tokens whose gradients add up: the same update, activation memory bounded "
-                                     "by tokens; short batches run whole. 0: off.")
+    micro_batch_tokens: int | None = opt(None, "Run a micro-batch longer than N tokens (rows x its longest row) as "
+                                               "slices of at most N tokens whose gradients add up: the same update, "
+                                               "activation memory bounded by tokens; short batches run whole. Default "
+                                               "2048 on CPU, off (0) on a GPU.")
+    """None is resolved by device (CPU_MICRO_BATCH_TOKENS on CPU; a GPU keeps its batches whole). SmolLM2-135M's
+    longest RT batch (64 x 82 tokens) alone took its peak to 9.1 GB; sliced to 2048 tokens, with the heap kept near
+    the first step's footprint (speed.HeapCeiling), an epoch peaks under 6 GB at the same speed (docs/benchmarks.md)."""
     eval_batch_size: int = opt(64, "Examples per evaluation batch.")
     epochs: float = opt(2.0, "Passes over the training split.")
     max_steps: int = opt(-1, "Stop after N steps (overrides --epochs when > 0).")
@@ -346,20 +357,26 @@ class TrainConfig:
     lora_export: str = opt("merged", "merged: a plain model folder (no peft needed to load); adapter: the adapter "
                                      "alone, loaded with its base model.")
 
+    def for_data(self, few_shot: bool) -> TrainConfig:
+        """The options whose defaults depend on the data, resolved once train has opened it (so run.json, the
+        card and --resume see the values used): --lr (LORA_LR with --lora, FEW_SHOT_LR on data prepared with
+        --shots, else FULL_LR) and --min-steps (FEW_SHOT_MIN_STEPS on --shots data, else 0)."""
+        lr = self.lr if self.lr is not None else LORA_LR if self.lora else FEW_SHOT_LR if few_shot else FULL_LR
+        floor = self.min_steps if self.min_steps is not None else FEW_SHOT_MIN_STEPS if few_shot else 0
+        return dataclasses.replace(self, lr=lr, min_steps=floor)
+
     def __post_init__(self) -> None:
-        if self.batch_size is None:  # resolved like lr
+        if self.batch_size is None:  # resolved at once: it does not depend on the data
             object.__setattr__(self, "batch_size", LORA_BATCH if self.lora else FULL_BATCH)
-        if self.lr is None:  # resolved once, so run.json, the card and resume see the rate that was used
-            object.__setattr__(self, "lr", LORA_LR if self.lora else FULL_LR)
         problems = []
         if self.min_steps is not None and self.min_steps < 0:
             problems.append(f"--min-steps must not be negative, got {self.min_steps}")
         for name in ("lr", "batch_size", "eval_batch_size", "epochs", "save_limit"):
-            if getattr(self, name) <= 0:
+            if getattr(self, name) is not None and getattr(self, name) <= 0:
                 problems.append(f"--{name.replace('_', '-')} must be positive, got {getattr(self, name)}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             problems.append(f"--dropout must be in [0, 1), got {self.dropout}")
-        if self.micro_batch_tokens < 0:
+        if self.micro_batch_tokens is not None and self.micro_batch_tokens < 0:
             problems.append(f"--micro-batch-tokens must be 0 (off) or positive, got {self.micro_batch_tokens}")
         if self.micro_batches <= 0 or self.batch_size % max(1, self.micro_batches):
             problems.append(f"--micro-batches must be a positive divisor of --batch-size {self.batch_size}, "

@@ -23,7 +23,7 @@ from rtsent.artifacts.cache import clean_stale, locked, publish, staging
 from rtsent.artifacts.files import write_json
 from rtsent.artifacts.model import ModelMeta, ModelPaths
 from rtsent.artifacts.prepared import PreparedMeta, find_prepared, in_workspace, load_prepared, prepare_command
-from rtsent.config import TrainConfig, to_dict
+from rtsent.config import CPU_MICRO_BATCH_TOKENS, TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point
 from rtsent.training.options import (class_weights, early_stopping_callbacks, early_stopping_record, record,
@@ -148,8 +148,8 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
     from transformers import set_seed
 
     data, tok = _load_data(cfg, ws)
-    # run.json names the data, not "latest", and the step floor it trained with.
-    cfg = dataclasses.replace(cfg, prepared=data.meta.fingerprint, min_steps=_min_steps(cfg, data.meta))
+    # run.json names the data, not "latest", and the rate and step floor it trained with.
+    cfg = dataclasses.replace(cfg.for_data(bool(data.meta.shots)), prepared=data.meta.fingerprint)
     set_seed(cfg.seed)
     device = default_device()
     precision = resolve_precision(cfg.precision, device)
@@ -175,17 +175,6 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
         plots = _plots(cfg, paths, state.best_global_step, weights is not None)
     return TrainResult(paths, paths.model, state.best_metric, state.best_global_step, output.global_step, seconds,
                        timing["train_examples_per_s"], calibration, plots, trainable, params)
-
-
-FEW_SHOT_MIN_STEPS = 30
-
-
-def _min_steps(cfg: TrainConfig, meta: PreparedMeta) -> int:
-    """--min-steps as given, else FEW_SHOT_MIN_STEPS for data prepared with --shots (a few dozen examples would
-    make two steps in two epochs), else 0."""
-    if cfg.min_steps is not None:
-        return cfg.min_steps
-    return FEW_SHOT_MIN_STEPS if meta.shots else 0
 
 
 def _load_data(cfg: TrainConfig, ws: Workspace) -> tuple[_Prepared, Any]:
@@ -231,6 +220,13 @@ def _build_model(cfg: TrainConfig, data: _Prepared, tok: Any, device: torch.devi
     return model
 
 
+def micro_batch_tokens(cfg: TrainConfig, device: torch.device) -> int:
+    """--micro-batch-tokens as given, else CPU_MICRO_BATCH_TOKENS on CPU and 0 (whole batches) on a GPU."""
+    if cfg.micro_batch_tokens is not None:
+        return cfg.micro_batch_tokens
+    return CPU_MICRO_BATCH_TOKENS if device.type == "cpu" else 0
+
+
 def _resume_point(cfg: TrainConfig, paths: RunPaths, log: Callable[[str], None]) -> Path | None:
     if is_main_process():
         paths.dir.mkdir(parents=True, exist_ok=True)
@@ -269,7 +265,7 @@ def _make_trainer(cfg: TrainConfig, paths: RunPaths, data: _Prepared, tok: Any, 
         label_words=data.label_words,
         loss_kind=cfg.loss,
         class_weights=weights,
-        micro_batch_tokens=cfg.micro_batch_tokens,
+        micro_batch_tokens=micro_batch_tokens(cfg, device),
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)

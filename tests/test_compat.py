@@ -134,8 +134,8 @@ def test_the_checkpointing_option_reaches_the_trainer_under_its_name_in_this_rel
     from rtsent.config import TrainConfig
     from rtsent.train import _training_arguments
 
-    args, _ = _training_arguments(TrainConfig(gradient_checkpointing=enabled), Workspace.resolve("unused").run("x"),
-                                  torch.device("cpu"), "fp32", 64)
+    args, _ = _training_arguments(TrainConfig(gradient_checkpointing=enabled).for_data(False),
+                                  Workspace.resolve("unused").run("x"), torch.device("cpu"), "fp32", 64)
     assert bool(args.activation_checkpointing) is enabled
 
 

@@ -143,12 +143,17 @@ def test_unknown_lora_target_lists_the_layers_there_are(lora_runs, tiny_model_di
 def test_lora_defaults_to_its_own_learning_rate_and_an_explicit_lr_wins():
     from rtsent.train import _training_arguments
 
-    assert TrainConfig().lr == 1e-4 and TrainConfig(lora=True).lr == 5e-4
+    def lr(few_shot=False, **kw):
+        return TrainConfig(**kw).for_data(few_shot).lr
+
+    assert lr() == 1e-4 and lr(lora=True) == 5e-4 and lr(few_shot=True) == 3e-5 and lr(True, lora=True) == 5e-4
     assert TrainConfig().batch_size == 64 and TrainConfig(lora=True).batch_size == 32  # each one's measured best
     assert TrainConfig(lora=True, batch_size=8).batch_size == 8
-    assert TrainConfig(lora=True, lr=1e-3).lr == 1e-3
-    args, _ = _training_arguments(TrainConfig(lora=True), Workspace.resolve("unused").run("x"), torch.device("cpu"),
-                                  "fp32", 64)
+    assert lr(lora=True, lr=1e-3) == 1e-3 and lr(True, lr=1e-3) == 1e-3
+    assert TrainConfig().for_data(True).min_steps == 30 and TrainConfig().for_data(False).min_steps == 0
+    assert TrainConfig(min_steps=5).for_data(True).min_steps == 5
+    args, _ = _training_arguments(TrainConfig(lora=True).for_data(False), Workspace.resolve("unused").run("x"),
+                                  torch.device("cpu"), "fp32", 64)
     assert args.learning_rate == 5e-4
 
 

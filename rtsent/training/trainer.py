@@ -197,13 +197,18 @@ class MetricsLog(TrainerCallback):
 
 
 class KeepHeapNearFirstStep(TrainerCallback):
-    """speed.HeapCeiling after every optimizer step, while the reused heap is on (CPU training)."""
+    """speed.HeapCeiling after every optimizer step, while the reused heap is on (CPU training); and the free pages
+    handed back after each evaluation, before the checkpoint it may save (AdamW's state serialised on top of the
+    training heap made an epoch's peak: 7.2 GB against 6.4 GB during the steps, SmolLM2-135M)."""
 
     def __init__(self) -> None:
         self.ceiling = speed.HeapCeiling()
 
     def on_step_end(self, args, state, control, **kwargs):
         self.ceiling.after_step()
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        speed.release_free_memory()
 
 
 class SaveEveryBest(TrainerCallback):
