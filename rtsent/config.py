@@ -308,7 +308,8 @@ class TrainConfig:
                                                "2048 on CPU, off (0) on a GPU.")
     """None is resolved by device (CPU_MICRO_BATCH_TOKENS on CPU; a GPU keeps its batches whole). SmolLM2-135M's
     longest RT batch (64 x 82 tokens) alone took its peak to 9.1 GB; sliced to 2048 tokens, with the heap kept near
-    the first step's footprint (speed.HeapCeiling), an epoch peaks under 6 GB at the same speed (docs/benchmarks.md)."""
+    the first step's footprint (speed.HeapCeiling), an epoch's steps stay under 6.4 GB at the same speed
+    (docs/benchmarks.md)."""
     eval_batch_size: int = opt(64, "Examples per evaluation batch.")
     epochs: float = opt(2.0, "Passes over the training split.")
     max_steps: int = opt(-1, "Stop after N steps (overrides --epochs when > 0).")
