@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from rtsent.artifacts import cache
+from rtsent.artifacts import cache, files
 from rtsent import prepare, train
 from rtsent.cli import app
 from rtsent.config import PrepareConfig, TrainConfig
@@ -336,14 +336,14 @@ def _disk_full(path="?"):
 
 def test_write_json_keeps_the_old_file_when_the_disk_fills(tmp_path, monkeypatch):
     target = tmp_path / "run.json"
-    cache.write_json(target, {"version": 1})
+    files.write_json(target, {"version": 1})
 
     def fsync(fd):
         raise _disk_full(target)
 
     monkeypatch.setattr(os, "fsync", fsync)
     with pytest.raises(OSError):
-        cache.write_json(target, {"version": 2, "padding": "x" * 10000})
+        files.write_json(target, {"version": 2, "padding": "x" * 10000})
     assert json.loads(target.read_text()) == {"version": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run.json"]
 
