@@ -14,6 +14,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+if str(ROOT) not in sys.path:  # a script's own process imports this checkout's rtsent, as `python -m rtsent` does
+    sys.path.insert(1, str(ROOT))
 OUT = HERE / "out"
 DATA = Path(os.environ.get("RTSENT_BENCH_DATA", "/work/shared/data/rotten_tomatoes"))
 TOKENIZER = os.environ.get("RTSENT_BENCH_TOKENIZER", "/work/shared/models/gpt2-tokenizer")
