@@ -8,7 +8,7 @@
 
     python benchmarks/accuracy.py --variants reference,defaults,no-speed
 
-    python benchmarks/accuracy.py [--seeds 1,2,3] [--epochs 2] [--lr 5e-5]
+    python benchmarks/accuracy.py [--seeds 1,2,3] [--epochs 2] [--lr 5e-5] [--template 'Review: {text}\\nSentiment:']
 
 Trains a small from-scratch model (`rtsent train --from-scratch --config-overrides n_layer=2,n_embd=64,n_head=4`,
 everything else rtsent's defaults) on Rotten Tomatoes once per seed and precision, and reports the best
@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import DATA, OUT, write_report  # noqa: E402
+from common import DATA, OUT, gpt2_small_config, write_report  # noqa: E402
 
 
 def levers_off(off: bool) -> None:
@@ -57,6 +57,8 @@ def main() -> None:
     ap.add_argument("--loss", default=None, help="default: rtsent's (lm); label learns faster from scratch")
     ap.add_argument("--overrides", default="n_layer=2,n_embd=64,n_head=2")
     ap.add_argument("--workspace", default=str(OUT / "accuracy-ws"))
+    ap.add_argument("--template", default=None, help="prepare's --template (default: rtsent's)")
+    ap.add_argument("--tag", default="", help="suffix of the output files (accuracy<tag>.json)")
     args = ap.parse_args()
 
     from rtsent import evaluate, prepare, train
@@ -66,7 +68,13 @@ def main() -> None:
     from rtsent.artifacts.workspace import Workspace
 
     ws = Workspace.resolve(args.workspace)
-    prep = prepare.run(PrepareConfig(data=str(DATA), model=args.model), ws)
+    if not (Path(args.model) / "config.json").is_file():
+        gpt2_small_config(Path(args.model))  # --from-scratch needs only the config and the tokenizer
+    from rtsent.config import PromptConfig
+    from rtsent.config import unescape
+
+    prompt = PromptConfig.unresolved(**({"template": unescape(args.template)} if args.template else {}))
+    prep = prepare.run(PrepareConfig(data=str(DATA), model=args.model, prompt=prompt), ws)
     extra = {k: v for k, v in (("epochs", args.epochs), ("loss", args.loss)) if v is not None}
     rows = []
     stamp = int(time.time())
@@ -98,7 +106,7 @@ def main() -> None:
     n = rows and 1066
     p = statistics.fmean(r["evaluate_accuracy"] for r in rows)
     binomial_se = math.sqrt(p * (1 - p) / n)
-    result = {"config": {"overrides": args.overrides, **extra, "lr_at_batch_32": args.lr, "seeds": args.seeds}, "runs": rows, "summary": summary,
+    result = {"config": {"overrides": args.overrides, "template": prep.meta.config["prompt"]["template"], **extra, "lr_at_batch_32": args.lr, "seeds": args.seeds}, "runs": rows, "summary": summary,
               "binomial_se_one_run": binomial_se}
     lines = ["| seed | " + " | ".join(summary) + " |", "|---|" + "---:|" * len(summary)]
     for seed in sorted({r["seed"] for r in rows}):
@@ -115,7 +123,7 @@ def main() -> None:
                          f"{max(sa['std'], sb['std']):.4f}")
     lines.append(f"- binomial standard error of one run on 1066 examples: {binomial_se:.4f}")
     md = "\n".join(lines) + "\n"
-    write_report("accuracy", result, md)
+    write_report(f"accuracy{args.tag}", result, md)
     print(md)
 
 

@@ -12,6 +12,11 @@ from rtsent import prepare, train
 from rtsent.config import PrepareConfig, TrainConfig
 
 
+def default_prompt(text: str) -> str:
+    """A review as the default template makes it a prompt, written out here, not read from rtsent."""
+    return f"Review: {text}\nSentiment:"
+
+
 def prep(ws, model, data, **kw):
     return prepare.run(PrepareConfig(data=str(data), model=str(model), **kw), ws)
 

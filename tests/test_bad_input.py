@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from rtsent.cli import app
+from helpers import default_prompt
 
 runner = CliRunner()
 HEADER = "text,label\n"
@@ -315,7 +316,7 @@ def test_unusual_but_valid_texts_are_classified(model_dir):
     from conftest import reference_probabilities
 
     short = rows[1:]  # the first is cut to max-len; the others fit whole
-    expected = reference_probabilities(model_dir, [r["text"] + "\nSentiment:" for r in short])
+    expected = reference_probabilities(model_dir, [default_prompt(r["text"]) for r in short])
     for row, probs in zip(short, expected):
         assert [row["probabilities"]["negative"], row["probabilities"]["positive"]] == pytest.approx(probs, abs=1e-4)
     table = succeeds(["predict", texts[1], "--model", str(model_dir)])

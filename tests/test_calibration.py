@@ -12,7 +12,7 @@ import pytest
 from rtsent.core import calibration
 from rtsent.core.calibration import reliability
 from rtsent.core.metrics import probability_report
-from helpers import grid_nll
+from helpers import default_prompt, grid_nll
 
 
 def test_contextual_calibration_by_hand():
@@ -77,7 +77,7 @@ def test_content_free_probabilities_equal_the_models_own_forward(tiny_model_dir)
     model = GPT2LMHeadModel.from_pretrained(str(tiny_model_dir)).eval()
     words = [tok(" negative", add_special_tokens=False)["input_ids"][0], tok(" positive", add_special_tokens=False)["input_ids"][0]]
     expected = []
-    for prompt in ("N/A\nSentiment:", "\nSentiment:", "[MASK]\nSentiment:"):  # "" is the bare template
+    for prompt in map(default_prompt, ("N/A", "", "[MASK]")):  # "" is the bare template
         ids = torch.tensor([tok(prompt, add_special_tokens=False)["input_ids"]])
         with torch.no_grad():
             last = model(ids).logits[0, -1, words].double()

@@ -25,7 +25,7 @@ from conftest import synthetic_review
 from helpers import SETTINGS
 
 runner = CliRunner()
-SUFFIX = "\nSentiment:"
+PREFIX, SUFFIX = "Review: ", "\nSentiment:"
 
 
 def reviews(n_neg: int, n_pos: int, tag: str) -> dict[str, list]:
@@ -53,8 +53,8 @@ def texts_of(prepared: Path, split: str, model_dir: Path) -> list[str]:
     tok = AutoTokenizer.from_pretrained(str(model_dir))
     rows = datasets.load_from_disk(str(prepared))[split]
     decoded = [tok.decode(ids) for ids in rows["input_ids"]]
-    assert all(d.endswith(SUFFIX) for d in decoded)
-    return [d[: -len(SUFFIX)] for d in decoded]
+    assert all(d.startswith(PREFIX) and d.endswith(SUFFIX) for d in decoded)
+    return [d[len(PREFIX): -len(SUFFIX)] for d in decoded]
 
 
 def run_prepare(ws, model_dir, data, **options):

@@ -19,7 +19,7 @@ from rtsent.artifacts.prepared import find_prepared, load_prepared
 from rtsent.cli import app
 from rtsent.config import EvaluateConfig, PromptConfig
 from conftest import reference_scores, synthetic_split
-from helpers import assert_png, grid_nll, prep
+from helpers import assert_png, default_prompt, grid_nll, prep
 
 runner = CliRunner()
 
@@ -42,7 +42,7 @@ def test_evaluate_reports_metrics_and_writes_json(trained, data_dir, tmp_path):
     from conftest import reference_scores
 
     validation = pq.read_table(data_dir / "validation.parquet").to_pydict()
-    prompts = [t + "\nSentiment:" for t in validation["text"]]  # short enough for max-len 32 (no truncation)
+    prompts = [default_prompt(t) for t in validation["text"]]  # short enough for max-len 32 (no truncation)
     pred = reference_scores(model, prompts).argmax(1)
     truth = validation["label"]
     assert report["confusion_matrix"]["rows_true_cols_predicted"] == [
@@ -66,7 +66,7 @@ def test_zero_shot_report_goes_under_the_workspace(ws, tiny_model_dir, data_dir,
     import pyarrow.parquet as pq
 
     table = pq.read_table(data_dir / "validation.parquet").to_pydict()
-    pred = reference_scores(model, [t + "\nSentiment:" for t in table["text"]]).argmax(1)
+    pred = reference_scores(model, [default_prompt(t) for t in table["text"]]).argmax(1)
     expected = float((pred == np.array(table["label"])).mean())
     assert written.is_file() and json.loads(written.read_text())["accuracy"] == pytest.approx(expected)
     assert json.loads(written.read_text())["model"] == str(model)
@@ -79,7 +79,7 @@ def test_zero_shot_metrics_equal_a_full_forward_by_hand(ws, tiny_model_dir, data
     prep(ws, tiny_model_dir, data_dir, max_len=64)
     report = evaluate.run(EvaluateConfig(model=str(tiny_model_dir), prompt=PromptConfig(), precision="fp32"), ws)
     table = pq.read_table(data_dir / "validation.parquet").to_pydict()
-    scores = reference_scores(tiny_model_dir, [t + "\nSentiment:" for t in table["text"]])
+    scores = reference_scores(tiny_model_dir, [default_prompt(t) for t in table["text"]])
     pred = scores.argmax(1)
     truth = np.array(table["label"])
     assert report["accuracy"] == pytest.approx((pred == truth).mean(), abs=1e-9)
@@ -379,12 +379,11 @@ def test_cli_evaluate_data_errors_calibrate_and_compare(trained, tiny_model_dir,
     from conftest import reference_probabilities
 
     texts, labels = write_labelled_csv(tmp_path / "again.csv")
-    template = "{text}\nSentiment:"
-    p_cf = reference_probabilities(tiny_model_dir, [template.format(text=t) for t in ("N/A", "", "[MASK]")]).mean(0)
+    p_cf = reference_probabilities(tiny_model_dir, [default_prompt(t) for t in ("N/A", "", "[MASK]")]).mean(0)
     ctx = second["calibration"]["contextual"]
     assert ctx["content_free"] == ["N/A", "", "[MASK]"]
     np.testing.assert_allclose(ctx["p_cf"], p_cf, atol=1e-5)
-    adjusted = reference_probabilities(tiny_model_dir, [template.format(text=t) for t in texts]) / p_cf
+    adjusted = reference_probabilities(tiny_model_dir, [default_prompt(t) for t in texts]) / p_cf
     assert second["accuracy"] == pytest.approx(float((adjusted.argmax(1) == np.array(labels)).mean()))
     assert str(tiny_model_dir) in out.output and "comparison written to" in out.output
     bad = runner.invoke(app, ["evaluate", "--model", str(result.model_dir), "--data", str(data), "--workdir", str(space.root)])

@@ -14,7 +14,7 @@ from rtsent.cli import app
 from rtsent.config import PredictConfig
 from rtsent.errors import UsageError
 from conftest import reference_probabilities
-from helpers import SETTINGS, texts
+from helpers import SETTINGS, default_prompt, texts
 
 runner = CliRunner()
 
@@ -28,7 +28,7 @@ def test_predict_labels_and_probabilities(trained, capsys):
     assert [r["label"] for r in rows] == ["positive", "negative"]
     from conftest import reference_probabilities
 
-    expected = reference_probabilities(result.model_dir, [r["text"] + "\nSentiment:" for r in rows])
+    expected = reference_probabilities(result.model_dir, [default_prompt(r["text"]) for r in rows])
     for row, probs in zip(rows, expected):
         assert [row["probabilities"]["negative"], row["probabilities"]["positive"]] == pytest.approx(probs, abs=1e-4)
         assert row["probability"] == pytest.approx(probs.max(), abs=1e-4)

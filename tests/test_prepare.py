@@ -36,15 +36,15 @@ def test_prepare_is_cached_by_fingerprint(tiny_model_dir, data_dir, ws):
 def test_prepare_counts_truncation_and_keeps_the_template_tail(tiny_model_dir, data_dir, ws):
     from rtsent.core.modeling import load_tokenizer
 
-    result = prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=8), ws)
+    result = prepare.run(PrepareConfig(data=str(data_dir), model=str(tiny_model_dir), max_len=12), ws)
     loaded = load_prepared(result.path)
     dd, manifest = loaded.dataset, loaded.meta.to_dict()
     tok = load_tokenizer(str(tiny_model_dir))
     tail = tok("\nSentiment:", add_special_tokens=False)["input_ids"]
     assert manifest["splits"]["train"]["truncated"] > 0
-    assert manifest["splits"]["train"]["length"]["max"] <= 8
+    assert manifest["splits"]["train"]["length"]["max"] <= 12
     for ids in dd["train"]["input_ids"][:50]:
-        assert len(ids) <= 8 and list(ids[-len(tail):]) == tail
+        assert len(ids) <= 12 and list(ids[-len(tail):]) == tail
 
 
 @pytest.mark.parametrize("fmt", ["csv", "jsonl"])
@@ -67,7 +67,7 @@ def test_a_cache_hit_makes_its_dataset_the_one_train_uses(ws, tiny_model_dir, da
     record = json.loads(result.run.config.read_text())
     assert record["prepared"] == short.meta.fingerprint
     header = next(line for line in logs if line.startswith("training r"))
-    assert short.meta.fingerprint in header and "max-len 16" in header and "{text}\\nSentiment:" in header
+    assert short.meta.fingerprint in header and "max-len 16" in header and "Review: {text}\\nSentiment:" in header
 
 
 def test_resume_after_another_prepare_keeps_the_runs_data_or_refuses(ws, tiny_model_dir, data_dir):

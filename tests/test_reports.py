@@ -126,7 +126,7 @@ def test_the_mistakes_table_escapes_control_characters(own, tmp_path):
     ws, model = own
     evil = "a dull boring plot \x1b]0;pwned\x07\x1b[31m red"
     data = tmp_path / "mine.csv"
-    data.write_text("text,label\n" + f'"{evil}",1\n"a brilliant wonderful film",0\n')
+    data.write_text("text,label\n" + f'"{evil}",1\n"{evil}",0\n')  # one of the two is a mistake, whatever is predicted
     out = evaluate(ws, "--model", str(model), "--data", str(data), "--errors", "5", "--output", str(tmp_path / "r.json"))
     assert "\x1b" not in out.stdout and "\x07" not in out.stdout
     assert "\\x1b]0;pwned\\x07" in out.stdout
@@ -202,7 +202,7 @@ def test_comparing_a_run_by_name_with_a_zero_shot_base_model(own, tiny_model_dir
                               "--workdir", str(ws.root)])
     assert out.exit_code == 0, out.output
     first, second = json.loads((tmp_path / "c.json").read_text())["models"]
-    assert first["model"] == str(model) and first["prompt"]["template"] == "{text}\nSentiment:"  # the run's own
+    assert first["model"] == str(model) and first["prompt"]["template"] == "Review: {text}\nSentiment:"  # the run's own
     assert second["model"] == str(tiny_model_dir) and second["prompt"]["template"] == "Review: {text}\nVerdict:"
 
 

@@ -21,7 +21,7 @@ def test_trained_run_exports_a_standalone_model_that_learned(trained):
     for name in ("config.json", "model.safetensors", "tokenizer.json", META_FILE):
         assert (model / name).is_file(), name
     meta = json.loads((model / META_FILE).read_text())
-    assert meta["prompt"]["template"] == "{text}\nSentiment:"
+    assert meta["prompt"]["template"] == "Review: {text}\nSentiment:"
     assert meta["prompt"]["label_words"] == [" negative", " positive"]
     # The Trainer's evaluation chose the best step; rescoring the export through evaluate's own path agrees.
     rescored = evaluate.run(EvaluateConfig(model=str(model), precision="fp32", output=str(model.parent / "re.json")),
