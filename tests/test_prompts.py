@@ -11,7 +11,7 @@ from rtsent.config import TEXT_SLOT, PromptConfig, split_list, unescape
 from rtsent.core.modeling import load_tokenizer
 from rtsent.core.prompts import PromptEncoder
 from rtsent.errors import UsageError
-from helpers import SETTINGS, texts
+from helpers import SETTINGS, default_prompt, texts
 
 
 def test_unescape_and_split_keep_spaces():
@@ -68,7 +68,7 @@ def test_tokenizer_pads_with_eos_on_the_right(tok):
 def test_encoder_matches_joint_tokenization_when_it_fits(tok):
     enc = PromptEncoder(PromptConfig(), tok, max_len=64)
     texts = ["a great movie", "the plot is dull ...", "it"]
-    joint = [tok(t + "\nSentiment:", add_special_tokens=False)["input_ids"] for t in texts]
+    joint = [tok(default_prompt(t), add_special_tokens=False)["input_ids"] for t in texts]
     batch = enc.encode(texts)
     assert batch.input_ids == joint and batch.truncated == [False] * 3
 

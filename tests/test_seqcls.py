@@ -81,8 +81,10 @@ def test_the_folder_is_a_standard_sequence_classifier(seqcls_gpt2):
     assert config["max_seq_len"] == meta["max_len"] == 32 < config["n_positions"]
     tok = AutoTokenizer.from_pretrained(str(folder))
     encoder = open_classifier(str(model), engine="torch").encoder
-    for text in ["fine", "dull and long", *ODD[:2]]:  # raw review in, rtsent's whole prompt out
-        assert tok(text)["input_ids"] == encoder.encode([text]).input_ids[0]
+    for text in ["fine", "dull and long", "Ünï 🎬\n\tok", ODD[1]]:  # raw review in, rtsent's whole prompt out
+        encoded = encoder.encode([text])
+        assert not encoded.truncated[0]  # uncut (a cut one is where vLLM's truncate_prompt_tokens comes in)
+        assert tok(text)["input_ids"] == encoded.input_ids[0]
     assert meta["prompt"]["template"] == json.loads((folder / "rtsent-seqcls.json").read_text())["prompt"]
     assert isinstance(encoder, PromptEncoder)
 
