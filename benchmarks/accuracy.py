@@ -62,7 +62,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from rtsent import evaluate, prepare, train
-    from rtsent.config import FULL_BATCH, EvaluateConfig, PrepareConfig, TrainConfig
+    from rtsent.config import FULL_BATCH, EvaluateConfig, PrepareConfig, PromptConfig, TrainConfig, unescape
     from rtsent.core.modeling import default_device
     from rtsent.machine import resolve_precision
     from rtsent.artifacts.workspace import Workspace
@@ -70,9 +70,6 @@ def main() -> None:
     ws = Workspace.resolve(args.workspace)
     if not (Path(args.model) / "config.json").is_file():
         gpt2_small_config(Path(args.model))  # --from-scratch needs only the config and the tokenizer
-    from rtsent.config import PromptConfig
-    from rtsent.config import unescape
-
     prompt = PromptConfig.unresolved(**({"template": unescape(args.template)} if args.template else {}))
     prep = prepare.run(PrepareConfig(data=str(DATA), model=args.model, prompt=prompt), ws)
     extra = {k: v for k, v in (("epochs", args.epochs), ("loss", args.loss)) if v is not None}

@@ -24,9 +24,9 @@ from rtsent.errors import UsageError
 from rtsent.core.modeling import label_logits, last_token_hidden, load_model, load_tokenizer, pad_batch
 from rtsent.core.prompts import PromptEncoder
 from rtsent.artifacts.workspace import Workspace
+from helpers import default_prompt
 
 TEMPLATE = "{text}\nSentiment:"
-DEFAULT_TEMPLATE = "Review: {text}\nSentiment:"  # what prepare uses when told nothing, written out
 
 
 def _corpus(n: int = 400) -> list[str]:
@@ -226,7 +226,7 @@ def test_prepare_train_evaluate_predict_for_each_family(family_dirs, family_data
     plain = AutoModelForCausalLM.from_pretrained(str(result.model_dir)).eval()
     label_ids = [w[0][0] for w in prepared.meta.label_words.to_list()]
     with torch.no_grad():
-        predicted = [int(plain(**tok(DEFAULT_TEMPLATE.format(text=t), return_tensors="pt")).logits[0, -1, label_ids].argmax())
+        predicted = [int(plain(**tok(default_prompt(t), return_tensors="pt")).logits[0, -1, label_ids].argmax())
                      for t in test["text"]]
     assert report["examples"] == 32
     assert report["accuracy"] == pytest.approx(sum(p == y for p, y in zip(predicted, test["label"])) / 32)
@@ -239,7 +239,7 @@ def test_prepare_train_evaluate_predict_for_each_family(family_dirs, family_data
     # predict applies the temperature fitted on validation at export (rtsent.json "calibration").
     temperature = json.loads((result.model_dir / "rtsent.json").read_text())["calibration"]["temperature"]
     for text, row in zip(texts, rows):
-        ids = tok(DEFAULT_TEMPLATE.format(text=text), return_tensors="pt")
+        ids = tok(default_prompt(text), return_tensors="pt")
         with torch.no_grad():
             logits = plain(**ids).logits[0, -1, label_ids]
         expected = torch.softmax(logits / temperature, -1)

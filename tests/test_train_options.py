@@ -323,3 +323,16 @@ def test_micro_batch_tokens_default_by_device():
     assert micro_batch_tokens(TrainConfig(), torch.device("cuda")) == 0  # a GPU keeps its batches whole
     assert micro_batch_tokens(TrainConfig(micro_batch_tokens=0), torch.device("cpu")) == 0
     assert micro_batch_tokens(TrainConfig(micro_batch_tokens=512), torch.device("cuda")) == 512
+
+
+def test_epochs_default_to_one_pass_over_pretrained_weights_and_two_from_scratch(tiny_model_dir, data_dir, ws):
+    from helpers import prep, short_train
+
+    assert TrainConfig().epochs == 1.0 and TrainConfig(from_scratch=True).epochs == 2.0
+    assert TrainConfig(epochs=3).epochs == 3 and TrainConfig(from_scratch=True, epochs=0.5).epochs == 0.5
+    with pytest.raises(UsageError, match="--epochs must be positive"):
+        TrainConfig(epochs=0)
+    rows = prep(ws, tiny_model_dir, data_dir, max_len=32).meta.splits["train"]["rows"]
+    result, _ = short_train(ws, tiny_model_dir, max_steps=-1, eval_every=None, int8=False, run_name="one-pass")
+    assert result.steps == math.ceil(rows / 16)  # one pass at batch 16, without --epochs
+    assert json.loads(result.run.config.read_text())["config"]["epochs"] == 1.0  # run.json has the value used
