@@ -279,7 +279,7 @@ FEW_SHOT_LR = 3e-5
 """Full fine-tuning's rate for data prepared with --shots. Chosen on Rotten Tomatoes' whole validation split over
 three draws of 16 reviews a class (SmolLM2-135M, 30 steps; docs/benchmarks.md): 3e-5 against 1e-4 and 1e-5.
 At 1e-4 the model memorises 32 examples in about six steps."""
-CPU_MICRO_BATCH_TOKENS = 2048
+CPU_MICRO_BATCH_TOKENS = 1024
 FEW_SHOT_MIN_STEPS = 30
 """At least this many optimizer steps on data prepared with --shots: two epochs of 32 examples would be two."""
 PRETRAINED_EPOCHS = 1.0
@@ -314,11 +314,11 @@ class TrainConfig:
     micro_batch_tokens: int | None = opt(None, "Run a micro-batch longer than N tokens (rows x its longest row) as "
                                                "slices of at most N tokens whose gradients add up: the same update, "
                                                "activation memory bounded by tokens; short batches run whole. Default "
-                                               "2048 on CPU, off (0) on a GPU.")
+                                               "1024 on CPU, off (0) on a GPU.")
     """None is resolved by device (CPU_MICRO_BATCH_TOKENS on CPU; a GPU keeps its batches whole). SmolLM2-135M's
     longest RT batch (64 x 82 tokens) alone took its peak to 9.1 GB; sliced to 2048 tokens, with the heap kept near
-    the first step's footprint (speed.HeapCeiling), an epoch's steps stay under 6.4 GB at the same speed
-    (docs/benchmarks.md)."""
+    the first step's footprint (speed.HeapCeiling), an epoch peaked at 6.0-6.6 GB at the same speed; 1024 tokens
+    took 24 steps' peak 0.45 GB lower in the same time (Zen 4: 136 s against 140 s; docs/benchmarks.md)."""
     eval_batch_size: int = opt(64, "Examples per evaluation batch.")
     epochs: float | None = opt(None, "Passes over the training split (default 1; 2 with --from-scratch).")
     """None is resolved to PRETRAINED_EPOCHS, or FROM_SCRATCH_EPOCHS with --from-scratch."""

@@ -319,7 +319,7 @@ def test_train_config_collects_every_problem():
 def test_micro_batch_tokens_default_by_device():
     from rtsent.train import micro_batch_tokens
 
-    assert micro_batch_tokens(TrainConfig(), torch.device("cpu")) == 2048
+    assert micro_batch_tokens(TrainConfig(), torch.device("cpu")) == 1024
     assert micro_batch_tokens(TrainConfig(), torch.device("cuda")) == 0  # a GPU keeps its batches whole
     assert micro_batch_tokens(TrainConfig(micro_batch_tokens=0), torch.device("cpu")) == 0
     assert micro_batch_tokens(TrainConfig(micro_batch_tokens=512), torch.device("cuda")) == 512

@@ -197,28 +197,15 @@ class MetricsLog(TrainerCallback):
 
 
 class KeepHeapNearFirstStep(TrainerCallback):
-    """speed.HeapCeiling after every optimizer step, while the reused heap is on (CPU training), and the heap
-    handed back for each evaluation.
-
-    An evaluation's batches come shortest first and run whole, so each is a little larger than every hole the
-    last one left: in the reused heap they grew an epoch's peak by 1.5 GB at its last evaluation (SmolLM2-135M,
-    6.6 GB against 5.0 GB before it, docs/benchmarks.md). So the free pages go back to the system before an
-    evaluation and glibc's own large-allocation mapping is on during it (each batch's tensors unmapped when
-    freed); the reused heap comes back for the next step. (A trim after each evaluation instead did not lower
-    the peak: measured, not kept.)"""
+    """speed.HeapCeiling after every optimizer step, while the reused heap is on (CPU training). (A trim after
+    each evaluation as well did not lower an epoch's peak, which comes at the last evaluation and checkpoint:
+    measured, not kept.)"""
 
     def __init__(self) -> None:
         self.ceiling = speed.HeapCeiling()
 
     def on_step_end(self, args, state, control, **kwargs):
-        if control.should_evaluate:
-            speed.heap_reuse(False)
-            speed.release_free_memory()
-        else:
-            self.ceiling.after_step()
-
-    def on_evaluate(self, args, state, control, **kwargs):
-        speed.heap_reuse(True)
+        self.ceiling.after_step()
 
 
 class SaveEveryBest(TrainerCallback):
