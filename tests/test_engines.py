@@ -115,11 +115,15 @@ def test_an_int8_graph_that_fails_its_check_is_not_kept_by_train(plain_model, tr
     rows = export.validation_rows(ModelMeta.read(folder), trained[0])
     assert rows is not None and len(rows[0]) == 64
     monkeypatch.setattr(onnx_graph, "INT8_MIN_AGREEMENT", 1.01)  # no graph can pass: the failure path
+    monkeypatch.setattr(onnx_graph, "CHECK_CHUNK", 16)
     lines: list[str] = []
     onnx_graph.after_training(folder, lines.append, int8=True, check=rows)
     meta = json.loads((folder / "rtsent.json").read_text())
     assert meta["onnx"]["graphs"] == {"fp32": "model.onnx"} and not (folder / "model.int8.onnx").exists()
-    assert meta["onnx"]["int8_check"]["accepted"] is False and "keeps the fp32 graph" in " ".join(lines)
+    check = meta["onnx"]["int8_check"]
+    assert check["accepted"] is False and "keeps the fp32 graph" in " ".join(lines)
+    # The verdict was sealed after the first 16 rows (no agreement reaches 101 %): the other 48 were not scored
+    assert check["examples"] == 16 and check["stopped_early"]["of"] == 64 and "first 16 of 64" in " ".join(lines)
     assert open_classifier(str(folder), job="cold").precision == "fp32"
     # The explicit export keeps a failed graph for --precision int8, and auto still does not pick it
     onnx_graph.export_folder(folder, True, lines.append, rows)
