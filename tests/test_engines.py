@@ -132,6 +132,41 @@ def test_an_int8_graph_that_fails_its_check_is_not_kept_by_train(plain_model, tr
     assert open_classifier(str(folder), precision="int8").precision == "int8"
 
 
+@pytest.mark.parametrize("differ,checked,accepted", [
+    ({3, 55}, 60, False),  # 98 of 100 at best once row 55 differs: sealed after its chunk (rows 50-59)
+    ({3}, 100, True),  # 99 of 100 passes 98.5 %: every row scored
+    ({3, 99}, 100, False),  # the second difference is in the last chunk: every row scored, then the verdict
+])
+def test_the_int8_check_stops_once_no_later_row_can_change_its_verdict(monkeypatch, differ, checked, accepted):
+    """Graphs stood in for by their decisions on 100 rows: fp32 always says class 0, int8 class 1 on the rows in
+    `differ`; the label of those rows is class 2, so the accuracies stay level and the agreement alone decides."""
+    from types import SimpleNamespace
+
+    from rtsent.artifacts import onnx_graph
+    from rtsent.engines import onnx as onnx_engine
+
+    class Decisions:
+        def __init__(self, folder, meta, prompt, max_len, path, precision):
+            self.precision = precision
+
+        def scores(self, rows):
+            chosen = [1 if self.precision == "int8" and row[0] in differ else 0 for row in rows]
+            return np.eye(3)[chosen]
+
+    monkeypatch.setattr(onnx_engine, "OnnxClassifier", Decisions)
+    monkeypatch.setattr(onnx_graph, "CHECK_CHUNK", 10)
+    monkeypatch.setattr(onnx_graph, "INT8_MIN_AGREEMENT", 0.985)
+    meta = SimpleNamespace(prompt=None, max_len=8, graphs=lambda: {"fp32": "a.onnx", "int8": "b.onnx"})
+    rows, labels = [[i] for i in range(100)], [2 if i in differ else 0 for i in range(100)]
+    record = onnx_graph.check_int8(Path("unused"), meta, (rows, labels), lambda _: None)
+    assert record["examples"] == checked and record["accepted"] is accepted
+    seen = len([i for i in differ if i < checked])
+    assert record["agreement"] == pytest.approx((checked - seen) / checked, abs=1e-5)
+    assert ("stopped_early" in record) is (checked < 100)
+    if checked < 100:
+        assert record["stopped_early"] == {"of": 100, "differed": len(differ)}
+
+
 def test_export_command_on_an_existing_folder(exported, plain_model):
     from rtsent.engines import open_classifier
 
