@@ -324,7 +324,7 @@ class TrainConfig:
     """None is resolved to PRETRAINED_EPOCHS, or FROM_SCRATCH_EPOCHS with --from-scratch."""
     max_steps: int = opt(-1, "Stop after N steps (overrides --epochs when > 0).")
     min_steps: int | None = opt(None, "At least N optimizer steps, however small the training split (more epochs, "
-                                      "evaluating about 10 times); default 30 for data prepared with --shots, else 0.")
+                                      "evaluated once, at the end); default 30 for data prepared with --shots, else 0.")
     warmup: float = opt(0.06, "Warm-up: a ratio of all steps when < 1, else steps.")
     weight_decay: float = opt(0.01, "AdamW weight decay.")
     eval_every: int | None = opt(None, "Evaluate on validation every N steps (default: once per epoch).")

@@ -328,18 +328,19 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
                         train_rows: int, report_to: list[str] | str = "none") -> tuple[TrainingArguments, int]:
     """The Trainer's arguments for a config, and the number of optimizer steps they make.
 
-    Evaluation happens every eval_every steps, else once per epoch (or at max_steps), and always at
-    the end; checkpoints follow evaluations so the best one can be kept.
+    Evaluation happens every eval_every steps, else once per epoch (or at max_steps, or once at the end of
+    training stretched to --min-steps), and always at the end; checkpoints follow evaluations so the best one
+    can be kept.
     """
     # An epoch is a pass of the global batch: every process takes batch_size examples per step.
     steps_per_epoch = math.ceil(train_rows / (cfg.batch_size * distributed.world_size()))
     planned = math.ceil(steps_per_epoch * cfg.epochs)
     total = cfg.max_steps if cfg.max_steps > 0 else max(planned, cfg.min_steps or 0)
-    # A few-shot split would make a handful of steps in --epochs: it trains for --min-steps instead, evaluating
-    # (and checkpointing) about 10 times rather than after every one-step epoch.
+    # A few-shot split would make a handful of steps in --epochs: it trains for --min-steps instead, and is
+    # evaluated (and checkpointed) once, at the end: a development set of a few examples a class cannot tell
+    # checkpoints apart, and the final weights did better on the whole validation split (docs/method.md).
     few = cfg.max_steps <= 0 and total > planned
-    per_epoch = max(steps_per_epoch, total // 10) if few else steps_per_epoch
-    eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else per_epoch)
+    eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else total if few else steps_per_epoch)
     args = TrainingArguments(
         output_dir=str(paths.checkpoints),
         per_device_train_batch_size=cfg.batch_size // cfg.micro_batches,
