@@ -339,8 +339,10 @@ def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device,
     # A few-shot split would make a handful of steps in --epochs: it trains for --min-steps instead, and is
     # evaluated (and checkpointed) once, at the end: a development set of a few examples a class cannot tell
     # checkpoints apart, and the final weights did better on the whole validation split (docs/method.md).
+    # --early-stopping counts evaluations, so with it such training still evaluates about ten times.
     few = cfg.max_steps <= 0 and total > planned
-    eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else total if few else steps_per_epoch)
+    few_every = max(steps_per_epoch, total // 10) if cfg.early_stopping else total
+    eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else few_every if few else steps_per_epoch)
     args = TrainingArguments(
         output_dir=str(paths.checkpoints),
         per_device_train_batch_size=cfg.batch_size // cfg.micro_batches,

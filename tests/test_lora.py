@@ -157,22 +157,6 @@ def test_lora_defaults_to_its_own_learning_rate_and_an_explicit_lr_wins():
     assert args.learning_rate == 5e-4
 
 
-def test_training_stretched_to_min_steps_is_evaluated_once_at_the_end():
-    """Few-shot data (32 rows, batch 64: one step an epoch) trains --min-steps steps and evaluates only at the
-    last one: a development set of a few examples a class cannot choose a checkpoint. Full data keeps one
-    evaluation an epoch, and --eval-every wins over both."""
-    from rtsent.train import _training_arguments
-
-    def cadence(rows, **kw):
-        args, total = _training_arguments(TrainConfig(**kw).for_data(False),
-                                          Workspace.resolve("unused").run("x"), torch.device("cpu"), "fp32", rows)
-        return args.eval_steps, args.save_steps, args.max_steps, total
-
-    assert cadence(32, min_steps=30) == (30, 30, 30, 30)
-    assert cadence(32, min_steps=30, eval_every=3) == (3, 3, 30, 30)
-    assert cadence(640, epochs=2.0) == (10, 10, -1, 20)  # 640 rows, batch 64: an evaluation an epoch
-
-
 def test_onnx_graph_of_an_adapter_over_a_bf16_base_scores_like_torch_fp32(ws, tiny_model_dir, tmp_path):
     """A finding of the pretrained-model review (was test_review_fixes.py, finding 4):
     --lora-export adapter over a base stored in bf16: the ONNX graph merges in fp32, as
