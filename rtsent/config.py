@@ -327,6 +327,9 @@ class TrainConfig:
                                       "evaluated once, at the end); default 30 for data prepared with --shots, else 0.")
     warmup: float = opt(0.06, "Warm-up: a ratio of all steps when < 1, else steps.")
     weight_decay: float = opt(0.01, "AdamW weight decay.")
+    layer_decay: float = opt(1.0, "Layer-wise learning-rate decay d: the last of L blocks trains at --lr x d, the "
+                                  "first at --lr x d^L, the embeddings at --lr x d^(L+1), the final norm and output "
+                                  "layer at --lr. 1: one rate for every weight.")
     eval_every: int | None = opt(None, "Evaluate on validation every N steps (default: once per epoch).")
     save_every: int | None = opt(None, "Checkpoint every N steps, a multiple of --eval-every, and at every new best "
                                        "evaluation (default: at each evaluation).")
@@ -394,6 +397,8 @@ class TrainConfig:
         if self.micro_batches <= 0 or self.batch_size % max(1, self.micro_batches):
             problems.append(f"--micro-batches must be a positive divisor of --batch-size {self.batch_size}, "
                             f"got {self.micro_batches}")
+        if not 0 < self.layer_decay <= 1:
+            problems.append(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         if self.warmup < 0 or self.weight_decay < 0:
             problems.append("--warmup and --weight-decay must not be negative")
         if self.loss not in LOSSES:

@@ -266,6 +266,7 @@ def _make_trainer(cfg: TrainConfig, paths: RunPaths, data: _Prepared, tok: Any, 
         loss_kind=cfg.loss,
         class_weights=weights,
         micro_batch_tokens=micro_batch_tokens(cfg, device),
+        layer_decay=cfg.layer_decay,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)

@@ -1,5 +1,5 @@
-"""Training options (and TrainConfig's checks of them): --train-layers N, --class-weights auto, --early-stopping N,
---report-to (TensorBoard events in the run)."""
+"""Training options (and TrainConfig's checks of them): --train-layers N, --layer-decay D, --class-weights auto,
+--early-stopping N, --report-to (TensorBoard events in the run)."""
 
 from __future__ import annotations
 
@@ -216,6 +216,26 @@ def test_train_layers_changes_only_the_last_blocks_and_what_follows(tmp_path, ti
         assert result.trainable_params == BLOCK_PARAMS + 64
 
 
+@pytest.mark.parametrize("decay", [1.0, 0.5])
+def test_layer_decay_scales_each_blocks_first_step(tmp_path, tiny_model_dir, ws, decay):
+    """AdamW's first step moves every weight whose gradient is not tiny by exactly its rate (m / sqrt(v) = +-1):
+    read off the exported weights, the largest move of each tensor is --lr times its layer's scale. The tiny
+    GPT-2 has 2 blocks: block 1 at d, block 0 at d^2, the positions at d^3, the final norm and the embeddings
+    (tied to the output layer) at the full rate."""
+    _prepared(tmp_path, tiny_model_dir, ws)
+    lr = 1e-3
+    result = train.run(TrainConfig(model=str(tiny_model_dir), lr=lr, batch_size=16, max_steps=1, precision="fp32",
+                                   run_name=f"decay{decay}", layer_decay=decay, warmup=0.0, weight_decay=0.0,
+                                   onnx=False), ws)
+    base, out = _weights(tiny_model_dir), _weights(result.model_dir)
+    depth = {"transformer.wpe.": 3, "transformer.h.0.": 2, "transformer.h.1.": 1, "transformer.ln_f.": 0,
+             "transformer.wte.": 0}
+    for key in base:
+        power = next(d for prefix, d in depth.items() if key.startswith(prefix))
+        moved = (out[key] - base[key]).abs().max().item()
+        assert moved == pytest.approx(lr * decay ** power, rel=1e-3), key
+
+
 def test_backward_stops_below_the_trained_blocks(tiny_model_dir):
     from rtsent.core.modeling import load_model, next_token_logits
     from rtsent.training.options import train_last_layers
@@ -243,6 +263,8 @@ def test_backward_stops_below_the_trained_blocks(tiny_model_dir):
     (["--class-weights", "balanced"], "--class-weights must be one of none, auto"),
     (["--report-to", "none,tensorboard"], "--report-to takes none or comma-separated integrations"),
     (["--train-layers", "0"], "--train-layers must be a positive number of blocks"),
+    (["--layer-decay", "0"], "--layer-decay must be in (0, 1], got 0.0"),
+    (["--layer-decay", "1.5"], "--layer-decay must be in (0, 1], got 1.5"),
 ])
 def test_bad_training_options_are_usage_errors(tmp_path, options, message):
     result = runner.invoke(app, ["train", *options, "--workdir", str(tmp_path)])

@@ -1,5 +1,5 @@
-"""Opt-in training behaviours: training the last layers only, class-weighted loss, early stopping,
-experiment trackers (--report-to)."""
+"""Opt-in training behaviours: training the last layers only, layer-wise learning rates, class-weighted loss,
+early stopping, experiment trackers (--report-to)."""
 
 from __future__ import annotations
 
@@ -15,14 +15,15 @@ from rtsent.artifacts.workspace import RunPaths
 from rtsent.artifacts.files import read_json
 
 
-def transformer_blocks(model: Any) -> torch.nn.ModuleList:
-    """The model's stack of transformer blocks: its ModuleList of config.num_hidden_layers modules."""
+def transformer_blocks(model: Any, option: str = "--train-layers") -> torch.nn.ModuleList:
+    """The model's stack of transformer blocks: its ModuleList of config.num_hidden_layers modules. `option` is
+    the option that needs them, named in the UsageError raised where they cannot be found."""
     layers = model.config.num_hidden_layers
     for module in model.modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == layers:
             return module
-    raise UsageError(f"--train-layers: cannot find the {layers} transformer blocks of this {model.config.model_type} "
-                     f"model; train every layer (leave --train-layers out)")
+    raise UsageError(f"{option}: cannot find the {layers} transformer blocks of this {model.config.model_type} "
+                     f"model; leave {option} out")
 
 
 def last_blocks(model: Any, n: int) -> range:
@@ -46,6 +47,32 @@ def train_last_layers(model: Any, n: int) -> None:
         if id(p) in trained:
             break
         p.requires_grad_(False)
+
+
+def layer_rate_scales(model: Any, decay: float) -> dict[int, float]:
+    """--layer-decay: the learning-rate multiplier of each parameter (by id) of a model of L blocks.
+
+    Block i (0-based) trains at decay^(L - i): the last block at decay, the first at decay^L. What comes before
+    the blocks (the input embeddings, GPT-2's positions) trains at decay^(L + 1), and what follows them (the
+    final norm, the output layer) at the full rate. An output layer tied to the input embeddings (GPT-2,
+    SmolLM2) is one tensor with both roles; it counts as the output layer, since the label words' rows of it
+    are the classifier under the LM loss. The order of model.parameters() (the order the forward uses them)
+    tells before from after, as in train_last_layers.
+    """
+    blocks = transformer_blocks(model, "--layer-decay")
+    depth = len(blocks)
+    block_of = {id(p): i for i, block in enumerate(blocks) for p in block.parameters()}
+    output = model.get_output_embeddings()
+    head = {id(p) for p in output.parameters()} if output is not None else set()
+    scales: dict[int, float] = {}
+    after_blocks = False
+    for p in model.parameters():
+        if id(p) in block_of:
+            after_blocks = block_of[id(p)] == depth - 1 or after_blocks
+            scales[id(p)] = decay ** (depth - block_of[id(p)])
+        else:
+            scales[id(p)] = 1.0 if after_blocks or id(p) in head else decay ** (depth + 1)
+    return scales
 
 
 def class_weights(mode: str, prepared: PreparedMeta) -> list[float] | None:

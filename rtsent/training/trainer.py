@@ -17,7 +17,7 @@ from rtsent.core import label_scores
 from rtsent.core.modeling import pad_batch
 from rtsent.core.prompts import LabelWords
 from rtsent.faults import crash_point, interrupt_point
-from rtsent.training import distributed, speed
+from rtsent.training import distributed, options, speed
 
 
 class LabelCollator:
@@ -67,8 +67,10 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
     """
 
     def __init__(self, *args: Any, label_words: LabelWords, loss_kind: str,
-                 class_weights: list[float] | None = None, micro_batch_tokens: int = 0, **kwargs: Any):
+                 class_weights: list[float] | None = None, micro_batch_tokens: int = 0, layer_decay: float = 1.0,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
+        self.layer_decay = layer_decay
         self.micro_batch_tokens = micro_batch_tokens if distributed.world_size() == 1 else 0
         self.layout = label_scores.ScoringLayout(label_words)
         self.loss_kind = loss_kind
@@ -82,6 +84,25 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
     def train_sampler(self, dataset: Any) -> SeededLengthSampler:
         batch = self.args.train_batch_size * self.args.gradient_accumulation_steps
         return SeededLengthSampler(list(dataset[self.args.length_column_name]), batch, self.args.data_seed)
+
+    def create_optimizer(self, model: Any = None) -> Any:
+        """The Trainer's own optimizer; with --layer-decay its parameter groups are split by learning rate as well
+        as by weight decay (options.layer_rate_scales). Each group's rate is --lr times its scale, and the
+        schedule multiplies every group's rate by the same factor, so the ratios hold at every step."""
+        if self.layer_decay == 1.0 or self.optimizer is not None:
+            return super().create_optimizer(model)
+        opt_model = self.model if model is None else model
+        scales = options.layer_rate_scales(opt_model, self.layer_decay)
+        decayed = set(self.get_decay_parameter_names(opt_model))
+        groups: dict[tuple[float, float], list[torch.nn.Parameter]] = {}
+        for name, p in opt_model.named_parameters():
+            if p.requires_grad:
+                key = (scales[id(p)], self.args.weight_decay if name in decayed else 0.0)
+                groups.setdefault(key, []).append(p)
+        optimizer_cls, kwargs = self.get_optimizer_cls_and_kwargs(self.args, opt_model)
+        self.optimizer = optimizer_cls([{"params": params, "weight_decay": decay, "lr": self.args.learning_rate * scale}
+                                        for (scale, decay), params in groups.items()], **kwargs)
+        return self.optimizer
 
     def clip_gradients(self, model: Any, default: Callable[[Any], Any]) -> Any:
         # The same clipping, with the division done inside fused AdamW's pass (rtsent.training.speed).
