@@ -236,6 +236,21 @@ def test_layer_decay_scales_each_blocks_first_step(tmp_path, tiny_model_dir, ws,
         assert moved == pytest.approx(lr * decay ** power, rel=1e-3), key
 
 
+def test_layer_decay_gives_an_untied_output_layer_the_full_rate_and_the_embeddings_the_lowest():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from rtsent.training.options import layer_rate_scales
+
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                                         num_attention_heads=2, num_key_value_heads=2, tie_word_embeddings=False))
+    scales = layer_rate_scales(model, 0.5)
+    by_name = {name: scales[id(p)] for name, p in model.named_parameters()}
+    assert by_name["model.embed_tokens.weight"] == 0.125 and by_name["lm_head.weight"] == 1.0
+    assert by_name["model.norm.weight"] == 1.0
+    assert {v for k, v in by_name.items() if k.startswith("model.layers.0.")} == {0.25}
+    assert {v for k, v in by_name.items() if k.startswith("model.layers.1.")} == {0.5}
+
+
 def test_backward_stops_below_the_trained_blocks(tiny_model_dir):
     from rtsent.core.modeling import load_model, next_token_logits
     from rtsent.training.options import train_last_layers
