@@ -281,7 +281,10 @@ three draws of 16 reviews a class (SmolLM2-135M, 30 steps; docs/benchmarks.md): 
 At 1e-4 the model memorises 32 examples in about six steps."""
 CPU_MICRO_BATCH_TOKENS = 1024
 FEW_SHOT_MIN_STEPS = 30
-"""At least this many optimizer steps on data prepared with --shots: two epochs of 32 examples would be two."""
+"""At least this many optimizer steps on data prepared with --shots (two epochs of 32 examples would be two), or one
+a training example where there are fewer. Chosen on Rotten Tomatoes' whole validation split, SmolLM2-135M, three
+draws each (docs/benchmarks.md): 16 reviews a class (32 rows) 0.822 after 30 steps, 0.820 after 15; 8 a class (16
+rows) 0.731 after 30, 0.782 after 15, where 30 steps of 16 examples overfit them."""
 PRETRAINED_EPOCHS = 1.0
 """Fine-tuning pretrained weights: one pass. SmolLM2-135M on Rotten Tomatoes reaches 0.90 validation accuracy in one
 epoch (#29), and one epoch is what fits 15 minutes on 2 cores of the slowest bf16 CPU measured (12.5 examples/s)."""
@@ -324,7 +327,8 @@ class TrainConfig:
     """None is resolved to PRETRAINED_EPOCHS, or FROM_SCRATCH_EPOCHS with --from-scratch."""
     max_steps: int = opt(-1, "Stop after N steps (overrides --epochs when > 0).")
     min_steps: int | None = opt(None, "At least N optimizer steps, however small the training split (more epochs, "
-                                      "evaluated once, at the end); default 30 for data prepared with --shots, else 0.")
+                                      "evaluated once, at the end); default for data prepared with --shots: 30, or "
+                                      "one a training example where there are fewer; else 0.")
     warmup: float = opt(0.06, "Warm-up: a ratio of all steps when < 1, else steps.")
     weight_decay: float = opt(0.01, "AdamW weight decay.")
     layer_decay: float = opt(1.0, "Layer-wise learning-rate decay d: the last of L blocks trains at --lr x d, the "
@@ -371,12 +375,14 @@ class TrainConfig:
     lora_export: str = opt("merged", "merged: a plain model folder (no peft needed to load); adapter: the adapter "
                                      "alone, loaded with its base model.")
 
-    def for_data(self, few_shot: bool) -> TrainConfig:
+    def for_data(self, few_shot: bool, train_rows: int | None = None) -> TrainConfig:
         """The options whose defaults depend on the data, resolved once train has opened it (so run.json, the
         card and --resume see the values used): --lr (LORA_LR with --lora, FEW_SHOT_LR on data prepared with
-        --shots, else FULL_LR) and --min-steps (FEW_SHOT_MIN_STEPS on --shots data, else 0)."""
+        --shots, else FULL_LR) and --min-steps (on --shots data FEW_SHOT_MIN_STEPS, or train_rows where fewer;
+        else 0)."""
         lr = self.lr if self.lr is not None else LORA_LR if self.lora else FEW_SHOT_LR if few_shot else FULL_LR
-        floor = self.min_steps if self.min_steps is not None else FEW_SHOT_MIN_STEPS if few_shot else 0
+        few_floor = min(FEW_SHOT_MIN_STEPS, train_rows) if train_rows else FEW_SHOT_MIN_STEPS
+        floor = self.min_steps if self.min_steps is not None else few_floor if few_shot else 0
         return dataclasses.replace(self, lr=lr, min_steps=floor)
 
     def __post_init__(self) -> None:

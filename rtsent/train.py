@@ -149,7 +149,7 @@ def _train(cfg: TrainConfig, ws: Workspace, paths: RunPaths, console: Any, log: 
 
     data, tok = _load_data(cfg, ws)
     # run.json names the data, not "latest", and the rate and step floor it trained with.
-    cfg = dataclasses.replace(cfg.for_data(bool(data.meta.shots)), prepared=data.meta.fingerprint)
+    cfg = dataclasses.replace(cfg.for_data(bool(data.meta.shots), len(data.train)), prepared=data.meta.fingerprint)
     set_seed(cfg.seed)
     device = default_device()
     precision = resolve_precision(cfg.precision, device)

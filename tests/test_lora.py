@@ -152,6 +152,9 @@ def test_lora_defaults_to_its_own_learning_rate_and_an_explicit_lr_wins():
     assert lr(lora=True, lr=1e-3) == 1e-3 and lr(True, lr=1e-3) == 1e-3
     assert TrainConfig().for_data(True).min_steps == 30 and TrainConfig().for_data(False).min_steps == 0
     assert TrainConfig(min_steps=5).for_data(True).min_steps == 5
+    # Fewer training rows than 30: one step a row (8 reviews a class overfit in 30 steps; docs/method.md).
+    assert TrainConfig().for_data(True, 16).min_steps == 16 and TrainConfig().for_data(True, 32).min_steps == 30
+    assert TrainConfig(min_steps=40).for_data(True, 16).min_steps == 40 and TrainConfig().for_data(False, 16).min_steps == 0
     args, _ = _training_arguments(TrainConfig(lora=True).for_data(False), Workspace.resolve("unused").run("x"),
                                   torch.device("cpu"), "fp32", 64)
     assert args.learning_rate == 5e-4
