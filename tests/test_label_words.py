@@ -285,7 +285,6 @@ def test_shots_keep_k_per_class_drawn_with_the_seed(tmp_path, folders, named_dat
     assert out.exit_code == 2 and "--shots 40: class" in out.output and "32 train rows" in out.output, out.output
 
 
-
 def test_few_shot_training_makes_one_step_a_training_row_below_thirty(tmp_path, folders, named_data):
     """4 a class of 3 classes is 12 training rows: 12 steps (30 would overfit so few; docs/method.md), recorded."""
     from rtsent.artifacts.workspace import Workspace
@@ -296,6 +295,7 @@ def test_few_shot_training_makes_one_step_a_training_row_below_thirty(tmp_path, 
                                    plots=False), space)
     assert result.steps == 12
     assert json.loads(result.run.config.read_text())["config"]["min_steps"] == 12
+
 
 # --- LoRA, serve, zero-shot and calibration with several words a class -----------------------------------
 
