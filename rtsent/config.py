@@ -340,6 +340,9 @@ class TrainConfig:
     save_limit: int = opt(2, "Checkpoints kept on disk (best and latest included).")
     seed: int = opt(42, "Random seed (weights init, data order).")
     loss: str = opt("lm", "lm: cross-entropy over the vocabulary (seed recipe); label: over the label words only.")
+    label_smoothing: float = opt(0.0, "Label smoothing e: the target is 1 - e on the true class and e spread evenly "
+                                      "over the classes (with --loss lm, over the classes' words, not the whole "
+                                      "vocabulary). 0: off.")
     precision: str = opt("auto", "auto (bf16 where the CPU/GPU is fast at it, fp16 on older GPUs, else fp32), fp32, "
                                  "bf16 or fp16.")
     dropout: float | None = opt(0.0, "Dropout of every dropout layer; 0.1 restores GPT-2's pretraining value (slower "
@@ -407,6 +410,8 @@ class TrainConfig:
             problems.append(f"--layer-decay must be in (0, 1], got {self.layer_decay}")
         if self.warmup < 0 or self.weight_decay < 0:
             problems.append("--warmup and --weight-decay must not be negative")
+        if not 0 <= self.label_smoothing < 1:
+            problems.append(f"--label-smoothing must be in [0, 1), got {self.label_smoothing}")
         if self.loss not in LOSSES:
             problems.append(f"--loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.precision not in PRECISIONS:

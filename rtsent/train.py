@@ -267,6 +267,7 @@ def _make_trainer(cfg: TrainConfig, paths: RunPaths, data: _Prepared, tok: Any, 
         class_weights=weights,
         micro_batch_tokens=micro_batch_tokens(cfg, device),
         layer_decay=cfg.layer_decay,
+        label_smoothing=cfg.label_smoothing,
     )
     trainer.remove_callback(ProgressCallback)
     trainer.remove_callback(PrinterCallback)

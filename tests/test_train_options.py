@@ -1,5 +1,5 @@
 """Training options (and TrainConfig's checks of them): --train-layers N, --layer-decay D, --class-weights auto,
---early-stopping N, --report-to (TensorBoard events in the run)."""
+--label-smoothing E, --early-stopping N, --report-to (TensorBoard events in the run)."""
 
 from __future__ import annotations
 
@@ -50,10 +50,10 @@ LABEL_IDS = [3, 1]  # class 0 is token 3, class 1 is token 1
 WEIGHTS = [2.0, 0.5]
 
 
-def label_position_loss(logits, labels, label_ids, kind, weights=None):
+def label_position_loss(logits, labels, label_ids, kind, weights=None, smoothing=0.0):
     """The training loss of one single-token word per class, from full-vocabulary logits at the label position."""
     layout = ScoringLayout(LabelWords.from_list(label_ids.tolist()))
-    return loss_from_logits(layout, logits, None, labels, kind, weights)[0]
+    return loss_from_logits(layout, logits, None, labels, kind, weights, smoothing)[0]
 
 
 def test_weighted_lm_loss_matches_hand_computation():
@@ -75,6 +75,55 @@ def test_weighted_label_loss_matches_hand_computation():
     got = label_position_loss(torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(LABEL_IDS), "label",
                               torch.tensor(WEIGHTS))
     assert got.item() == pytest.approx(expected, rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["lm", "label"])
+def test_label_smoothing_matches_hand_computation(kind):
+    """--label-smoothing 0.2: -(0.8 log p(true) + 0.2 x the mean over the classes of log p(class)), p over the
+    whole vocabulary (lm) or over the two label words (label), class-weighted as without smoothing."""
+    def logp(row, token):  # log p(token), normalised over the vocabulary (lm) or the label words (label)
+        support = row if kind == "lm" else [row[t] for t in LABEL_IDS]
+        return row[token] - math.log(sum(math.exp(v) for v in support))
+
+    losses = [-(0.8 * logp(row, LABEL_IDS[y]) + 0.2 * sum(logp(row, t) for t in LABEL_IDS) / 2)
+              for row, y in zip(LOGITS, LABELS)]
+    w = [WEIGHTS[y] for y in LABELS]
+    args = (torch.tensor(LOGITS), torch.tensor(LABELS), torch.tensor(LABEL_IDS), kind)
+    got = label_position_loss(*args, torch.tensor(WEIGHTS), smoothing=0.2)
+    assert got.item() == pytest.approx(sum(wi * li for wi, li in zip(w, losses)) / sum(w), rel=1e-6)
+    assert label_position_loss(*args, smoothing=0.2).item() == pytest.approx(sum(losses) / 3, rel=1e-6)
+    assert label_position_loss(*args).item() != pytest.approx(sum(losses) / 3, rel=1e-3)  # it changes the loss
+
+
+def test_label_smoothing_reaches_the_training_loss(tmp_path, tiny_model_dir, ws):
+    """rtsent train --label-smoothing: the first logged training loss is the smoothed loss of the model's own
+    forward on the first batch, recorded in run.json; without the option it is the plain LM loss."""
+    from transformers import AutoModelForCausalLM
+
+    prepared = _prepared(tmp_path, tiny_model_dir, ws)
+    losses = {}
+    for smoothing in (0.0, 0.3):
+        result = train.run(TrainConfig(model=str(tiny_model_dir), lr=FROZEN_LR, batch_size=64, max_steps=1,
+                                       precision="fp32", run_name=f"smooth{smoothing}", label_smoothing=smoothing,
+                                       onnx=False), ws)
+        run = json.loads(result.run.config.read_text())
+        assert run["config"]["label_smoothing"] == smoothing
+        logged = [json.loads(line) for line in result.run.metrics.read_text().splitlines()]
+        losses[smoothing] = next(row["loss"] for row in logged if "loss" in row)
+
+    import datasets
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir)).eval()
+    rows = datasets.load_from_disk(str(prepared.path))["train"]  # 64 rows: the first step's batch is all of them
+    label_ids = [w[0][0] for w in prepared.meta.label_words.to_list()]
+    plain = smoothed = 0.0
+    with torch.no_grad():
+        for ids, y in zip(rows["input_ids"], rows["labels"]):
+            logp = torch.log_softmax(model(torch.tensor([ids])).logits[0, -1].double(), dim=-1)[label_ids]
+            plain -= logp[y].item()
+            smoothed -= 0.7 * logp[y].item() + 0.3 * logp.mean().item()
+    assert losses[0.0] == pytest.approx(plain / len(rows), rel=1e-4)
+    assert losses[0.3] == pytest.approx(smoothed / len(rows), rel=1e-4)
 
 
 def test_auto_class_weights_are_inverse_frequency():
@@ -280,6 +329,8 @@ def test_backward_stops_below_the_trained_blocks(tiny_model_dir):
     (["--train-layers", "0"], "--train-layers must be a positive number of blocks"),
     (["--layer-decay", "0"], "--layer-decay must be in (0, 1], got 0.0"),
     (["--layer-decay", "1.5"], "--layer-decay must be in (0, 1], got 1.5"),
+    (["--label-smoothing", "1"], "--label-smoothing must be in [0, 1), got 1.0"),
+    (["--label-smoothing", "-0.1"], "--label-smoothing must be in [0, 1), got -0.1"),
 ])
 def test_bad_training_options_are_usage_errors(tmp_path, options, message):
     result = runner.invoke(app, ["train", *options, "--workdir", str(tmp_path)])

@@ -149,33 +149,58 @@ def training_logits(model: Any, layout: ScoringLayout, input_ids: torch.Tensor,
 
 
 def loss_and_scores(model: Any, layout: ScoringLayout, inputs: dict[str, torch.Tensor], kind: str,
-                    class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    class_weights: torch.Tensor | None = None,
+                    smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The training loss of a batch (see loss_from_logits) and its class scores [B, C]."""
     first_full, nodes = training_logits(model, layout, inputs["input_ids"], inputs["attention_mask"])
-    return loss_from_logits(layout, first_full, nodes, inputs["labels"], kind, class_weights)
+    return loss_from_logits(layout, first_full, nodes, inputs["labels"], kind, class_weights, smoothing)
 
 
 def loss_from_logits(layout: ScoringLayout, first_full: torch.Tensor, nodes: torch.Tensor | None,
-                     labels: torch.Tensor, kind: str,
-                     class_weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     labels: torch.Tensor, kind: str, class_weights: torch.Tensor | None = None,
+                     smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """The loss (a mean over the batch, class-weighted as F.cross_entropy's weight=) and the class scores.
 
     kind "label": cross-entropy over the class scores. kind "lm" (the seed recipe's objective): minus the
     log-probability of the true class's word(s) among all the vocabulary's continuations; for one
     single-token word per class, the cross-entropy of that token over the whole vocabulary.
+
+    smoothing e (--label-smoothing): the target is 1 - e on the true class plus e / C on each of the C classes,
+    so the loss is -(1 - e) log p(true) - e x the mean over classes of log p(class), with p over the classes
+    ("label") or over the vocabulary ("lm": the smoothed mass goes to the other classes' words, not to every
+    token of the vocabulary). A class weight scales its example's whole loss.
     """
     scores = class_scores(layout, word_scores(layout, first_full[:, layout.first_ids], nodes))
-    if kind == "label":
+    if smoothing:
+        per_example = _smoothed_loss(layout, scores, first_full, nodes, labels, kind, smoothing)
+    elif kind == "label":
         return F.cross_entropy(scores, labels, weight=class_weights), scores
-    if layout.single:
+    elif layout.single:
         per_example = F.cross_entropy(first_full, layout.first_ids[layout.word_first][labels], reduction="none")
     else:
-        normalized = torch.log_softmax(first_full, dim=-1)[:, layout.first_ids]
-        per_example = -class_scores(layout, word_scores(layout, normalized, nodes)).gather(1, labels.unsqueeze(1)).squeeze(1)
+        per_example = -_vocabulary_class_logprobs(layout, first_full, nodes).gather(1, labels.unsqueeze(1)).squeeze(1)
     if class_weights is None:
         return per_example.mean(), scores
     weights = class_weights[labels]
     return (per_example * weights).sum() / weights.sum(), scores
+
+
+def _vocabulary_class_logprobs(layout: ScoringLayout, first_full: torch.Tensor,
+                               nodes: torch.Tensor | None) -> torch.Tensor:
+    """Each class's log-probability among all the vocabulary's continuations after the prompt [B, C]."""
+    normalized = torch.log_softmax(first_full, dim=-1)[:, layout.first_ids]
+    return class_scores(layout, word_scores(layout, normalized, nodes))
+
+
+def _smoothed_loss(layout: ScoringLayout, scores: torch.Tensor, first_full: torch.Tensor, nodes: torch.Tensor | None,
+                   labels: torch.Tensor, kind: str, smoothing: float) -> torch.Tensor:
+    """Per-example label-smoothed loss (see loss_from_logits) [B]."""
+    if kind == "label":
+        logprobs = torch.log_softmax(scores, dim=-1)
+    else:
+        logprobs = _vocabulary_class_logprobs(layout, first_full, nodes)
+    true = logprobs.gather(1, labels.unsqueeze(1)).squeeze(1)
+    return -(1 - smoothing) * true - smoothing * logprobs.mean(dim=1)
 
 
 def linear_head(model: Any, words: LabelWords) -> torch.Tensor | None:

@@ -68,12 +68,13 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
 
     def __init__(self, *args: Any, label_words: LabelWords, loss_kind: str,
                  class_weights: list[float] | None = None, micro_batch_tokens: int = 0, layer_decay: float = 1.0,
-                 **kwargs: Any):
+                 label_smoothing: float = 0.0, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.layer_decay = layer_decay
         self.micro_batch_tokens = micro_batch_tokens if distributed.world_size() == 1 else 0
         self.layout = label_scores.ScoringLayout(label_words)
         self.loss_kind = loss_kind
+        self.label_smoothing = label_smoothing
         self.class_weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         # Our loss is already a per-example mean; let Trainer scale it for gradient accumulation.
         self.model_accepts_loss_kwargs = False
@@ -141,7 +142,8 @@ class LabelPositionTrainer(compat.trainer_base()):  # type: ignore[misc]
         device = inputs["input_ids"].device
         self.layout = self.layout.to(device)
         weights = self.class_weights.to(device) if self.class_weights is not None else None
-        return label_scores.loss_and_scores(model, self.layout, inputs, self.loss_kind, weights)
+        return label_scores.loss_and_scores(model, self.layout, inputs, self.loss_kind, weights,
+                                           self.label_smoothing)
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         """A step's micro-batches (--micro-batches): their total weight, so that each one's mean loss counts
