@@ -332,8 +332,9 @@ class TrainConfig:
     warmup: float = opt(0.06, "Warm-up: a ratio of all steps when < 1, else steps.")
     weight_decay: float = opt(0.01, "AdamW weight decay.")
     layer_decay: float = opt(1.0, "Layer-wise learning-rate decay d: the last of L blocks trains at --lr x d, the "
-                                  "first at --lr x d^L, the embeddings at --lr x d^(L+1), the final norm and output "
-                                  "layer at --lr. 1: one rate for every weight.")
+                                  "first at --lr x d^L, the embeddings at --lr x d^(L+1) (at --lr where tied to the "
+                                  "output layer), the final norm and output layer at --lr. 1: one rate for every "
+                                  "weight.")
     eval_every: int | None = opt(None, "Evaluate on validation every N steps (default: once per epoch).")
     save_every: int | None = opt(None, "Checkpoint every N steps, a multiple of --eval-every, and at every new best "
                                        "evaluation (default: at each evaluation).")

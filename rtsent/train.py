@@ -27,7 +27,8 @@ from rtsent.config import CPU_MICRO_BATCH_TOKENS, TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point
 from rtsent.training.options import (class_weights, early_stopping_callbacks, early_stopping_record, record,
-                                     tracker_setup, trackers, train_last_layers)
+                                     layer_rate_scales, tracker_setup, trackers,
+                                     train_last_layers)
 from rtsent.training.trainer import (KeepHeapNearFirstStep, LabelCollator, LabelPositionTrainer, MetricsLog, RichProgress,
                                      SaveEveryBest, StopOnSignal, accuracy_metrics)
 from rtsent.core.prompts import LabelWords
@@ -212,12 +213,23 @@ def _build_model(cfg: TrainConfig, data: _Prepared, tok: Any, device: torch.devi
         model = lora.wrap(model, cfg)
     elif cfg.train_layers:
         train_last_layers(model, cfg.train_layers)
+    if cfg.layer_decay != 1:  # before the run is recorded: a model it cannot split leaves no run behind
+        _check_layer_decay(model, cfg.layer_decay)
     if distributed.world_size() == 1 and not cfg.compile:  # DDP's reducer takes gradients from autograd's sums
         speed.tied_embedding_rows_into_grad(model)
     vocab = model.get_output_embeddings().weight.shape[0]
     if max(t for word in data.label_words.words for t in word) >= vocab:
         raise ArtifactError(f"model {cfg.model} has {vocab} output tokens, fewer than the tokenizer's; use a matching model")
     return model
+
+
+def _check_layer_decay(model: Any, decay: float) -> None:
+    """--layer-decay needs the model's blocks (UsageError from layer_rate_scales where it has none found) and
+    unsharded parameters: FSDP and DeepSpeed regroup them into flat tensors of mixed depth."""
+    if distributed.sharded():
+        raise UsageError("--layer-decay needs whole parameters, and this launch shards them (FSDP or DeepSpeed); "
+                         "leave --layer-decay out, or train with DDP")
+    layer_rate_scales(model, decay)
 
 
 def micro_batch_tokens(cfg: TrainConfig, device: torch.device) -> int:

@@ -285,6 +285,45 @@ def test_layer_decay_scales_each_blocks_first_step(tmp_path, tiny_model_dir, ws,
         assert moved == pytest.approx(lr * decay ** power, rel=1e-3), key
 
 
+def test_layer_decay_groups_keep_weight_decay_off_biases_and_norms(tmp_path, tiny_model_dir, ws, monkeypatch):
+    """With weight decay on, each parameter's optimizer group has its layer's rate and AdamW's decay on the
+    matrices and embeddings only (not on biases and LayerNorms, as without --layer-decay)."""
+    from rtsent.training.trainer import LabelPositionTrainer
+
+    seen: dict[str, tuple[float, float]] = {}
+    real = LabelPositionTrainer.create_optimizer
+
+    def spy(self, model=None):
+        optimizer = real(self, model)
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        for group in optimizer.param_groups:
+            seen.update({names[id(p)]: (group["lr"], group["weight_decay"]) for p in group["params"]})
+        return optimizer
+
+    monkeypatch.setattr(LabelPositionTrainer, "create_optimizer", spy)
+    _prepared(tmp_path, tiny_model_dir, ws)
+    train.run(TrainConfig(model=str(tiny_model_dir), lr=1e-3, batch_size=16, max_steps=1, precision="fp32",
+                          run_name="groups", layer_decay=0.5, weight_decay=0.1, onnx=False), ws)
+    depth = {"transformer.wpe.": 3, "transformer.h.0.": 2, "transformer.h.1.": 1, "transformer.ln_f.": 0,
+             "transformer.wte.": 0}
+    assert seen and len(seen) == len(_weights(tiny_model_dir))  # every saved tensor (lm_head is wte, tied)
+    for name, (lr, decay) in seen.items():
+        power = next(d for prefix, d in depth.items() if name.startswith(prefix))
+        matrix = name.endswith(".weight") and ".ln_" not in name
+        assert (lr, decay) == (pytest.approx(1e-3 * 0.5 ** power), 0.1 if matrix else 0.0), name
+
+
+def test_layer_decay_under_a_sharded_launch_is_one_line_and_leaves_no_run(tmp_path, tiny_model_dir, ws, monkeypatch):
+    _prepared(tmp_path, tiny_model_dir, ws)
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    result = runner.invoke(app, ["train", "--model", str(tiny_model_dir), "--layer-decay", "0.9", "--run-name",
+                                 "sharded", "--workdir", str(ws.root)])
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1, result.output
+    assert "--layer-decay needs whole parameters" in lines[0]
+    assert not (ws.root / "runs" / "sharded").exists()  # the same command without the option can run at once
+
+
 def test_layer_decay_gives_an_untied_output_layer_the_full_rate_and_the_embeddings_the_lowest():
     from transformers import LlamaConfig, LlamaForCausalLM
 

@@ -21,6 +21,12 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
+def sharded() -> bool:
+    """Whether an accelerate launch shards the model (FSDP or DeepSpeed), from the variables it sets."""
+    return any(os.environ.get(f"ACCELERATE_USE_{name}", "").lower() in ("1", "true")
+               for name in ("FSDP", "DEEPSPEED"))
+
+
 def _active() -> bool:
     if world_size() <= 1:
         return False
