@@ -23,7 +23,7 @@ from rtsent.artifacts.cache import clean_stale, locked, publish, staging
 from rtsent.artifacts.files import write_json
 from rtsent.artifacts.model import ModelMeta, ModelPaths
 from rtsent.artifacts.prepared import PreparedMeta, find_prepared, in_workspace, load_prepared, prepare_command
-from rtsent.config import CPU_MICRO_BATCH_TOKENS, TrainConfig, to_dict
+from rtsent.config import CPU_MICRO_BATCH_TOKENS, FEW_SHOT_CHOOSING_ROWS, TrainConfig, to_dict
 from rtsent.errors import ArtifactError, Interrupted, UsageError
 from rtsent.faults import crash_point
 from rtsent.training.options import (class_weights, early_stopping_callbacks, early_stopping_record, record,
@@ -262,7 +262,8 @@ def _make_trainer(cfg: TrainConfig, paths: RunPaths, data: _Prepared, tok: Any, 
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     report_to, tracker_callbacks = tracker_setup(trackers(cfg.report_to), paths)
-    args, total = _training_arguments(cfg, paths, device, precision, len(data.train), report_to)
+    args, total = _training_arguments(cfg, paths, device, precision, len(data.train), report_to,
+                                      validation_rows=len(data.validation))
     stopper = StopOnSignal()
     trainer = LabelPositionTrainer(
         model=model,
@@ -339,23 +340,25 @@ def _fit_temperature(trainer: LabelPositionTrainer, eval_ds: Any) -> dict[str, A
 
 
 def _training_arguments(cfg: TrainConfig, paths: RunPaths, device: torch.device, precision: str,
-                        train_rows: int, report_to: list[str] | str = "none") -> tuple[TrainingArguments, int]:
+                        train_rows: int, report_to: list[str] | str = "none",
+                        validation_rows: int = 0) -> tuple[TrainingArguments, int]:
     """The Trainer's arguments for a config, and the number of optimizer steps they make.
 
-    Evaluation happens every eval_every steps, else once per epoch (or at max_steps, or once at the end of
-    training stretched to --min-steps), and always at the end; checkpoints follow evaluations so the best one
-    can be kept.
+    Evaluation happens every eval_every steps, else once per epoch (or at max_steps; training stretched to
+    --min-steps: about ten times, or once at the end where validation has fewer than FEW_SHOT_CHOOSING_ROWS rows),
+    and always at the end; checkpoints follow evaluations so the best one can be kept.
     """
     # An epoch is a pass of the global batch: every process takes batch_size examples per step.
     steps_per_epoch = math.ceil(train_rows / (cfg.batch_size * distributed.world_size()))
     planned = math.ceil(steps_per_epoch * cfg.epochs)
     total = cfg.max_steps if cfg.max_steps > 0 else max(planned, cfg.min_steps or 0)
-    # A few-shot split would make a handful of steps in --epochs: it trains for --min-steps instead, and is
-    # evaluated (and checkpointed) once, at the end: a development set of a few examples a class cannot tell
-    # checkpoints apart, and the final weights did better on the whole validation split (docs/method.md).
-    # --early-stopping counts evaluations, so with it such training still evaluates about ten times.
+    # A few-shot split would make a handful of steps in --epochs: it trains for --min-steps instead. A development
+    # set of a few examples a class cannot tell checkpoints apart (the final weights did better on the whole
+    # validation split), a larger one can (FEW_SHOT_CHOOSING_ROWS, docs/method.md): evaluated (and checkpointed)
+    # once, at the end, or about ten times. --early-stopping counts evaluations, so it always has about ten.
     few = cfg.max_steps <= 0 and total > planned
-    few_every = max(steps_per_epoch, total // 10) if cfg.early_stopping else total
+    choose = cfg.early_stopping or validation_rows >= FEW_SHOT_CHOOSING_ROWS
+    few_every = max(1, total // 10) if choose else total
     eval_steps = cfg.eval_every or (cfg.max_steps if cfg.max_steps > 0 else few_every if few else steps_per_epoch)
     args = TrainingArguments(
         output_dir=str(paths.checkpoints),

@@ -285,16 +285,25 @@ def test_shots_keep_k_per_class_drawn_with_the_seed(tmp_path, folders, named_dat
     assert out.exit_code == 2 and "--shots 40: class" in out.output and "32 train rows" in out.output, out.output
 
 
-def test_few_shot_training_makes_one_step_a_training_row_below_thirty(tmp_path, folders, named_data):
-    """4 a class of 3 classes is 12 training rows: 12 steps (30 would overfit so few; docs/method.md), recorded."""
+def test_few_shot_training_makes_one_step_a_training_row_below_thirty(tmp_path, folders, named_data, monkeypatch):
+    """4 a class of 3 classes is 12 training rows: 12 steps (30 would overfit so few; docs/method.md), recorded.
+    Its 12 validation rows are too few to choose a checkpoint: one evaluation, at the end; with the threshold at
+    12 rows the same run is evaluated at every step (12 // 10 = 1), as a large validation split would be."""
     from rtsent.artifacts.workspace import Workspace
 
     space = Workspace.resolve(tmp_path)
     prepare.run(PrepareConfig(data=str(named_data), model=str(folders["gpt2"]), max_len=32, shots=4), space)
-    result = train.run(TrainConfig(model=str(folders["gpt2"]), run_name="few", precision="fp32", onnx=False,
-                                   plots=False), space)
-    assert result.steps == 12
-    assert json.loads(result.run.config.read_text())["config"]["min_steps"] == 12
+
+    def evaluations(name: str) -> int:
+        result = train.run(TrainConfig(model=str(folders["gpt2"]), run_name=name, precision="fp32", onnx=False,
+                                       plots=False), space)
+        assert result.steps == 12
+        assert json.loads(result.run.config.read_text())["config"]["min_steps"] == 12
+        return sum("eval_accuracy" in line for line in result.run.metrics.read_text().splitlines())
+
+    assert evaluations("few") == 1
+    monkeypatch.setattr(train, "FEW_SHOT_CHOOSING_ROWS", 12)
+    assert evaluations("few-choosing") == 12
 
 
 # --- LoRA, serve, zero-shot and calibration with several words a class -----------------------------------

@@ -194,14 +194,18 @@ def test_early_stopping_stops_after_patience_plus_one_evaluations(tmp_path, tiny
 
 def test_training_stretched_to_min_steps_is_evaluated_once_at_the_end(ws):
     """Few-shot data (32 rows, batch 64: one step an epoch) trains --min-steps steps and evaluates only at the
-    last one: a development set of a few examples a class cannot choose a checkpoint. --early-stopping, which
-    counts evaluations, keeps about ten; full data keeps one an epoch; --eval-every wins over all."""
-    def cadence(rows, **kw):
+    last one: a development set of a few examples a class cannot choose a checkpoint; from 200 validation rows it
+    is evaluated about ten times. --early-stopping, which counts evaluations, keeps about ten; full data keeps one
+    an epoch; --eval-every wins over all."""
+    def cadence(rows, validation=0, **kw):
         args, total = train._training_arguments(TrainConfig(**kw).for_data(False), ws.run("x"),
-                                                torch.device("cpu"), "fp32", rows)
+                                                torch.device("cpu"), "fp32", rows, validation_rows=validation)
         return args.eval_steps, args.save_steps, args.max_steps, total
 
     assert cadence(32, min_steps=30) == (30, 30, 30, 30)
+    assert cadence(320, validation=199, min_steps=30) == (30, 30, 30, 30)  # SST-5 K = 64 with 199 validation rows
+    assert cadence(320, validation=200, min_steps=30) == (3, 3, 30, 30)  # K = 64 of 5 classes: ten evaluations
+    assert cadence(32, validation=1066, min_steps=30) == (3, 3, 30, 30)  # a whole validation split: ten
     assert cadence(32, min_steps=30, early_stopping=2) == (3, 3, 30, 30)
     assert cadence(32, min_steps=30, eval_every=5) == (5, 5, 30, 30)
     assert cadence(640, epochs=2.0) == (10, 10, -1, 20)  # 640 rows, batch 64: an evaluation an epoch
