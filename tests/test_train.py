@@ -51,6 +51,7 @@ def test_label_loss_is_cross_entropy_over_the_label_words_of_the_full_forward(ti
     from rtsent.core.prompts import LabelWords
 
     trainer.layout, trainer.loss_kind, trainer.class_weights = ScoringLayout(LabelWords.from_list(label_ids)), "label", None
+    trainer.label_smoothing = 0.0
     batch = {**pad_batch(rows, pad_id=0), "labels": labels}
     with torch.no_grad():
         loss, _ = trainer._loss_and_scores(model, batch)
