@@ -156,6 +156,7 @@ def main() -> None:
     ws_dir = Path(a.workdir or OUT / "ws-levers")
     sink = train_with_averages(a, ws_dir)
     name = f"accuracy_levers-s{a.seed}{a.tag}"
+    OUT.mkdir(parents=True, exist_ok=True)  # a fresh clone has no benchmarks/out yet (the workspace may be elsewhere)
     scores = sink.pop("test_scores")
     np.savez(OUT / f"{name}-test-scores.npz", **{f"{k}.scores": v[0] for k, v in scores.items()},
              **{f"{k}.labels": v[1] for k, v in scores.items()})
