@@ -333,9 +333,10 @@ class TrainConfig:
     """None is resolved to PRETRAINED_EPOCHS, or FROM_SCRATCH_EPOCHS with --from-scratch."""
     max_steps: int = opt(-1, "Stop after N steps (overrides --epochs when > 0).")
     min_steps: int | None = opt(None, "At least N optimizer steps, however small the training split (more epochs: "
-                                      "evaluated about ten times, the best kept, where validation has 200 rows or "
-                                      "more, else once, at the end); default for data prepared with --shots: 30, or "
-                                      "one a training example where there are fewer; else 0.")
+                                      "evaluated about ten times, the best kept, where validation has "
+                                      f"{FEW_SHOT_CHOOSING_ROWS} rows or more, else once, at the end); default for data "
+                                      f"prepared with --shots: {FEW_SHOT_MIN_STEPS}, or one a training example where "
+                                      "there are fewer; else 0.")
     warmup: float = opt(0.06, "Warm-up: a ratio of all steps when < 1, else steps.")
     weight_decay: float = opt(0.01, "AdamW weight decay.")
     layer_decay: float = opt(1.0, "Layer-wise learning-rate decay d: the last of L blocks trains at --lr x d, the "

@@ -192,7 +192,7 @@ def test_early_stopping_stops_after_patience_plus_one_evaluations(tmp_path, tiny
     assert (result.run.model / "rtsent.json").is_file()
 
 
-def test_training_stretched_to_min_steps_is_evaluated_once_at_the_end(ws):
+def test_training_stretched_to_min_steps_is_evaluated_once_or_ten_times_by_validation_size(ws):
     """Few-shot data (32 rows, batch 64: one step an epoch) trains --min-steps steps and evaluates only at the
     last one: a development set of a few examples a class cannot choose a checkpoint; from 200 validation rows it
     is evaluated about ten times. --early-stopping, which counts evaluations, keeps about ten; full data keeps one
@@ -325,7 +325,7 @@ def test_layer_decay_under_a_sharded_launch_is_one_line_and_leaves_no_run(tmp_pa
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1, result.output
     assert "--layer-decay needs whole parameters" in lines[0]
-    assert not (ws.root / "runs" / "sharded").exists()  # the same command without the option can run at once
+    assert not (ws.runs_dir / "sharded").exists()  # the same command without the option can run at once
 
 
 def test_layer_decay_gives_an_untied_output_layer_the_full_rate_and_the_embeddings_the_lowest():
