@@ -478,7 +478,8 @@ class EvaluateConfig:
     batch_size: int = opt(64, "Examples per batch.")
     precision: str = opt("auto", SCORING_PRECISION_HELP)
     engine: str = opt("auto", ENGINE_HELP)
-    output: str | None = opt(None, "Where to write the JSON report (default: next to the model).")
+    output: str | None = opt(None, "Where to write the JSON report (default: next to the model); a file already "
+                                   "there is replaced only when it is an rtsent report.")
     bins: int = opt(15, cli=False)
     """Bins of the expected calibration error."""
     data: str | None = opt(None, "Score a labelled .csv/.jsonl/.parquet file (or a folder's <split> file) instead of "
@@ -587,7 +588,8 @@ class ReportConfig:
 
     run: str | None = opt(None, "Run name or folder (default: the latest run).", argument=True)
     format: str = opt("table", "table (print), md or json (write the report file).", flags=("--format",))
-    output: str | None = opt(None, "Where to write md/json (default: runs/<name>/report.md|json).")
+    output: str | None = opt(None, "Where to write md/json (default: runs/<name>/report.md|json); a file already "
+                                   "there is replaced only when it is an rtsent run report.")
 
 
 @dataclass(frozen=True)

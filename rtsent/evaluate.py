@@ -22,7 +22,7 @@ from rtsent.core import calibration
 from rtsent.core.calibration import softmax
 from rtsent.artifacts import card
 from rtsent.artifacts.cache import clean_stale
-from rtsent.artifacts.files import write_json, write_jsonl
+from rtsent.artifacts.files import check_replaceable, is_json_with, write_json, write_jsonl
 from rtsent.config import EvaluateConfig, PromptConfig, to_dict
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.engines import open_classifier
@@ -54,13 +54,15 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     options or unusable data.
     """
     clean_stale(ws)
+    if cfg.output:
+        _check_writable(Path(cfg.output), named=True)  # before the model is opened
     model = str(resolve_model(ws, cfg.model, base_ok=True))
     clf = open_classifier(model, _zero_shot_prompt(model, cfg, ws), precision=cfg.precision, engine=cfg.engine)
     if clf.choice is not None:
         log(clf.choice.line())
     examples = _from_file(clf, cfg) if cfg.data else _from_prepared(clf, cfg, ws)
     out = Path(cfg.output) if cfg.output else _report_path(model, *_report_name(clf, examples, cfg), ws)
-    _check_writable(out)  # before the scoring, not after it
+    _check_writable(out, named=bool(cfg.output))  # before the scoring, not after it
     started = time.perf_counter()
     scores = clf.scores(examples.rows, cfg.batch_size)
     seconds = time.perf_counter() - started
@@ -126,6 +128,9 @@ def compare(cfg: EvaluateConfig, models: Sequence[str], ws: Workspace,
 
     A zero-shot prompt (cfg.prompt) applies to the models that have no rtsent.json of their own.
     """
+    what = Path(cfg.data).stem if cfg.data else cfg.split
+    out = Path(cfg.output) if cfg.output else ws.evals_dir / f"compare-{what}.json"
+    _check_writable(out, named=bool(cfg.output))  # before any model is scored
     reports = []
     for model in models:
         # a run's name, or its folder: the model has its own prompt (resolved as every command resolves it)
@@ -133,8 +138,6 @@ def compare(cfg: EvaluateConfig, models: Sequence[str], ws: Workspace,
         one = dataclasses.replace(cfg, model=model, output=None, prompt=None if own_prompt else cfg.prompt)
         log(f"evaluating {model}")
         reports.append(run(one, ws, log))
-    what = Path(cfg.data).stem if cfg.data else cfg.split
-    out = Path(cfg.output) if cfg.output else ws.evals_dir / f"compare-{what}.json"
     combined = {"rtsent_version": __version__, "split": reports[0]["split"], "models": reports}
     write_json(out, combined)
     combined["written_to"] = str(out)
@@ -290,7 +293,11 @@ def _report_path(model: str, name: str, describes_model: bool, ws: Workspace) ->
     return ModelPaths(ws.evals_dir / f"{slug}-{digest}").eval_report(name)
 
 
-def _check_writable(out: Path) -> None:
+def _check_writable(out: Path, named: bool) -> None:
+    """The report can be written to out; a path the user named (--output) may replace an earlier report only,
+    never their data or any other file."""
+    if named:
+        check_replaceable(out, lambda p: is_json_with(p, "rtsent_version"), "evaluation report")
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

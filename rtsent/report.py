@@ -10,11 +10,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from rtsent.artifacts.files import atomic_file, write_json
+from rtsent.artifacts.files import atomic_file, check_replaceable, is_json_with, read_json, write_json
 from rtsent.artifacts.model import ModelMeta, ModelPaths, read_eval_reports
 from rtsent.artifacts.prepared import PreparedMeta, in_workspace
 from rtsent.artifacts.workspace import RunPaths, Workspace
-from rtsent.artifacts.files import read_json
 from rtsent.errors import ArtifactError, UsageError
 from rtsent.console import number
 
@@ -126,6 +125,8 @@ def write_report(summary: dict[str, Any], fmt: str, output: str | None = None) -
     if fmt not in REPORT_FORMATS:
         raise UsageError(f"--format must be one of {', '.join(REPORT_FORMATS)}, got {fmt!r}")
     out = Path(output) if output else Path(summary["dir"]) / f"report.{fmt}"
+    if output:  # a path the user named may replace an earlier run report, never another file
+        check_replaceable(out, _is_run_report, "run report")
     if fmt == "json":
         write_json(out, summary)
         return out
@@ -133,6 +134,17 @@ def write_report(summary: dict[str, Any], fmt: str, output: str | None = None) -
     with atomic_file(out) as fh:
         fh.write(text)
     return out
+
+
+def _is_run_report(path: Path) -> bool:
+    """Whether path holds a run report write_report wrote (JSON with its keys, or markdown under its title)."""
+    if is_json_with(path, "validation_curve"):
+        return True
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.readline().startswith("# Run ")
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def to_markdown(s: dict[str, Any], where: Path) -> str:

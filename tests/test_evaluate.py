@@ -388,3 +388,28 @@ def test_cli_evaluate_data_errors_calibrate_and_compare(trained, tiny_model_dir,
     assert str(tiny_model_dir) in out.output and "comparison written to" in out.output
     bad = runner.invoke(app, ["evaluate", "--model", str(result.model_dir), "--data", str(data), "--workdir", str(space.root)])
     assert bad.exit_code == 2 and "no text column 'text'" in bad.output
+
+
+def test_a_named_output_replaces_an_earlier_report_never_the_data_or_another_file(trained, tmp_path):
+    space, result = trained
+    data = tmp_path / "mine.csv"
+    write_labelled_csv(data)
+    written = data.read_bytes()
+    common = ["--model", str(result.model_dir), "--data", str(data), "--text-column", "review", "--label-column",
+              "sentiment", "--no-plots", "--precision", "fp32", "--workdir", str(space.root)]
+    for target in (data, tmp_path / "notes.json", tmp_path):  # the data itself, a user's JSON file, a folder
+        if target.name == "notes.json":
+            target.write_text('{"mine": 1}\n')
+        before = target.read_bytes() if target.is_file() else None
+        out = runner.invoke(app, ["evaluate", *common, "--output", str(target)])
+        assert out.exit_code == 2, out.output
+        assert out.output.startswith("error: --output") and "Traceback" not in out.output, out.output
+        assert before is None or target.read_bytes() == before
+    assert data.read_bytes() == written
+    report = tmp_path / "r.json"
+    for _ in range(2):  # the second run replaces the first run's report
+        out = runner.invoke(app, ["evaluate", *common, "--output", str(report)])
+        assert out.exit_code == 0, out.output
+        assert json.loads(report.read_text())["examples"] == 40
+    out = runner.invoke(app, ["evaluate", *common, "--model", str(result.model_dir), "--output", str(data)])
+    assert out.exit_code == 2 and data.read_bytes() == written

@@ -265,6 +265,15 @@ def test_report_and_runs_of_the_trained_run(trained, tmp_path):
     assert out.exit_code == 0, out.output
     md = md_path.read_text()
     assert "![training](plots/training.png)" in md and (md_path.parent / "plots/training.png").is_file()
+    # a named --output replaces an earlier report of either format, never another file
+    again = runner.invoke(app, ["report", "tiny", "--format", "md", "--output", str(md_path), *ws])
+    assert again.exit_code == 0 and md_path.read_text() == md
+    assert runner.invoke(app, ["report", "tiny", "--format", "json", "--output", str(tmp_path / "r.json"), *ws]).exit_code == 0
+    notes = tmp_path / "notes.md"
+    notes.write_text("# my notes\n")
+    refused = runner.invoke(app, ["report", "tiny", "--format", "md", "--output", str(notes), *ws])
+    assert refused.exit_code == 2 and "exists and is not an rtsent run report" in " ".join(refused.output.split())
+    assert notes.read_text() == "# my notes\n"
     md_path.unlink()
     out = runner.invoke(app, ["runs", "--format", "json", *ws])
     assert out.exit_code == 0, out.output

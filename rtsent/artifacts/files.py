@@ -9,9 +9,9 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
-from rtsent.errors import ArtifactError
+from rtsent.errors import ArtifactError, UsageError
 
 
 @contextlib.contextmanager
@@ -31,6 +31,26 @@ def atomic_file(path: Path, mode: str = "w") -> Iterator[Any]:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def check_replaceable(path: Path, ours: Callable[[Path], bool], what: str, option: str = "--output") -> None:
+    """A path the user named for an output may be new, or a file rtsent wrote there before (`ours`: the same
+    kind of output, run again); anything else there (their data, a note, a folder) is never replaced.
+    Raises UsageError naming the fix."""
+    if path.is_dir():
+        raise UsageError(f"{option} {path} is a folder; pass a file name for the {what}")
+    if path.exists() and not ours(path):
+        raise UsageError(f"{option} {path} exists and is not an rtsent {what}; pass a new file name (rtsent "
+                         f"replaces only its own {what}s)")
+
+
+def is_json_with(path: Path, key: str) -> bool:
+    """Whether path holds a JSON object with `key` (how an rtsent JSON output is told from other files)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return key in json.load(fh)
+    except (OSError, ValueError, TypeError):
+        return False
 
 
 def write_json(path: Path, data: Any) -> None:
