@@ -70,12 +70,17 @@ DATA_CASES = {
                             "has no text column 'text' (columns: review, label); pass --text-column"),
     "misnamed label column": (dict(train="text,sentiment\nfine,1\n"),
                               "has no label column 'label' (columns: text, sentiment); pass --label-column"),
-    "label outside the label set": (dict(train=HEADER + "fine,5\n"), "label 5 is outside the label set 0..1"),
-    "negative label": (dict(train=HEADER + "fine,-1\n"), "label -1 is outside the label set 0..1"),
+    "label outside the label set": (dict(train=HEADER + "fine,5\n"), "label 5 is outside the class ids 0..1",
+                                    "pass them as --label-names"),
+    "negative label": (dict(train=HEADER + "fine,-1\n"), "label -1 is outside the class ids 0..1"),
     "non-integer label": (dict(train=HEADER + "fine,1.5\n"), "label 1.5 is not a whole number"),
     "NaN label (csv)": (dict(train=HEADER + "fine,NaN\n"), "label None is missing or not a class"),
     "empty label cell": (dict(train=HEADER + "fine,\nok,1\n"), "label None is missing or not a class"),
     "one string class": (dict(train=HEADER + "fine,meh\n"), "train's labels name one class ['meh']"),
+    "empty label among named classes": (dict(train=HEADER + "great,good\nawful,bad\nfine,\n"),
+                                        "(train) row 2: the label is empty; fill it in or drop the row"),
+    "a class the names lack": (dict(train=HEADER + "great,good\nawful,bad\n", validation=HEADER + "fine,goodish\n"),
+                               "(validation) row 0: label 'goodish' is not one of the label names ['bad', 'good']"),
     "missing train split": (dict(train=None), "has no train split (found: ['validation'])"),
     "malformed jsonl": (dict(train='{"text": "a", "label": 1}\n{not json\n', validation='{"text": "a", "label": 1}\n',
                              ext="jsonl"), "cannot read"),
@@ -86,9 +91,9 @@ DATA_CASES = {
 
 @pytest.mark.parametrize("case", list(DATA_CASES))
 def test_bad_data_files(tmp_path, tiny_model_dir, case):
-    files, expected = DATA_CASES[case]
+    files, *expected = DATA_CASES[case]
     data = data_folder(tmp_path / "data", **files)
-    fails(prepare_args(data, tiny_model_dir, tmp_path / "ws"), 2, expected, case=case)
+    fails(prepare_args(data, tiny_model_dir, tmp_path / "ws"), 2, *expected, case=case)
     assert_nothing_prepared(tmp_path / "ws")
 
 
@@ -105,6 +110,41 @@ def test_blank_texts_are_skipped_and_counted(tmp_path, tiny_model_dir):
     (manifest,) = (tmp_path / "ws" / "prepared").glob("*/manifest.json")
     train = json.loads(manifest.read_text())["splits"]["train"]
     assert (train["rows"], train["skipped_empty"]) == (2, 2)
+
+
+@pytest.mark.parametrize("train, validation", [
+    ("great,Positive\nawful,NEGATIVE\n", "fine,positive \n"),        # case, and spaces around
+    ("great,pos\nawful,neg\n", "fine, Pos\n"),                        # IMDB's and the hub RT's abbreviations
+], ids=["case-and-spaces", "abbreviations"])
+def test_labels_spelled_otherwise_are_their_class(tmp_path, tiny_model_dir, train, validation):
+    """Labels that name negative/positive in another spelling get the default classes, and each row its class."""
+    data = data_folder(tmp_path / "data", train=HEADER + train, validation=HEADER + validation)
+    succeeds(prepare_args(data, tiny_model_dir, tmp_path / "ws"))
+    (manifest,) = (tmp_path / "ws" / "prepared").glob("*/manifest.json")
+    splits = json.loads(manifest.read_text())["splits"]
+    assert splits["train"]["per_class"] == {"negative": 1, "positive": 1}
+    assert splits["validation"]["per_class"] == {"negative": 0, "positive": 1}
+
+
+def test_data_named_classes_ignore_the_spaces_around_a_label(tmp_path, tiny_model_dir):
+    data = data_folder(tmp_path / "data", train=HEADER + "a,good\nb,bad\nc,good \nd, bad\n",
+                       validation=HEADER + "e,good\nf,bad\n")
+    succeeds(prepare_args(data, tiny_model_dir, tmp_path / "ws"))
+    (manifest,) = (tmp_path / "ws" / "prepared").glob("*/manifest.json")
+    meta = json.loads(manifest.read_text())
+    assert meta["splits"]["train"]["per_class"] == {"bad": 2, "good": 2}
+
+
+def test_star_ratings_match_numeric_label_names(tmp_path, tiny_model_dir):
+    """Integer labels 1-5 (read as numbers from a csv) match --label-names 1..5 by value, not as ids 0..4."""
+    rows = "".join(f"r{i},{i % 5 + 1}\n" for i in range(10))
+    data = data_folder(tmp_path / "data", train=HEADER + rows, validation=HEADER + rows)
+    succeeds(prepare_args(data, tiny_model_dir, tmp_path / "ws", "--label-names", "5,4,3,2,1"))
+    (manifest,) = (tmp_path / "ws" / "prepared").glob("*/manifest.json")
+    assert json.loads(manifest.read_text())["splits"]["train"]["per_class"] == {n: 2 for n in "54321"}
+    from rtsent.sources.data import label_id
+
+    assert [label_id(v, ["5", "4", "3", "2", "1"], "x") for v in (5, 1, 3.0, "2", "4.0")] == [0, 4, 2, 3, 1]
 
 
 def test_string_labels_and_digit_strings_are_accepted(tmp_path, tiny_model_dir):

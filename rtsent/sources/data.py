@@ -291,9 +291,13 @@ def data_class_names(source: Source, plan: SplitPlan, label_column: str) -> list
         return list(raw.class_names[label_column])
     if label_column not in raw.table.column_names:
         return None
-    strings = {v for v in raw.table.column(label_column).to_pylist() if isinstance(v, str)}
-    if not strings or any(_number(v) is not None for v in strings):  # class ids, some perhaps read as text
+    values = raw.table.column(label_column).to_pylist()
+    strings = {v.strip() for v in values if isinstance(v, str)}  # " positive" written by hand is "positive"
+    if not strings or any(_number(v) is not None for v in strings if v):  # class ids, some perhaps read as text
         return None
+    if "" in strings:  # a csv's empty cell: the row has no label
+        row = next(i for i, v in enumerate(values) if isinstance(v, str) and not v.strip())
+        raise DataError(f"{source.name} ({plan.train}) row {row}: the label is empty; fill it in or drop the row")
     if len(strings) < 2:
         raise DataError(f"{source.name} ({plan.train}): train's labels name one class {sorted(strings)}; a classifier "
                         f"needs two or more (check --label-column, or pass --label-words and --label-names)")
@@ -448,13 +452,23 @@ def _number(text: str) -> float | None:
 
 
 def label_id(label: Any, names: Sequence[str], where: str) -> int:
-    """Class id of a label: an integer 0..K-1, or a label name."""
+    """Class id of a label: a label name (as written, else spelled otherwise: see _spelled_name), a number among
+    names that are numbers ("1" … "5" star ratings), or an integer 0..K-1."""
     k = len(names)
     if isinstance(label, bool) or label is None or (isinstance(label, float) and math.isnan(label)):
         raise DataError(f"{where}: label {label!r} is missing or not a class; labels must be 0..{k - 1} or one of {list(names)}")
+    numbered = _numbered_names(names)
     if isinstance(label, str):
         if label in names:
             return names.index(label)
+        if not label.strip():
+            raise DataError(f"{where}: the label is empty; fill it in or drop the row")
+        if _number(label) is None:
+            matched = _spelled_name(label, names)
+            if matched is not None:
+                return matched
+        elif numbered:
+            return label_id(_number(label), names, where)
         # "1.0" read as text: a csv label column that also holds names is read as strings whole
         if not label.strip().isdecimal() and _number(label) is not None:
             return label_id(_number(label), names, where)
@@ -463,6 +477,10 @@ def label_id(label: Any, names: Sequence[str], where: str) -> int:
                 f"{where}: label {label!r} is not one of the label names {list(names)}; pass --label-names to match"
             )
         label = int(label)
+    if numbered and isinstance(label, (int, float)):  # names that are numbers: a number is matched by value
+        if label in numbered:
+            return numbered.index(label)
+        raise DataError(f"{where}: label {label!r} is not one of the label names {list(names)}")
     if isinstance(label, float):
         if not label.is_integer():
             raise DataError(f"{where}: label {label!r} is not a whole number; labels must be 0..{k - 1} or one of {list(names)}")
@@ -470,6 +488,24 @@ def label_id(label: Any, names: Sequence[str], where: str) -> int:
     if isinstance(label, int) and 0 <= label < k:
         return label
     raise DataError(
-        f"{where}: label {label!r} is outside the label set 0..{k - 1} ({k} label words); "
-        f"pass one --label-words entry per class"
+        f"{where}: label {label!r} is outside the class ids 0..{k - 1} of the {k} classes; integer labels count "
+        f"classes from 0: for labels that name their classes (e.g. stars 1-5), pass them as --label-names"
     )
+
+
+def _spelled_name(label: str, names: Sequence[str]) -> int | None:
+    """The one name a label spells otherwise: the same ignoring case and surrounding spaces ("Positive",
+    "positive "), else the one name it abbreviates from the start ("neg", "pos"). Never a longer label
+    ("goodish" is not "good"): a class the names lack is refused, not folded into another."""
+    text = label.strip().lower()
+    lowered = [n.strip().lower() for n in names]
+    if text in lowered:
+        return lowered.index(text) if lowered.count(text) == 1 else None
+    starts = [i for i, n in enumerate(lowered) if n.startswith(text)]
+    return starts[0] if len(starts) == 1 else None
+
+
+def _numbered_names(names: Sequence[str]) -> list[float] | None:
+    """The names' values where every name is a number (--label-names 1,2,3,4,5), else None."""
+    values = [_number(n) for n in names]
+    return None if None in values else values
