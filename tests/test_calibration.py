@@ -94,6 +94,14 @@ def test_probability_report_by_hand():
     assert report["per_class"]["neg"] == pytest.approx({"precision": 1.0, "recall": 2 / 3, "f1": 0.8, "support": 3})
     assert report["per_class"]["pos"]["precision"] == pytest.approx(2 / 3)
     assert report["macro_f1"] == pytest.approx(0.8)
+    # A class in neither the truth nor the predictions has no F1 to average (scikit-learn's convention); one
+    # that is predicted but never true counts with F1 0.
+    three = np.array([[.1, .8, .1], [.1, .8, .1], [.1, .1, .8], [.1, .8, .1]])
+    absent = probability_report(three, [1, 1, 2, 1], ("a", "b", "c"))
+    assert absent["accuracy"] == 1.0 and absent["macro_f1"] == pytest.approx(1.0)
+    assert absent["per_class"]["a"]["support"] == 0
+    predicted_only = probability_report(three, [1, 1, 1, 1], ("a", "b", "c"))  # c predicted once, never true
+    assert predicted_only["macro_f1"] == pytest.approx((2 * 3 / 4 / (1 + 3 / 4) + 0.0) / 2)
     # NLL of the true classes' probabilities 0.9, 0.7, 0.2, 0.6, 0.9
     assert report["nll"] == pytest.approx(-np.mean(np.log([0.9, 0.7, 0.2, 0.6, 0.9])))
 

@@ -9,6 +9,13 @@ import numpy as np
 from rtsent.core import calibration
 
 
+def _macro_f1(per_class: dict[str, dict[str, Any]], confusion: np.ndarray) -> float:
+    """The mean F1 of the classes that occur in the truth or the predictions (scikit-learn's convention): a
+    class absent from both, as in a file without it, has no F1 to average, not an F1 of 0."""
+    seen = (confusion.sum(axis=0) + confusion.sum(axis=1)) > 0
+    return float(np.mean([c["f1"] for c, s in zip(per_class.values(), seen) if s]))
+
+
 def probability_report(probs: np.ndarray, labels: Sequence[int], names: Sequence[str], bins: int = 15) -> dict[str, Any]:
     """Accuracy, macro-F1, per-class P/R/F1, confusion matrix, NLL, the reliability bins behind ECE and
     the histogram of the true class's probability; the plots draw exactly these numbers."""
@@ -29,7 +36,7 @@ def probability_report(probs: np.ndarray, labels: Sequence[int], names: Sequence
     return {
         "examples": int(len(labels)),
         "accuracy": float((pred == labels).mean()),
-        "macro_f1": float(np.mean([c["f1"] for c in per_class.values()])),
+        "macro_f1": _macro_f1(per_class, confusion),
         "ece": bins_report["ece"],
         "nll": calibration.summary(probs, labels, bins)["nll"],
         "per_class": per_class,
