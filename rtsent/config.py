@@ -221,7 +221,7 @@ class PrepareConfig:
     """Options of `rtsent prepare`."""
 
     data: str = opt(DEFAULT_DATA, "rotten_tomatoes (shipped with rtsent), a hub dataset name, a folder of "
-                                  "train/validation/test .parquet/.csv/.jsonl files, "
+                                  "train/validation/test .parquet/.csv/.tsv/.jsonl files, "
                                   "or a save_to_disk folder.")
     model: str = opt(DEFAULT_MODEL, "Model (hub name, folder, .gguf file, or smollm2) whose tokenizer to use.")
     max_len: int = opt(128, "Longest prompt in tokens; longer reviews lose their tail, never the template.")
@@ -524,10 +524,10 @@ class PredictConfig:
     """Options of `rtsent predict`."""
 
     texts: tuple[str, ...] = opt((), "Reviews to classify; '-' reads one per line from stdin.", argument=True)
-    file: str | None = opt(None, "txt (one review a line), csv, jsonl or parquet; '-' reads lines from stdin.",
+    file: str | None = opt(None, "txt (one review a line), csv, tsv, jsonl or parquet; '-' reads lines from stdin.",
                            flags=("--file", "-f"))
-    text_column: str = opt("text", "Text column of a csv/jsonl/parquet file.")
-    keep_columns: tuple[str, ...] = opt((), "Comma-separated columns of a csv/jsonl/parquet file to copy into each "
+    text_column: str = opt("text", "Text column of a csv/tsv/jsonl/parquet file.")
+    keep_columns: tuple[str, ...] = opt((), "Comma-separated columns of a csv/tsv/jsonl/parquet file to copy into each "
                                             "output row, e.g. id.")
     model: str | None = opt(None, "Exported model folder or run name (default: the latest run's model).")
     format: str = opt("auto", "auto (table for arguments, jsonl for files), table, json, jsonl or csv.")

@@ -1,6 +1,6 @@
 """Stage 3, evaluate: accuracy, macro-F1, per-class P/R, confusion matrix, calibration, errors, plots.
 
-Scores a prepared split, or any labelled csv/jsonl/parquet file tokenized with the model's own prompt
+Scores a prepared split, or any labelled csv/tsv/jsonl/parquet file tokenized with the model's own prompt
 (--data); compares several models side by side.
 """
 
@@ -61,6 +61,9 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     if clf.choice is not None:
         log(clf.choice.line())
     examples = _from_file(clf, cfg) if cfg.data else _from_prepared(clf, cfg, ws)
+    if examples.source.get("skipped_empty"):  # as prepare says it: a row left out of the figures is told
+        log(f"{cfg.data}: skipped {examples.source['skipped_empty']} rows with empty text; the figures count "
+            f"the other {len(examples.rows)}")
     out = Path(cfg.output) if cfg.output else _report_path(model, *_report_name(clf, examples, cfg), ws)
     _check_writable(out, named=bool(cfg.output))  # before the scoring, not after it
     started = time.perf_counter()
@@ -158,7 +161,7 @@ def _from_prepared(clf: Classifier, cfg: EvaluateConfig, ws: Workspace) -> Examp
 
 
 def _from_file(clf: Classifier, cfg: EvaluateConfig) -> Examples:
-    """A labelled csv/jsonl/parquet file (or a folder's <split> file) tokenized with the model's own prompt."""
+    """A labelled csv/tsv/jsonl/parquet file (or a folder's <split> file) tokenized with the model's own prompt."""
     from rtsent.artifacts.cache import hash_files
     from rtsent.sources.data import build_raw_split, read_raw_file
     from rtsent.sources.inputs import TABLE_FORMATS as FORMATS
@@ -177,13 +180,13 @@ def _labelled_file(path: Path, split: str, formats: dict[str, str]) -> Path:
     if path.is_dir():
         found = [path / f"{split}{ext}" for ext in formats if (path / f"{split}{ext}").is_file()]
         if len(found) != 1:
-            raise UsageError(f"--data {path}: expected one {split}.parquet/.csv/.jsonl file in the folder, found "
+            raise UsageError(f"--data {path}: expected one {split}.parquet/.csv/.tsv/.jsonl file in the folder, found "
                              f"{[f.name for f in found] or 'none'}; pass the file itself or --split")
         return found[0]
     if not path.is_file():
         raise UsageError(f"--data {path}: no such file or folder")
     if path.suffix.lower() not in formats:
-        raise UsageError(f"--data {path}: expected a .csv, .jsonl or .parquet file with text and label columns")
+        raise UsageError(f"--data {path}: expected a .csv, .tsv, .jsonl or .parquet file with text and label columns")
     return path
 
 

@@ -413,3 +413,16 @@ def test_a_named_output_replaces_an_earlier_report_never_the_data_or_another_fil
         assert json.loads(report.read_text())["examples"] == 40
     out = runner.invoke(app, ["evaluate", *common, "--model", str(result.model_dir), "--output", str(data)])
     assert out.exit_code == 2 and data.read_bytes() == written
+
+
+def test_rows_with_empty_text_are_left_out_of_the_figures_and_told(trained, tmp_path):
+    space, result = trained
+    data = tmp_path / "blank.csv"
+    data.write_text('review,sentiment\na great film,1\n,0\n"  ",1\na dull film,0\n')
+    out = runner.invoke(app, ["evaluate", "--model", str(result.model_dir), "--data", str(data), "--text-column", "review",
+                              "--label-column", "sentiment", "--no-plots", "--precision", "fp32", "--output",
+                              str(tmp_path / "b.json"), "--workdir", str(space.root)])
+    assert out.exit_code == 0, out.output
+    assert "skipped 2 rows with empty text; the figures count the other 2" in " ".join(out.output.split())
+    report = json.loads((tmp_path / "b.json").read_text())
+    assert report["examples"] == 2 and report["source"]["skipped_empty"] == 2

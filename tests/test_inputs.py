@@ -90,6 +90,36 @@ def test_upper_case_jsonl_and_parquet_suffixes(tmp_path):
         assert [(r.text, r.carried["id"]) for r in rows_of(tmp_path / name, ["id"])] == [("one", 1), ("two", 2)]
 
 
+def test_a_tsv_file_is_a_table_of_tab_separated_columns(tmp_path):
+    """Read as the same rows as its csv twin (a comma inside a cell is text), for predict and for training."""
+    from rtsent.sources.data import FolderSource
+
+    (tmp_path / "r.tsv").write_text("id\ttext\tlabel\n1\tgreat, truly\t1\n2\tawful\t0\n")
+    (tmp_path / "r.csv").write_text('id,text,label\n1,"great, truly",1\n2,awful,0\n')
+    tsv, csv_rows = rows_of(tmp_path / "r.tsv", ["id"]), rows_of(tmp_path / "r.csv", ["id"])
+    assert [(r.text, r.carried) for r in tsv] == [(r.text, r.carried) for r in csv_rows] == [
+        ("great, truly", {"id": "1"}), ("awful", {"id": "2"})]
+    (tmp_path / "data").mkdir()
+    (tmp_path / "r.tsv").rename(tmp_path / "data" / "train.tsv")
+    table = FolderSource(tmp_path / "data").read("train").table
+    assert table.column("text").to_pylist() == ["great, truly", "awful"] and table.column("label").to_pylist() == [1, 0]
+
+
+def test_a_json_array_and_a_text_column_of_plain_text_are_refused_with_the_fix(tmp_path):
+    from rtsent.errors import UsageError
+    from rtsent.sources.data import read_table_file
+
+    (tmp_path / "a.json").write_text(json.dumps([{"text": "great", "label": 1}]))
+    with pytest.raises(DataError, match="holds a JSON array; rtsent reads JSON Lines"):
+        rows_of(tmp_path / "a.json")
+    with pytest.raises(DataError, match="holds a JSON array"):
+        read_table_file(tmp_path / "a.json")
+    (tmp_path / "a.txt").write_text("great\n")
+    with pytest.raises(UsageError, match="--text-column needs a csv, tsv, jsonl or parquet --file"):
+        rows_of(tmp_path / "a.txt", text_column="review")
+    assert [r.text for r in rows_of(tmp_path / "a.txt")] == ["great"]
+
+
 def test_training_data_files_match_their_suffix_whatever_its_case(tmp_path):
     from rtsent.sources.data import FolderSource
 

@@ -10,7 +10,7 @@ from typing import Any, Callable, Sequence
 from rtsent import compat
 from rtsent.artifacts.cache import hash_files
 from rtsent.errors import DataError, UsageError, first_line
-from rtsent.sources.inputs import table_format
+from rtsent.sources.inputs import DELIMITERS, json_array_problem, table_format
 
 ROLES = ("train", "validation", "test")
 NO_LABEL = -1  # datasets' ClassLabel value for "no label" (e.g. GLUE test splits, whose labels are hidden)
@@ -370,10 +370,13 @@ def read_table_file(path: Path) -> Any:
             import pyarrow.parquet as pq
 
             return pq.read_table(path)
-        if kind == "csv":
+        if kind in DELIMITERS:
             import pyarrow.csv as pcsv
 
-            return pcsv.read_csv(path)
+            return pcsv.read_csv(path, parse_options=pcsv.ParseOptions(delimiter=DELIMITERS[kind]))
+        array = json_array_problem(path)
+        if array:
+            raise DataError(array)
         import pyarrow.json as pjson
 
         return pjson.read_json(path)

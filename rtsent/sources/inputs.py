@@ -1,4 +1,4 @@
-"""Reviews to classify, read as a stream: argv texts, txt/stdin lines, or csv/jsonl/parquet rows.
+"""Reviews to classify, read as a stream: argv texts, txt/stdin lines, or csv/tsv/jsonl/parquet rows.
 
 Every input row comes out, in order, blank ones included (predict answers them with a reason instead of a
 label), with any columns the user asked to carry into the output.
@@ -14,8 +14,23 @@ from typing import Any, Iterator, Sequence
 
 from rtsent.errors import DataError, UsageError, first_line
 
-TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".jsonl": "json", ".json": "json"}
-"""File suffixes of tables and the reader each takes (the training data's too: sources/data.py)."""
+TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".json": "json"}
+"""File suffixes of tables and the reader each takes (the training data's too: sources/data.py). Any other
+suffix is plain text, one review a line."""
+DELIMITERS = {"csv": ",", "tsv": "\t"}
+"""The field separator of each delimited-text format."""
+TEXT_COLUMN = "text"
+"""The default --text-column; another one names a column, which plain text lines do not have."""
+
+
+def json_array_problem(path: Path) -> str | None:
+    """Why a .json/.jsonl file cannot be read as JSON Lines: it holds one JSON array (what json.dump writes)."""
+    with open(path, "rb") as fh:
+        start = fh.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    if start.startswith(b"["):
+        return (f"{path} holds a JSON array; rtsent reads JSON Lines, one object a line: write it with "
+                f"pandas' to_json(orient='records', lines=True), or save it as .csv")
+    return None
 
 
 def table_format(path: str | Path) -> str | None:
@@ -38,8 +53,10 @@ def iter_rows(path: str, text_column: str, keep: Sequence[str], chunk: int) -> I
     unreadable content or a missing column.
     """
     if path == "-" or table_format(path) is None:
-        if keep:
-            raise UsageError("--keep-columns needs a csv, jsonl or parquet --file (plain text lines have no columns)")
+        if keep or text_column != TEXT_COLUMN:
+            option = "--keep-columns" if keep else "--text-column"
+            raise UsageError(f"{option} needs a csv, tsv, jsonl or parquet --file (plain text lines have no columns; "
+                             f"{path} is read as one review a line)")
         if path == "-":
             yield from _chunks((Row(t) for t in _lines(sys.stdin.buffer, "<stdin>")), chunk)
             return
@@ -54,8 +71,8 @@ def iter_rows(path: str, text_column: str, keep: Sequence[str], chunk: int) -> I
     columns = [text_column, *[c for c in keep if c != text_column]]
     if kind == "parquet":
         yield from _iter_parquet(p, columns, keep, chunk)
-    elif kind == "csv":
-        yield from _iter_csv(p, columns, keep, chunk)
+    elif kind in DELIMITERS:
+        yield from _iter_csv(p, columns, keep, chunk, DELIMITERS[kind])
     else:
         yield from _chunks(_jsonl_rows(p, text_column, keep), chunk)
 
@@ -111,8 +128,9 @@ def _iter_parquet(path: Path, columns: Sequence[str], keep: Sequence[str], chunk
         yield _batch_rows(batch, columns, keep)
 
 
-def _iter_csv(path: Path, columns: Sequence[str], keep: Sequence[str], chunk: int) -> Iterator[list[Row]]:
-    """CSV in record batches (pyarrow's streaming reader): memory holds one block, not the file.
+def _iter_csv(path: Path, columns: Sequence[str], keep: Sequence[str], chunk: int,
+              delimiter: str = ",") -> Iterator[list[Row]]:
+    """CSV (or TSV) in record batches (pyarrow's streaming reader): memory holds one block, not the file.
 
     Only the columns asked for are read, each as the text it is: no type is guessed, so a kept `007`
     comes back `007`, and a column that looks numeric for a block and then holds `x1` reads whole.
@@ -120,7 +138,7 @@ def _iter_csv(path: Path, columns: Sequence[str], keep: Sequence[str], chunk: in
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
-    header = _csv_header(path)
+    header = _csv_header(path, delimiter)
     if not header:
         raise DataError(f"cannot read {path}: the file is empty")
     _missing(path, header, columns)
@@ -128,7 +146,7 @@ def _iter_csv(path: Path, columns: Sequence[str], keep: Sequence[str], chunk: in
         # Empty cells stay empty strings (a blank review), never a null that would hide a row's text.
         convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in columns}, include_columns=list(columns),
                                       strings_can_be_null=False, quoted_strings_can_be_null=False)
-        reader = pcsv.open_csv(path, convert_options=convert)
+        reader = pcsv.open_csv(path, convert_options=convert, parse_options=pcsv.ParseOptions(delimiter=delimiter))
         for batch in reader:
             rows = _batch_rows(batch, columns, keep)
             for start in range(0, len(rows), chunk):
@@ -144,13 +162,13 @@ def _csv_reason(exc: Exception) -> str:
     return reason
 
 
-def _csv_header(path: Path) -> list[str]:
+def _csv_header(path: Path, delimiter: str = ",") -> list[str]:
     """The csv's column names as written (duplicates included), read by the csv module from the first record."""
     import csv
 
     try:
         with open(path, encoding="utf-8-sig", newline="") as fh:
-            return next(csv.reader(fh), [])
+            return next(csv.reader(fh, delimiter=delimiter), [])
     except UnicodeDecodeError:
         raise DataError(f"cannot read {path}: its header is not valid UTF-8 text; re-save it as UTF-8") from None
     except csv.Error as exc:
@@ -161,6 +179,9 @@ def _jsonl_rows(path: Path, text_column: str, keep: Sequence[str]) -> Iterator[R
     """One row per JSON line, read one line at a time; a blank line is a blank row."""
     used = {text_column, *keep}
     hook = lambda pairs: _no_repeated_keys(pairs, used)  # noqa: E731
+    array = json_array_problem(path)
+    if array:
+        raise DataError(array)
     with open(path, "rb") as fh:
         for number, line in enumerate(_lines(fh, str(path)), start=1):
             if not line.strip():
