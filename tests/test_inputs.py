@@ -105,7 +105,7 @@ def test_a_tsv_file_is_a_table_of_tab_separated_columns(tmp_path):
     assert table.column("text").to_pylist() == ["great, truly", "awful"] and table.column("label").to_pylist() == [1, 0]
 
 
-def test_a_json_array_and_a_text_column_of_plain_text_are_refused_with_the_fix(tmp_path):
+def test_a_json_array_and_kept_columns_of_plain_text_are_refused_with_the_fix(tmp_path):
     from rtsent.errors import UsageError
     from rtsent.sources.data import read_table_file
 
@@ -115,9 +115,8 @@ def test_a_json_array_and_a_text_column_of_plain_text_are_refused_with_the_fix(t
     with pytest.raises(DataError, match="holds a JSON array"):
         read_table_file(tmp_path / "a.json")
     (tmp_path / "a.txt").write_text("great\n")
-    with pytest.raises(UsageError, match="--text-column needs a csv, tsv, jsonl or parquet --file"):
-        rows_of(tmp_path / "a.txt", text_column="review")
-    assert [r.text for r in rows_of(tmp_path / "a.txt")] == ["great"]
+    with pytest.raises(UsageError, match="--keep-columns needs a csv, tsv, jsonl or parquet --file"):
+        rows_of(tmp_path / "a.txt", keep=["id"])
 
 
 def test_training_data_files_match_their_suffix_whatever_its_case(tmp_path):

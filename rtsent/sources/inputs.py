@@ -19,8 +19,6 @@ TABLE_FORMATS = {".parquet": "parquet", ".csv": "csv", ".tsv": "tsv", ".jsonl": 
 suffix is plain text, one review a line."""
 DELIMITERS = {"csv": ",", "tsv": "\t"}
 """The field separator of each delimited-text format."""
-TEXT_COLUMN = "text"
-"""The default --text-column; another one names a column, which plain text lines do not have."""
 
 
 def json_array_problem(path: Path) -> str | None:
@@ -53,10 +51,9 @@ def iter_rows(path: str, text_column: str, keep: Sequence[str], chunk: int) -> I
     unreadable content or a missing column.
     """
     if path == "-" or table_format(path) is None:
-        if keep or text_column != TEXT_COLUMN:
-            option = "--keep-columns" if keep else "--text-column"
-            raise UsageError(f"{option} needs a csv, tsv, jsonl or parquet --file (plain text lines have no columns; "
-                             f"{path} is read as one review a line)")
+        if keep:  # (--text-column is let pass: one command line serves a folder of txt and csv files)
+            raise UsageError(f"--keep-columns needs a csv, tsv, jsonl or parquet --file (plain text lines have no "
+                             f"columns; {path} is read as one review a line)")
         if path == "-":
             yield from _chunks((Row(t) for t in _lines(sys.stdin.buffer, "<stdin>")), chunk)
             return
