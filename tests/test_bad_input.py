@@ -78,7 +78,7 @@ DATA_CASES = {
     "empty label cell": (dict(train=HEADER + "fine,\nok,1\n"), "label None is missing or not a class"),
     "one string class": (dict(train=HEADER + "fine,meh\n"), "train's labels name one class ['meh']"),
     "empty label among named classes": (dict(train=HEADER + "great,good\nawful,bad\nfine,\n"),
-                                        "(train) row 2: the label is empty; fill it in or drop the row"),
+                                        "(train) row 2: label '' is empty; fill it in or drop the row"),
     "a class the names lack": (dict(train=HEADER + "great,good\nawful,bad\n", validation=HEADER + "fine,goodish\n"),
                                "(validation) row 0: label 'goodish' is not one of the label names ['bad', 'good']"),
     "missing train split": (dict(train=None), "has no train split (found: ['validation'])"),

@@ -274,12 +274,13 @@ def test_prepare_reads_each_split_once_when_it_takes_the_classes_from_the_data(t
         s: {"awful": 5, "great": 5} for s in ("train", "validation", "test")}
 
 
-@pytest.mark.parametrize("value, expected", [(0, 0), (1, 1), (1.0, 1), ("positive", 1), ("negative", 0)])
+@pytest.mark.parametrize("value, expected", [(0, 0), (1, 1), (1.0, 1), ("positive", 1), ("negative", 0), ("pos", 1),
+                                             ("Negative", 0), (" POSITIVE ", 1), ("n", 0)])
 def test_label_id_accepts_ids_and_names(value, expected):
     assert label_id(value, ("negative", "positive"), "row") == expected
 
 
-@pytest.mark.parametrize("value", [2, -1, 0.5, float("nan"), None, "pos", True])
+@pytest.mark.parametrize("value", [2, -1, 0.5, float("nan"), None, "positively", "", " ", "neutral", True])
 def test_label_id_rejects_what_is_not_a_class(value):
     with pytest.raises(DataError):
         label_id(value, ("negative", "positive"), "row 3")
@@ -290,14 +291,15 @@ NAMES = ("negative", "positive")
 
 # Each way a label can say "class c" (the expected answer comes from the generator, not from the code) ...
 spelled_classes = st.sampled_from([0, 1]).flatmap(lambda c: st.tuples(st.just(c), st.sampled_from(
-    [c, float(c), str(c), f" {c} ", f"{c}\n", NAMES[c]])))
+    [c, float(c), str(c), f" {c} ", f"{c}\n", NAMES[c], NAMES[c].upper(), f" {NAMES[c].title()} ", NAMES[c][:3]])))
 
 
 # ... and values that are no class of a two-class problem.
 not_classes = st.one_of(
     st.none(), st.booleans(), st.integers().filter(lambda v: v not in (0, 1)),
     st.floats(allow_nan=True, allow_infinity=True).filter(lambda v: v not in (0.0, 1.0)),
-    st.text(max_size=12).filter(lambda t: t not in NAMES and not t.strip().isdecimal()),
+    st.text(max_size=12).filter(lambda t: not t.strip().isdecimal() and not (  # nor a name's spelling or abbreviation
+        t.strip() and any(n.startswith(t.strip().lower()) for n in NAMES))),
     st.integers(min_value=2, max_value=10**6).map(str))
 
 

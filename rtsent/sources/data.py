@@ -297,7 +297,8 @@ def data_class_names(source: Source, plan: SplitPlan, label_column: str) -> list
         return None
     if "" in strings:  # a csv's empty cell: the row has no label
         row = next(i for i, v in enumerate(values) if isinstance(v, str) and not v.strip())
-        raise DataError(f"{source.name} ({plan.train}) row {row}: the label is empty; fill it in or drop the row")
+        raise DataError(f"{source.name} ({plan.train}) row {row}: label {values[row]!r} is empty; fill it in or drop "
+                        f"the row")
     if len(strings) < 2:
         raise DataError(f"{source.name} ({plan.train}): train's labels name one class {sorted(strings)}; a classifier "
                         f"needs two or more (check --label-column, or pass --label-words and --label-names)")
@@ -465,7 +466,7 @@ def label_id(label: Any, names: Sequence[str], where: str) -> int:
         if label in names:
             return names.index(label)
         if not label.strip():
-            raise DataError(f"{where}: the label is empty; fill it in or drop the row")
+            raise DataError(f"{where}: label {label!r} is empty; fill it in or drop the row")
         if _number(label) is None:
             matched = _spelled_name(label, names)
             if matched is not None:
