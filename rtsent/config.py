@@ -482,7 +482,7 @@ class EvaluateConfig:
                                    "there is replaced only when it is an rtsent report.")
     bins: int = opt(15, cli=False)
     """Bins of the expected calibration error."""
-    data: str | None = opt(None, "Score a labelled .csv/.jsonl/.parquet file (or a folder's <split> file) instead of "
+    data: str | None = opt(None, "Score a labelled .csv/.tsv/.jsonl/.parquet file (or a folder's <split> file) instead of "
                                  "prepared data.")
     text_column: str = opt("text", "With --data: the text column.")
     label_column: str = opt("label", "With --data: the label column (class ids or label names).")
