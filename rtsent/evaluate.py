@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import os
 import re
 import time
@@ -65,6 +66,8 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
         log(f"{cfg.data}: skipped {examples.source['skipped_empty']} rows with empty text; the figures count "
             f"the other {len(examples.rows)}")
     out = Path(cfg.output) if cfg.output else _report_path(model, *_report_name(clf, examples, cfg), ws)
+    if not cfg.output and cfg.data:
+        out = _keep_other_files_report(out, examples)
     _check_writable(out, named=bool(cfg.output))  # before the scoring, not after it
     started = time.perf_counter()
     scores = clf.scores(examples.rows, cfg.batch_size)
@@ -294,6 +297,23 @@ def _report_path(model: str, name: str, describes_model: bool, ws: Workspace) ->
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("_") or "model"
     digest = hashlib.sha256(where.encode()).hexdigest()[:8]
     return ModelPaths(ws.evals_dir / f"{slug}-{digest}").eval_report(name)
+
+
+def _keep_other_files_report(out: Path, examples: Examples) -> Path:
+    """A --data report is named by its file's stem (eval-data-test.json); where that name already holds the
+    report of another file with the same stem (a second test.csv), this one is named with its path's digest
+    as well (eval-data-test-1a2b3c4d.json, its split likewise), so that neither replaces the other."""
+    if not out.is_file():
+        return out
+    try:
+        earlier = json.loads(out.read_text(encoding="utf-8")).get("source", {}).get("data")
+    except (OSError, ValueError, AttributeError):
+        return out  # not a readable report: replaced, as any damaged report is
+    if earlier is None or Path(earlier).resolve() == Path(examples.source["data"]).resolve():
+        return out
+    digest = hashlib.sha256(str(Path(examples.source["data"]).resolve()).encode()).hexdigest()[:8]
+    examples.split = f"{examples.split}-{digest}"
+    return out.with_name(f"{out.stem}-{digest}{out.suffix}")
 
 
 def _check_writable(out: Path, named: bool) -> None:

@@ -426,3 +426,32 @@ def test_rows_with_empty_text_are_left_out_of_the_figures_and_told(trained, tmp_
     assert "skipped 2 rows with empty text; the figures count the other 2" in " ".join(out.output.split())
     report = json.loads((tmp_path / "b.json").read_text())
     assert report["examples"] == 2 and report["source"]["skipped_empty"] == 2
+
+
+def test_reports_of_two_files_with_one_name_are_both_kept_next_to_the_model(trained, tmp_path):
+    """Two folders' test.csv evaluated against one run's model: the second gets its own report (and split name),
+    a re-run of either replaces only its own."""
+    from rtsent.artifacts.workspace import Workspace
+
+    space, _ = trained
+    shutil.copytree(space.root, tmp_path / "ws")  # a copy: the shared run's folder and card stay as they are
+    ws = Workspace.resolve(tmp_path / "ws")
+    model = ws.run("tiny").model
+    firsts = []
+    for folder in ("a", "b", "a"):
+        (tmp_path / folder).mkdir(exist_ok=True)
+        data = tmp_path / folder / "test.csv"
+        n = 40 if folder == "a" else 20
+        write_labelled_csv(data, n=n)
+        out = runner.invoke(app, ["evaluate", "--model", "tiny", "--data", str(data), "--text-column",
+                                  "review", "--label-column", "sentiment", "--no-plots", "--precision", "fp32",
+                                  "--workdir", str(ws.root)])
+        assert out.exit_code == 0, out.output
+        firsts.append(sorted(p.name for p in model.glob("eval-data-test*.json")))
+    reports = {json.loads(p.read_text())["source"]["data"]: json.loads(p.read_text())
+               for p in model.glob("eval-data-test*.json")}
+    assert firsts[0] == ["eval-data-test.json"] and len(firsts[1]) == 2 and firsts[2] == firsts[1]
+    assert {k: r["examples"] for k, r in reports.items()} == {str(tmp_path / "a" / "test.csv"): 40,
+                                                              str(tmp_path / "b" / "test.csv"): 20}
+    assert reports[str(tmp_path / "a" / "test.csv")]["split"] == "data-test"
+    assert reports[str(tmp_path / "b" / "test.csv")]["split"] == "data-test-" + firsts[1][0].split("-")[-1][:8]
