@@ -76,6 +76,20 @@ def test_sst2_like_folder_with_other_columns_and_no_test(tmp_path, tiny_model_di
     assert texts_of(result.path, "validation", tiny_model_dir) == reviews(8, 9, "validation")["text"]
 
 
+@pytest.mark.parametrize("name", ["dev", "val", "Valid"])
+def test_a_dev_or_val_file_is_the_validation_split_not_carved_from_train(tmp_path, tiny_model_dir, ws, name):
+    data = tmp_path / "mine"
+    data.mkdir()
+    for split, (neg, pos) in {"train": (30, 34), name: (8, 9)}.items():
+        pq.write_table(pa.table(reviews(neg, pos, split)), data / f"{split}.parquet")
+    result = run_prepare(ws, tiny_model_dir, data)
+    assert result.meta.split_plan == {"train": "train", "validation": name, "test": None}
+    assert result.meta.splits["train"]["rows"] == 64
+    assert texts_of(result.path, "validation", tiny_model_dir) == reviews(8, 9, name)["text"]
+    pq.write_table(pa.table(reviews(2, 2, "x")), data / "dev2.parquet")  # not a validation name: ignored
+    assert run_prepare(ws, tiny_model_dir, data).meta.split_plan["validation"] == name
+
+
 def test_missing_validation_is_carved_from_train_stratified_and_seeded(tmp_path, tiny_model_dir, ws):
     data = imdb_like(tmp_path / "imdb")
     result = run_prepare(ws, tiny_model_dir, data)

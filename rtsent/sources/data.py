@@ -13,6 +13,9 @@ from rtsent.errors import DataError, UsageError, first_line
 from rtsent.sources.inputs import DELIMITERS, json_array_problem, table_format
 
 ROLES = ("train", "validation", "test")
+VALIDATION_NAMES = ("val", "valid", "dev")
+"""Other names a source's validation split goes by (dev.csv, a hub dataset's "dev"): taken for validation when
+the source has no split of that name and exactly one of these, rather than carving one out of train."""
 NO_LABEL = -1  # datasets' ClassLabel value for "no label" (e.g. GLUE test splits, whose labels are hidden)
 
 
@@ -202,7 +205,8 @@ def plan_splits(source: Source, mapping: dict[str, str | None], fraction: float,
 
     `mapping` maps a prepared split (train/validation/test) to a source split name, or to None: no test
     split, or a validation carved from train. Unmapped splits use their own name when the source has it
-    and no other role claims it; a missing validation is carved from train. Raises DataError naming the
+    and no other role claims it; validation, else the one split named as VALIDATION_NAMES are; a missing
+    validation is carved from train. Raises DataError naming the
     splits there are.
     """
     claimed = set(mapping.values())
@@ -216,6 +220,9 @@ def plan_splits(source: Source, mapping: dict[str, str | None], fraction: float,
         if role in mapping:
             raise DataError(f"{source.name} has no split {name!r} (--splits {role}={name}); "
                             f"found: {', '.join(source.available)}")
+        if role == "validation":
+            other = [a for a in source.available if a.lower() in VALIDATION_NAMES and a not in claimed]
+            return other[0] if len(other) == 1 else None
         if role != "train":
             return None
         raise DataError(
