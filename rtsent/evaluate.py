@@ -65,10 +65,8 @@ def run(cfg: EvaluateConfig, ws: Workspace, log: Callable[[str], None] = lambda 
     if examples.source.get("skipped_empty"):  # as prepare says it: a row left out of the figures is told
         log(f"{cfg.data}: skipped {examples.source['skipped_empty']} rows with empty text; the figures count "
             f"the other {len(examples.rows)}")
-    out = Path(cfg.output) if cfg.output else _report_path(model, *_report_name(clf, examples, cfg), ws)
-    if not cfg.output and cfg.data:
-        out = _keep_other_files_report(out, examples)
-    _check_writable(out, named=bool(cfg.output))  # before the scoring, not after it
+    out = Path(cfg.output) if cfg.output else _default_report_path(clf, model, examples, cfg, ws)
+    _check_writable(out, named=False)  # before the scoring, not after it (a named --output was checked above)
     started = time.perf_counter()
     scores = clf.scores(examples.rows, cfg.batch_size)
     seconds = time.perf_counter() - started
@@ -299,21 +297,27 @@ def _report_path(model: str, name: str, describes_model: bool, ws: Workspace) ->
     return ModelPaths(ws.evals_dir / f"{slug}-{digest}").eval_report(name)
 
 
-def _keep_other_files_report(out: Path, examples: Examples) -> Path:
-    """A --data report is named by its file's stem (eval-data-test.json); where that name already holds the
-    report of another file with the same stem (a second test.csv), this one is named with its path's digest
-    as well (eval-data-test-1a2b3c4d.json, its split likewise), so that neither replaces the other."""
-    if not out.is_file():
-        return out
+def _default_report_path(clf: Classifier, model: str, examples: Examples, cfg: EvaluateConfig, ws: Workspace) -> Path:
+    """Where the report goes without --output (see _report_name, _report_path). A --data report is named by its
+    file's stem (data-test); where that name already holds the report of another file with the same stem (a
+    second test.csv), this one's split is qualified with its path's digest (data-test-1a2b3c4d), so that
+    neither replaces the other."""
+    name, describes_model = _report_name(clf, examples, cfg)
+    out = _report_path(model, name, describes_model, ws)
+    if cfg.data and _another_files_report(out, examples.source["data"]):
+        digest = hashlib.sha256(str(Path(examples.source["data"]).resolve()).encode()).hexdigest()[:8]
+        examples.split = f"{examples.split}-{digest}"
+        out = _report_path(model, f"{name}-{digest}", describes_model, ws)
+    return out
+
+
+def _another_files_report(path: Path, data: str) -> bool:
+    """Whether path holds the readable report of a file other than data (a damaged report is simply replaced)."""
     try:
-        earlier = json.loads(out.read_text(encoding="utf-8")).get("source", {}).get("data")
+        earlier = json.loads(path.read_text(encoding="utf-8")).get("source", {}).get("data")
     except (OSError, ValueError, AttributeError):
-        return out  # not a readable report: replaced, as any damaged report is
-    if earlier is None or Path(earlier).resolve() == Path(examples.source["data"]).resolve():
-        return out
-    digest = hashlib.sha256(str(Path(examples.source["data"]).resolve()).encode()).hexdigest()[:8]
-    examples.split = f"{examples.split}-{digest}"
-    return out.with_name(f"{out.stem}-{digest}{out.suffix}")
+        return False
+    return earlier is not None and Path(earlier).resolve() != Path(data).resolve()
 
 
 def _check_writable(out: Path, named: bool) -> None:

@@ -474,12 +474,10 @@ def label_id(label: Any, names: Sequence[str], where: str) -> int:
             return names.index(label)
         if not label.strip():
             raise DataError(f"{where}: label {label!r} is empty; fill it in or drop the row")
-        if _number(label) is None:
+        if _number(label) is None:  # a number written as text is read as the number below
             matched = _spelled_name(label, names)
             if matched is not None:
                 return matched
-        elif numbered:
-            return label_id(_number(label), names, where)
         # "1.0" read as text: a csv label column that also holds names is read as strings whole
         if not label.strip().isdecimal() and _number(label) is not None:
             return label_id(_number(label), names, where)
